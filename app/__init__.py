@@ -1,0 +1,1 @@
+"""Referral and affiliate tracking service."""

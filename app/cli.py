@@ -1,0 +1,133 @@
+"""The `referral` command: serve, flusher, migrate, create-merchant, add-api-key."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from uuid import UUID
+
+import orjson
+
+from app.logs import configure_logging
+from app.settings import load_settings
+
+
+def _serve(args: argparse.Namespace) -> None:
+    if args.server == "granian":
+        from granian.constants import Interfaces, Loops
+        from granian.server import Server
+
+        Server(
+            "app.main:create_app",
+            address=args.host,
+            port=args.port,
+            interface=Interfaces.ASGI,
+            workers=args.workers,
+            loop=Loops.uvloop,
+            factory=True,
+            log_access=False,
+        ).serve()
+        return
+    import uvicorn
+
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        backlog=4096,
+    )
+
+
+async def _migrate() -> None:
+    from app.storage.db import migrate
+
+    applied = await migrate(load_settings().database_url)
+    print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
+
+
+async def _create_merchant(name: str) -> None:
+    from app.storage.db import create_pool
+    from app.storage.merchants import create_merchant
+
+    pool = await create_pool(load_settings().database_url)
+    try:
+        merchant = await create_merchant(pool, name)
+    finally:
+        await pool.close()
+    print(
+        orjson.dumps(
+            {
+                "merchant_id": str(merchant.id),
+                "name": merchant.name,
+                "api_key": merchant.api_key,
+                "webhook_secret": merchant.webhook_secret,
+            },
+            option=orjson.OPT_INDENT_2,
+        ).decode()
+    )
+
+
+async def _add_api_key(merchant_id: UUID, label: str) -> None:
+    from app.storage.db import create_pool
+    from app.storage.merchants import add_api_key
+
+    pool = await create_pool(load_settings().database_url)
+    try:
+        print(await add_api_key(pool, merchant_id, label))
+    finally:
+        await pool.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="referral", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API (redirects and management API)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn")
+
+    flusher = sub.add_parser("flusher", help="move buffered events from Redis to PostgreSQL")
+    flusher.add_argument("--burst", action="store_true", help="drain the streams, then exit")
+
+    sub.add_parser("migrate", help="apply database migrations")
+
+    create = sub.add_parser("create-merchant", help="create a merchant; prints its API key once")
+    create.add_argument("name")
+
+    key = sub.add_parser("add-api-key", help="issue another API key for a merchant")
+    key.add_argument("merchant_id", type=UUID)
+    key.add_argument("--label", default="")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        _serve(args)
+        return
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    if args.command == "flusher":
+        import uvloop
+
+        from app.workers import flusher as flusher_worker
+
+        uvloop.run(flusher_worker.run(settings, burst=args.burst))
+    elif args.command == "migrate":
+        asyncio.run(_migrate())
+    elif args.command == "create-merchant":
+        asyncio.run(_create_merchant(args.name))
+    elif args.command == "add-api-key":
+        asyncio.run(_add_api_key(args.merchant_id, args.label))
+    else:  # pragma: no cover - argparse enforces the choices
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""One error type for the whole service and the handlers that turn errors into JSON.
+
+Every error body has the same shape: {"error": {"code", "message", "field"}}; validation errors
+also list every failing field under "errors".
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, field: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code:
+            self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+
+
+class NotFound(AppError):
+    status_code = 404
+    code = "not_found"
+
+
+class Unauthorized(AppError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Conflict(AppError):
+    status_code = 409
+    code = "conflict"
+
+
+class InvalidInput(AppError):
+    status_code = 422
+    code = "validation_error"
+
+
+def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def app_error(_: Request, exc: AppError) -> ORJSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return ORJSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+        errors = [
+            {"field": _field_path(e["loc"]), "message": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"field": None, "message": "invalid request"}
+        body = {
+            "error": {
+                "code": "validation_error",
+                "message": f"{first['field']}: {first['message']}",
+                "field": first["field"],
+            },
+            "errors": errors,
+        }
+        return ORJSONResponse(body, status_code=422)
+
+    async def unavailable(_: Request, exc: Exception) -> ORJSONResponse:
+        log.error("dependency unavailable", extra={"error": repr(exc)})
+        body = {
+            "error": {
+                "code": "unavailable",
+                "message": "a backing service is unavailable, retry shortly",
+                "field": None,
+            }
+        }
+        return ORJSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+
+    for exc_type in (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.InterfaceError,
+        RedisError,
+    ):
+        app.add_exception_handler(exc_type, unavailable)  # type: ignore[arg-type]
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
+            exc.status_code, "http_error"
+        )
+        body = {"error": {"code": code, "message": str(exc.detail), "field": None}}
+        return ORJSONResponse(body, status_code=exc.status_code, headers=exc.headers)

@@ -1,0 +1,184 @@
+"""The ASGI application: the redirect hot path in front of the FastAPI management API.
+
+`create_app()` builds both. Requests for /r/… go straight to `RedirectEndpoint`, a plain ASGI
+callable; everything else goes to FastAPI. The lifespan (run by FastAPI) opens the PostgreSQL
+pool and the Redis clients, starts the click writer and the link invalidation listener, and closes
+them in reverse order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app import metrics
+from app.errors import install_error_handlers
+from app.logs import configure_logging, correlation_id
+from app.routes import links, ops, programs
+from app.routes.redirect import RedirectEndpoint
+from app.settings import Settings, load_settings
+from app.storage.click_buffer import ClickBuffer
+from app.storage.db import create_pool
+from app.storage.link_cache import LinkCache
+from app.storage.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+class ObserveRequests:
+    """Metrics, a correlation id and one log line per management API request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = (
+            next(
+                (v.decode("latin-1")[:64] for k, v in scope["headers"] if k == b"x-request-id"),
+                None,
+            )
+            or uuid.uuid4().hex
+        )
+        token = correlation_id.set(request_id)
+        status = 500
+
+        async def send_observed(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode("latin-1")),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            elapsed = time.perf_counter() - started
+            metrics.http_requests.labels(path, scope["method"], str(status)).inc()
+            metrics.http_latency.labels(path).observe(elapsed)
+            if path not in ("/metrics", "/healthz", "/readyz"):
+                log.info(
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "route": path,
+                        "status": status,
+                        "ms": round(elapsed * 1000, 2),
+                    },
+                )
+            correlation_id.reset(token)
+
+
+class TrackingApp:
+    """Routes /r/… to the hot path and everything else to the FastAPI app."""
+
+    def __init__(self, api: FastAPI) -> None:
+        self.api = api
+        self.redirect: RedirectEndpoint | None = None
+        self._observed = ObserveRequests(api)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        redirect = self.redirect
+        if redirect is not None and scope["type"] == "http" and scope["path"].startswith("/r/"):
+            await redirect(scope, receive, send)
+            return
+        await self._observed(scope, receive, send)
+
+
+def _redis_clients(settings: Settings) -> tuple[Redis, Redis]:
+    timeout = settings.redis_write_timeout_seconds
+    redis = Redis.from_url(
+        settings.redis_url,
+        socket_timeout=max(timeout * 4, 1.0),
+        socket_connect_timeout=timeout,
+        retry_on_timeout=False,
+        max_connections=64,
+    )
+    listener = Redis.from_url(settings.redis_url, socket_connect_timeout=timeout)
+    return redis, listener
+
+
+def create_app(settings: Settings | None = None) -> TrackingApp:
+    settings = settings or load_settings()
+    configure_logging(settings.log_level)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+        pool: asyncpg.Pool = await create_pool(
+            settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+        )
+        redis, listener = _redis_clients(settings)
+        spool = Spool(settings.spool_dir)
+        buffer = ClickBuffer(
+            redis,
+            settings.click_stream,
+            spool,
+            max_batch=settings.click_batch_max,
+            write_timeout=settings.redis_write_timeout_seconds,
+            replay_interval=settings.spool_replay_interval_seconds,
+        )
+        link_cache = LinkCache(
+            redis,
+            pool,
+            listen_redis=listener,
+            click_id_param=settings.click_id_param,
+            ttl=settings.link_cache_ttl_seconds,
+            negative_ttl=settings.link_cache_negative_ttl_seconds,
+        )
+        buffer.start()
+        link_cache.start()
+        api.state.settings = settings
+        api.state.pool = pool
+        api.state.redis = redis
+        api.state.click_buffer = buffer
+        api.state.link_cache = link_cache
+        app.redirect = RedirectEndpoint(link_cache, buffer, settings)
+        try:
+            # Probe Redis once so that the first clicks after a start without Redis go to the
+            # spool directly.
+            await redis.ping()
+        except (RedisError, OSError):
+            log.error("redis unreachable at start-up: clicks will be spooled")
+        log.info("api started")
+        try:
+            yield
+        finally:
+            app.redirect = None
+            await link_cache.stop()
+            await buffer.stop()
+            await redis.aclose()
+            await listener.aclose()
+            await pool.close()
+            log.info("api stopped")
+
+    api = FastAPI(
+        title="Referral tracking service",
+        version="0.1.0",
+        description="Tracked referral links, click capture, attribution and rewards.",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    install_error_handlers(api)
+    api.include_router(ops.router)
+    api.include_router(programs.router)
+    api.include_router(links.router)
+    app = TrackingApp(api)
+    return app

@@ -1,0 +1,2 @@
+"""HTTP routes, one module per audience: browsers (redirect), merchants' backends and staff
+(management API), operators (ops)."""

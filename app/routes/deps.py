@@ -1,0 +1,48 @@
+"""Shared dependencies of the management API: the pool, Redis, settings and the merchant."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from redis.asyncio import Redis
+
+from app.errors import Unauthorized
+from app.settings import Settings
+from app.storage.merchants import Merchant, merchant_for_api_key
+
+_bearer = HTTPBearer(auto_error=False, description="Your API key: `Authorization: Bearer rk_…`")
+
+
+def _pool(request: Request) -> asyncpg.Pool:
+    return request.app.state.pool
+
+
+def _redis(request: Request) -> Redis:
+    return request.app.state.redis
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def _merchant(
+    pool: Annotated[asyncpg.Pool, Depends(_pool)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Merchant:
+    if credentials is None:
+        raise Unauthorized(
+            "missing API key: send 'Authorization: Bearer <key>'", field="authorization"
+        )
+    merchant = await merchant_for_api_key(pool, credentials.credentials)
+    if merchant is None:
+        raise Unauthorized("invalid or revoked API key", field="authorization")
+    return merchant
+
+
+Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+RedisClient = Annotated[Redis, Depends(_redis)]
+AppSettings = Annotated[Settings, Depends(_settings)]
+CurrentMerchant = Annotated[Merchant, Depends(_merchant)]

@@ -1,0 +1,89 @@
+"""For operators: /healthz (alive), /readyz (dependencies reachable), /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import ORJSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from app import metrics
+from app.routes.deps import CurrentMerchant
+from app.schemas import MerchantInfo
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+async def _check(awaitable: Any, limit_seconds: float = 1.0) -> str:
+    try:
+        async with asyncio.timeout(limit_seconds):
+            await awaitable
+    except Exception as exc:
+        return f"down: {type(exc).__name__}"
+    return "ok"
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> ORJSONResponse:
+    """503 when PostgreSQL is unreachable; 200 "degraded" while Redis is.
+
+    Without Redis the redirect keeps answering (clicks go to the fsync'd local spool and are
+    replayed later), so the instance must stay in the load balancer's rotation: a shopper is never
+    stuck on our page. The body and `referral_degraded` tell operators what is going on.
+    """
+    state = request.app.state
+    postgres = await _check(state.pool.fetchval("SELECT 1"))
+    redis = await _check(state.redis.ping())
+    buffer = state.click_buffer
+    degraded = redis != "ok" or not buffer.redis_ok
+    status = "unavailable" if postgres != "ok" else ("degraded" if degraded else "ok")
+    body = {
+        "status": status,
+        "postgres": postgres,
+        "redis": redis,
+        "spool_files": len(buffer.spool_files()),
+    }
+    return ORJSONResponse(body, status_code=503 if status == "unavailable" else 200)
+
+
+async def _refresh_stream_gauges(request: Request) -> None:
+    state = request.app.state
+    stream = state.settings.click_stream
+    try:
+        async with asyncio.timeout(0.5), state.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(stream)
+            pipe.xrange(stream, count=1)
+            pipe.xpending(stream, state.settings.flusher_group)
+            length, first, pending = await pipe.execute(raise_on_error=False)
+    except (RedisError, OSError, TimeoutError):
+        metrics.errors.labels("metrics_redis").inc()
+        return
+    if isinstance(length, int):
+        metrics.stream_length.labels(stream).set(length)
+    if isinstance(pending, dict):
+        metrics.stream_pending.labels(stream).set(pending.get("pending", 0))
+    age = 0.0
+    if isinstance(first, list) and first:
+        first_ms = int(first[0][0].split(b"-")[0])
+        age = max(time.time() - first_ms / 1000, 0.0)
+    metrics.oldest_unflushed_age.labels(stream).set(age)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(request: Request) -> Response:
+    await _refresh_stream_gauges(request)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/me", response_model=MerchantInfo, tags=["merchant"])
+async def me(merchant: CurrentMerchant) -> MerchantInfo:
+    return MerchantInfo(id=merchant.id, name=merchant.name)

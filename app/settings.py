@@ -1,0 +1,66 @@
+"""Service configuration: one pydantic-settings class, read from environment variables once."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    database_url: str = Field(description="PostgreSQL DSN, e.g. postgresql://user@host:5432/db")
+    redis_url: str = Field(description="Redis URL, e.g. redis://127.0.0.1:6379/0")
+    secret_key: str = Field(
+        min_length=16,
+        description="Server secret: keys the IP hashes and signs advocate dashboard tokens.",
+    )
+    public_base_url: str = Field(
+        "http://localhost:8000", description="Where /r/{code} links are served from."
+    )
+
+    # Hot path
+    click_stream: str = "clicks"
+    click_id_param: str = Field("rcid", description="Query parameter carrying the click id.")
+    cookie_name: str = "rt_ref"
+    cookie_secure: bool = True
+    trust_forwarded_for: bool = Field(
+        False, description="Take the client IP from X-Forwarded-For (only behind a trusted proxy)."
+    )
+    link_cache_ttl_seconds: float = 60.0
+    link_cache_negative_ttl_seconds: float = 5.0
+    click_batch_max: int = Field(512, description="Most clicks coalesced into one Redis write.")
+    redis_write_timeout_seconds: float = Field(
+        0.5, description="After this a click write counts as failed and is spooled to disk."
+    )
+    spool_dir: Path = Field(
+        Path(".data/spool"), description="Where clicks wait while Redis is down."
+    )
+    spool_replay_interval_seconds: float = 1.0
+
+    # Flusher
+    flush_batch_size: int = Field(10_000, description="Most events written per PostgreSQL batch.")
+    flush_max_wait_ms: int = Field(200, description="Longest wait for a batch to fill.")
+    flush_claim_idle_ms: int = Field(
+        30_000,
+        description="Pending entries idle this long belong to a dead flusher and are claimed.",
+    )
+    flusher_group: str = "flushers"
+    flusher_metrics_port: int = 9101
+
+    # PostgreSQL pool
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+
+    log_level: str = "INFO"
+
+    @cached_property
+    def secret_bytes(self) -> bytes:
+        return self.secret_key.encode()
+
+
+def load_settings() -> Settings:
+    return Settings()  # type: ignore[call-arg]  # values come from the environment

@@ -1,0 +1,61 @@
+"""Advocates: a merchant's customers who refer others."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from app.codes import new_referral_code
+
+_COLUMNS = "id, merchant_id, program_id, external_id, name, referral_code, created_at"
+
+
+async def enroll_advocate(
+    conn: asyncpg.Connection,
+    merchant_id: UUID,
+    program_id: UUID,
+    *,
+    external_id: str,
+    name: str,
+    email_hash: bytes | None,
+) -> tuple[dict[str, Any], bool]:
+    """Insert the advocate, or return the one already enrolled with this external id.
+
+    Returns (advocate, created). Enrolling is idempotent so a merchant can call it on every login.
+    """
+    for _ in range(10):
+        row = await conn.fetchrow(
+            "INSERT INTO advocates (merchant_id, program_id, external_id, name, email_hash,"
+            " referral_code) VALUES ($1, $2, $3, $4, $5, $6)"
+            f" ON CONFLICT DO NOTHING RETURNING {_COLUMNS}",
+            merchant_id,
+            program_id,
+            external_id,
+            name,
+            email_hash,
+            new_referral_code(name),
+        )
+        if row is not None:
+            return dict(row), True
+        existing = await conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM advocates WHERE program_id = $1 AND external_id = $2",
+            program_id,
+            external_id,
+        )
+        if existing is not None:
+            return dict(existing), False
+        # Otherwise the random referral code collided: draw another.
+    raise RuntimeError("could not allocate a unique referral code")
+
+
+async def get_advocate(
+    pool: asyncpg.Pool | asyncpg.Connection, merchant_id: UUID, advocate_id: UUID
+) -> dict[str, Any] | None:
+    row = await pool.fetchrow(
+        f"SELECT {_COLUMNS} FROM advocates WHERE merchant_id = $1 AND id = $2",
+        merchant_id,
+        advocate_id,
+    )
+    return dict(row) if row else None

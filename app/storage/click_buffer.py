@@ -1,0 +1,164 @@
+"""Group commit of clicks into the Redis stream.
+
+Every redirect hands its click to `ClickBuffer.add` and waits until the click is durable. Clicks
+that arrive while a Redis write is in flight are collected and written together by the next one,
+as one XADD per `max_batch` clicks, in one round trip. So under load the cost of Redis is paid
+once per batch, not once per click, and no request is answered before its click is acknowledged.
+
+When Redis cannot take a batch (down, timing out, or out of memory), the batch is appended to the
+local spool and fsync'd instead; a background task replays the spool into the stream once Redis
+answers again. Only if the disk fails too is a click lost, and that is counted
+(`referral_clicks_lost_total`) and logged: the shopper is redirected regardless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app import metrics
+from app.events import EVENTS_FIELD
+from app.storage.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+class ClickBuffer:
+    def __init__(
+        self,
+        redis: Redis,
+        stream: str,
+        spool: Spool,
+        *,
+        max_batch: int = 512,
+        write_timeout: float = 0.5,
+        replay_interval: float = 1.0,
+    ) -> None:
+        self._redis = redis
+        self._stream = stream
+        self._spool = spool
+        self._max_batch = max_batch
+        self._write_timeout = write_timeout
+        self._replay_interval = replay_interval
+        self._events: list[list[Any]] = []
+        self._done: asyncio.Future[None] | None = None
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.redis_ok = True
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._write_loop(), name="click-writer"),
+            asyncio.create_task(self._replay_loop(), name="spool-replayer"),
+        ]
+
+    async def stop(self) -> None:
+        """Write what is collected, then stop the background tasks."""
+        self._stopping = True
+        self._wakeup.set()
+        writer, *others = self._tasks
+        await writer
+        for task in others:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._spool.seal()
+
+    def spool_files(self) -> list[Path]:
+        return self._spool.files()
+
+    async def add(self, event: list[Any]) -> None:
+        """Returns once the click is in Redis (or, when Redis is down, fsync'd in the spool)."""
+        done = self._done
+        if done is None:
+            done = self._done = asyncio.get_running_loop().create_future()
+            self._wakeup.set()
+        self._events.append(event)
+        await done
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._events:
+                events, done = self._events, self._done
+                self._events, self._done = [], None
+                try:
+                    await self._write(events)
+                finally:
+                    if done is not None and not done.done():
+                        done.set_result(None)
+            if self._stopping:
+                return
+
+    async def _write(self, events: list[list[Any]]) -> None:
+        step = self._max_batch
+        payloads = [orjson.dumps(events[i : i + step]) for i in range(0, len(events), step)]
+        metrics.click_write_batch.observe(len(events))
+        try:
+            if not self.redis_ok:
+                # Degraded: do not make every shopper wait for a timeout; the replay loop probes
+                # Redis and switches back as soon as it answers.
+                raise ConnectionError("redis marked unreachable")
+            async with asyncio.timeout(self._write_timeout):
+                await self.deliver(payloads)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark_redis(False, exc)
+            try:
+                await self._spool.append(payloads)
+            except OSError:
+                metrics.clicks_lost.inc(len(events))
+                log.exception("click spool write failed: clicks lost", extra={"n": len(events)})
+            else:
+                metrics.clicks_spooled.inc(len(events))
+        else:
+            self._mark_redis(True)
+            metrics.clicks_buffered.inc(len(events))
+
+    async def deliver(self, payloads: list[bytes]) -> None:
+        """XADD each payload as one stream entry, all in one round trip."""
+        if len(payloads) == 1:
+            await self._redis.xadd(self._stream, {EVENTS_FIELD: payloads[0]})
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for payload in payloads:
+                pipe.xadd(self._stream, {EVENTS_FIELD: payload})
+            await pipe.execute()
+
+    def _mark_redis(self, ok: bool, exc: BaseException | None = None) -> None:
+        if ok != self.redis_ok:
+            self.redis_ok = ok
+            metrics.degraded.set(0 if ok else 1)
+            if ok:
+                log.warning("redis reachable again: leaving degraded mode")
+            else:
+                log.error("redis write failed: spooling clicks to disk", extra={"error": repr(exc)})
+
+    async def _replay_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._replay_interval)
+            files = self._spool.files()
+            metrics.spool_pending.set(len(files))
+            if self.redis_ok and not files:
+                continue
+            try:
+                async with asyncio.timeout(self._write_timeout):
+                    await self._redis.ping()
+                self._mark_redis(True)
+                if files:
+                    await self._spool.replay(self._replay_batch)
+            except (RedisError, OSError, TimeoutError):
+                continue
+
+    async def _replay_batch(self, payloads: list[bytes]) -> None:
+        async with asyncio.timeout(self._write_timeout * 10):
+            await self.deliver(payloads)
+        metrics.clicks_replayed.inc(sum(len(orjson.loads(p)) for p in payloads))

@@ -1,0 +1,145 @@
+"""Resolving a link code without touching PostgreSQL on each click.
+
+Three levels: an in-process dict (entries live `ttl` seconds, or until an invalidation message),
+then Redis (`link:{code}`, written through by the management API), then PostgreSQL, read only on
+a miss in both — for example after Redis lost its data — and written back into Redis.
+Unknown codes are cached too, briefly, so a flood of made-up codes cannot reach the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.storage import links as links_repo
+
+log = logging.getLogger(__name__)
+
+INVALIDATION_CHANNEL = "link-invalidate"
+
+
+def _redis_key(code: str) -> str:
+    return f"link:{code}"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkTarget:
+    """Everything the redirect needs, precomputed so a click only concatenates strings."""
+
+    link_id: str
+    location_head: str  # the destination up to where "rcid=<id>" goes, ending in "?" or "&"
+    fragment: str  # "#…" of the destination, or ""
+    max_age: int  # cookie lifetime: the program's attribution window, in seconds
+    active: bool
+
+
+def build_target(record: dict[str, Any], click_id_param: str) -> LinkTarget:
+    destination: str = record["destination"]
+    base, hash_mark, fragment = destination.partition("#")
+    separator = "" if base.endswith(("?", "&")) else ("&" if "?" in base else "?")
+    return LinkTarget(
+        link_id=record["id"],
+        location_head=f"{base}{separator}{click_id_param}=",
+        fragment=hash_mark + fragment,
+        max_age=int(record["window_days"]) * 86_400,
+        active=bool(record["active"]),
+    )
+
+
+async def publish_link(redis: Redis, code: str, record: dict[str, Any]) -> None:
+    """Write a link's record through to Redis and tell every API process to drop its copy."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.set(_redis_key(code), orjson.dumps(record))
+        pipe.publish(INVALIDATION_CHANNEL, code)
+        await pipe.execute()
+
+
+class LinkCache:
+    def __init__(
+        self,
+        redis: Redis,
+        pool: asyncpg.Pool,
+        *,
+        listen_redis: Redis,
+        click_id_param: str,
+        ttl: float = 60.0,
+        negative_ttl: float = 5.0,
+        max_entries: int = 200_000,
+    ) -> None:
+        self._redis = redis
+        self._listen_redis = listen_redis  # no read timeout: it waits for messages indefinitely
+        self._pool = pool
+        self._param = click_id_param
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._max_entries = max_entries
+        self._entries: dict[str, tuple[float, LinkTarget | None]] = {}
+        self._listener: asyncio.Task[None] | None = None
+
+    def get(self, code: str) -> LinkTarget | bool | None:
+        """The cached target, None for a cached unknown code, False when not cached (call load)."""
+        hit = self._entries.get(code)
+        if hit is None or hit[0] < time.monotonic():
+            return False
+        return hit[1]
+
+    async def load(self, code: str) -> LinkTarget | None:
+        record: dict[str, Any] | None = None
+        redis_ok = True
+        try:
+            raw = await self._redis.get(_redis_key(code))
+            if raw is not None:
+                record = orjson.loads(raw)
+        except (RedisError, OSError, TimeoutError):
+            redis_ok = False
+        if record is None:
+            record = await links_repo.redirect_record(self._pool, code)
+            if record is not None and redis_ok:
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await self._redis.set(_redis_key(code), orjson.dumps(record))
+        target = build_target(record, self._param) if record else None
+        self._remember(code, target)
+        return target
+
+    def _remember(self, code: str, target: LinkTarget | None) -> None:
+        if len(self._entries) >= self._max_entries:
+            # Oldest insertion first: dicts keep insertion order.
+            for stale in list(self._entries)[: self._max_entries // 10]:
+                del self._entries[stale]
+        ttl = self._ttl if target is not None else self._negative_ttl
+        self._entries[code] = (time.monotonic() + ttl, target)
+
+    def forget(self, code: str) -> None:
+        self._entries.pop(code, None)
+
+    def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="link-invalidation")
+
+    async def stop(self) -> None:
+        if self._listener:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self._listen_redis.pubsub() as pubsub:
+                    await pubsub.subscribe(INVALIDATION_CHANNEL)
+                    # Anything published while we were not subscribed may be missed: drop all.
+                    self._entries.clear()
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            data = message["data"]
+                            self.forget(data.decode() if isinstance(data, bytes) else data)
+            except (RedisError, OSError, TimeoutError):
+                await asyncio.sleep(1.0)

@@ -1,0 +1,54 @@
+"""Referral programs."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+_COLUMNS = (
+    "id, merchant_id, name, destination_url, allowed_domains, attribution_window_days,"
+    " active, created_at"
+)
+
+
+async def create_program(
+    pool: asyncpg.Pool,
+    merchant_id: UUID,
+    *,
+    name: str,
+    destination_url: str,
+    allowed_domains: list[str],
+    attribution_window_days: int,
+) -> dict[str, Any]:
+    row = await pool.fetchrow(
+        "INSERT INTO programs (merchant_id, name, destination_url, allowed_domains,"
+        " attribution_window_days) VALUES ($1, $2, $3, $4, $5)"
+        f" RETURNING {_COLUMNS}",
+        merchant_id,
+        name,
+        destination_url,
+        allowed_domains,
+        attribution_window_days,
+    )
+    return dict(row)
+
+
+async def get_program(
+    pool: asyncpg.Pool, merchant_id: UUID, program_id: UUID
+) -> dict[str, Any] | None:
+    row = await pool.fetchrow(
+        f"SELECT {_COLUMNS} FROM programs WHERE merchant_id = $1 AND id = $2",
+        merchant_id,
+        program_id,
+    )
+    return dict(row) if row else None
+
+
+async def list_programs(pool: asyncpg.Pool, merchant_id: UUID) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        f"SELECT {_COLUMNS} FROM programs WHERE merchant_id = $1 ORDER BY created_at",
+        merchant_id,
+    )
+    return [dict(r) for r in rows]

@@ -1,0 +1,68 @@
+"""The flusher process: one Flusher per event stream, until SIGTERM (or drained, with --burst)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from prometheus_client import start_http_server
+from redis.asyncio import Redis
+
+from app.settings import Settings
+from app.storage import clicks
+from app.storage.flusher import Flusher, Sink
+
+log = logging.getLogger(__name__)
+
+
+def sinks(settings: Settings) -> list[Sink]:
+    return [
+        Sink(
+            stream=settings.click_stream,
+            prepare=clicks.prepare_connection,
+            store=clicks.store_clicks,
+            maintain=clicks.ensure_partitions,
+        )
+    ]
+
+
+def build_flushers(settings: Settings, redis: Redis) -> list[Flusher]:
+    return [
+        Flusher(
+            redis,
+            settings.database_url,
+            sink,
+            group=settings.flusher_group,
+            batch_size=settings.flush_batch_size,
+            max_wait_ms=settings.flush_max_wait_ms,
+            claim_idle_ms=settings.flush_claim_idle_ms,
+        )
+        for sink in sinks(settings)
+    ]
+
+
+async def run(settings: Settings, *, burst: bool = False) -> None:
+    # The blocking read waits up to flush_max_wait_ms, so the socket timeout must be longer.
+    redis = Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.flush_max_wait_ms / 1000 + 10,
+        socket_connect_timeout=2,
+    )
+    stop = asyncio.Event()
+    if not burst:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if settings.flusher_metrics_port:
+            try:
+                start_http_server(settings.flusher_metrics_port, addr="127.0.0.1")
+            except OSError as exc:
+                log.warning("flusher metrics port busy", extra={"error": repr(exc)})
+    flushers = build_flushers(settings, redis)
+    log.info("flusher started", extra={"consumers": [f.consumer for f in flushers]})
+    try:
+        await asyncio.gather(*(f.run(burst=burst, stop=stop) for f in flushers))
+    finally:
+        await redis.aclose()
+        log.info("flusher stopped")
