@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -60,12 +60,12 @@ def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
-    async def app_error(_: Request, exc: AppError) -> ORJSONResponse:
+    async def app_error(_: Request, exc: AppError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return ORJSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
             {"field": _field_path(e["loc"]), "message": e["msg"], "type": e["type"]}
             for e in exc.errors()
@@ -79,9 +79,9 @@ def install_error_handlers(app: FastAPI) -> None:
             },
             "errors": errors,
         }
-        return ORJSONResponse(body, status_code=422)
+        return JSONResponse(body, status_code=422)
 
-    async def unavailable(_: Request, exc: Exception) -> ORJSONResponse:
+    async def unavailable(_: Request, exc: Exception) -> JSONResponse:
         log.error("dependency unavailable", extra={"error": repr(exc)})
         body = {
             "error": {
@@ -90,7 +90,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 "field": None,
             }
         }
-        return ORJSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
 
     for exc_type in (
         OSError,
@@ -103,9 +103,9 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(exc_type, unavailable)  # type: ignore[arg-type]
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
             exc.status_code, "http_error"
         )
         body = {"error": {"code": code, "message": str(exc.detail), "field": None}}
-        return ORJSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)

@@ -17,7 +17,6 @@ from typing import Any
 
 import asyncpg
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -174,7 +173,6 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
         version="0.1.0",
         description="Tracked referral links, click capture, attribution and rewards.",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
     )
     install_error_handlers(api)
     api.include_router(ops.router)

@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     flusher_metrics_port: int = 9101
 
     # PostgreSQL pool
-    db_pool_min: int = 1
+    # 0: the API starts (and redirects from cache) even while PostgreSQL is down.
+    db_pool_min: int = 0
     db_pool_max: int = 10
 
     log_level: str = "INFO"

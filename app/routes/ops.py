@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
@@ -33,7 +33,7 @@ async def _check(awaitable: Any, limit_seconds: float = 1.0) -> str:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> ORJSONResponse:
+async def readyz(request: Request) -> JSONResponse:
     """503 when PostgreSQL is unreachable; 200 "degraded" while Redis is.
 
     Without Redis the redirect keeps answering (clicks go to the fsync'd local spool and are
@@ -52,7 +52,7 @@ async def readyz(request: Request) -> ORJSONResponse:
         "redis": redis,
         "spool_files": len(buffer.spool_files()),
     }
-    return ORJSONResponse(body, status_code=503 if status == "unavailable" else 200)
+    return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
 
 
 async def _refresh_stream_gauges(request: Request) -> None:
@@ -69,8 +69,9 @@ async def _refresh_stream_gauges(request: Request) -> None:
         return
     if isinstance(length, int):
         metrics.stream_length.labels(stream).set(length)
-    if isinstance(pending, dict):
-        metrics.stream_pending.labels(stream).set(pending.get("pending", 0))
+    # Before the first flusher starts there is no group (an error reply): nothing is pending.
+    pending_count = pending.get("pending", 0) if isinstance(pending, dict) else 0
+    metrics.stream_pending.labels(stream).set(pending_count)
     age = 0.0
     if isinstance(first, list) and first:
         first_ms = int(first[0][0].split(b"-")[0])

@@ -1,0 +1,92 @@
+"""Operators' endpoints: /healthz, /readyz, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import BROWSER_UA
+
+
+async def test_healthz(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+async def test_readyz_when_everything_is_up(client: httpx.AsyncClient) -> None:
+    response = await client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+    assert response.json()["postgres"] == response.json()["redis"] == "ok"
+
+
+async def test_metrics_expose_the_named_series(
+    client: httpx.AsyncClient, link: dict[str, Any]
+) -> None:
+    await client.get(f"/r/{link['code']}", headers={"user-agent": BROWSER_UA})
+    await client.get("/r/nosuchcode")
+    text = (await client.get("/metrics")).text
+
+    for series in [
+        'referral_http_requests_total{method="GET",route="/r/{code}",status="302"}',
+        'referral_http_requests_total{method="GET",route="/r/{code}",status="404"}',
+        'referral_http_request_duration_seconds_bucket{le="0.005",route="/r/{code}"}',
+        'referral_http_requests_total{method="POST",route="/v1/programs",status="201"}',
+        "referral_clicks_buffered_total",
+        'referral_stream_length{stream="clicks"} 1.0',
+        'referral_stream_pending{stream="clicks"}',
+        'referral_oldest_unflushed_event_age_seconds{stream="clicks"}',
+        "referral_click_write_batch_size_bucket",
+        "referral_degraded",
+        "referral_flush_batch_size_bucket",
+        "referral_flush_duration_seconds_bucket",
+        "referral_errors_total",
+    ]:
+        assert series in text, series
+
+
+def _pg_ctl(action: str) -> None:
+    data, bindir, port = (os.environ.get(k) for k in ("PG_DATA_DIR", "PG_BIN_DIR", "PG_PORT"))
+    assert data and bindir and port
+    command = [f"{bindir}/pg_ctl", "-D", data, "-w", "-t", "60", "-m", "fast", action]
+    if action == "start":
+        command[1:1] = ["-o", f"-p {port}", "-l", f"{data}/server.log"]
+    if os.geteuid() == 0:
+        command = ["runuser", "-u", "postgres", "--", *command]
+    subprocess.run(command, check=True, capture_output=True)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("PG_DATA_DIR"), reason="needs the PostgreSQL that ./manage test started"
+)
+async def test_readyz_fails_while_postgres_is_down_and_recovers(
+    client: httpx.AsyncClient, link: dict[str, Any]
+) -> None:
+    await _pg_ctl_async("stop")
+    try:
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["status"] == "unavailable"
+        assert response.json()["postgres"].startswith("down")
+        # The hot path does not need PostgreSQL: a cached link still redirects.
+        assert (await client.get(f"/r/{link['code']}")).status_code == 302
+        # The management API answers 503, not 500.
+        assert (
+            await client.get("/v1/programs", headers={"authorization": "Bearer x"})
+        ).status_code == 503
+    finally:
+        await _pg_ctl_async("start")
+    for _ in range(50):
+        if (await client.get("/readyz")).status_code == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert (await client.get("/readyz")).json()["status"] == "ok"
+
+
+async def _pg_ctl_async(action: str) -> None:
+    await asyncio.to_thread(_pg_ctl, action)
