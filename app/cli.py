@@ -42,6 +42,9 @@ def _serve(args: argparse.Namespace) -> None:
         access_log=False,
         log_config=None,
         backlog=4096,
+        # X-Forwarded-For is read by the app itself, only when TRUST_FORWARDED_FOR is set.
+        proxy_headers=False,
+        server_header=False,
     )
 
 

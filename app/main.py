@@ -71,8 +71,7 @@ class ObserveRequests:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             elapsed = time.perf_counter() - started
-            metrics.http_requests.labels(path, scope["method"], str(status)).inc()
-            metrics.http_latency.labels(path).observe(elapsed)
+            metrics.http_stats.observe(path, scope["method"], status, elapsed)
             if path not in ("/metrics", "/healthz", "/readyz"):
                 log.info(
                     "request",

@@ -51,17 +51,10 @@ class RedirectEndpoint:
             "; Secure" if settings.cookie_secure else ""
         )
         self._trust_xff = settings.trust_forwarded_for
-        self._latency = metrics.http_latency.labels(ROUTE)
-        self._counters: dict[tuple[str, int], Any] = {}
+        self._stats = metrics.http_stats
 
     def _count(self, method: str, status: int, started: float) -> None:
-        counter = self._counters.get((method, status))
-        if counter is None:
-            counter = self._counters[(method, status)] = metrics.http_requests.labels(
-                ROUTE, method, str(status)
-            )
-        counter.inc()
-        self._latency.observe(time.perf_counter() - started)
+        self._stats.observe(ROUTE, method, status, time.perf_counter() - started)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()

@@ -1,0 +1,38 @@
+-- wrk script: GET /r/{code} over many link codes (one per line in CODES_FILE), in random order,
+-- so the test is not one hot key. Optional fixed rate per connection: RATE_DELAY_MS.
+local codes = {}
+local delay_ms = tonumber(os.getenv("RATE_DELAY_MS") or "0")
+
+function setup(thread)
+  thread:set("id", tostring(thread))
+end
+
+function init(args)
+  for line in io.lines(os.getenv("CODES_FILE")) do
+    codes[#codes + 1] = "/r/" .. line
+  end
+  math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+  wrk.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"
+end
+
+function request()
+  return wrk.format("GET", codes[math.random(#codes)])
+end
+
+if delay_ms > 0 then
+  function delay()
+    return delay_ms
+  end
+end
+
+function done(summary, latency, requests)
+  local out = io.open(os.getenv("WRK_JSON") or "/dev/null", "w")
+  out:write(string.format(
+    '{"requests": %d, "duration_us": %d, "errors": %d, "non_3xx": %d, ' ..
+    '"p50_us": %d, "p99_us": %d, "p999_us": %d, "max_us": %d}\n',
+    summary.requests, summary.duration,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.status, latency:percentile(50), latency:percentile(99),
+    latency:percentile(99.9), latency.max))
+  out:close()
+end
