@@ -131,7 +131,7 @@ class Flusher:
                 self.group,
                 self.consumer,
                 {self.sink.stream: ">"},
-                count=100,
+                count=1000,
                 block=max(remaining_ms, 1) if block else None,
             )
             if not response:

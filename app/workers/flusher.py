@@ -17,12 +17,13 @@ log = logging.getLogger(__name__)
 
 
 def sinks(settings: Settings) -> list[Sink]:
+    click_store = clicks.ClickStore()
     return [
         Sink(
             stream=settings.click_stream,
-            prepare=clicks.prepare_connection,
-            store=clicks.store_clicks,
-            maintain=clicks.ensure_partitions,
+            prepare=click_store.prepare,
+            store=click_store.store,
+            maintain=click_store.maintain,
         )
     ]
 

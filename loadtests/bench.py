@@ -1,0 +1,555 @@
+"""The load test: our redirect and flusher against ceilings measured in the same run.
+
+Run through `loadtests/run` (which provisions PostgreSQL, Redis, wrk and nginx). Placement: every
+server under test (nginx, the raw ASGI app, our API) is pinned to SERVER_CPU; wrk, Redis,
+PostgreSQL and the flusher to LOAD_CPU. Speeds are printed as ratios to their ceilings; the
+accounting line compares redirects answered 302 with clicks stored in PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from redis.asyncio import Redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.events import EVENTS_FIELD, ClickRow, new_click_id, new_visitor_id  # noqa: E402
+from app.storage.clicks import click_row  # noqa: E402
+from app.storage.db import migrate  # noqa: E402
+from app.storage.merchants import create_merchant  # noqa: E402
+
+SERVER_CPU = os.environ.get("SERVER_CPU", "0")
+LOAD_CPU = os.environ.get("LOAD_CPU", "1")
+RESULTS = ROOT / "loadtests" / "results"
+UVICORN_FLAGS = [
+    "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+    "--no-proxy-headers", "--no-server-header", "--backlog", "4096",
+]  # fmt: skip
+
+
+@dataclass
+class Row:
+    name: str
+    rate: float  # req/s or events/s
+    unit: str = "req/s"
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    p999_ms: float | None = None
+    errors: int = 0
+    ceiling: str | None = None
+    ratio: float | None = None
+    target: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool | None:
+        return None if self.target is None or self.ratio is None else self.ratio >= self.target
+
+
+def sh(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kwargs)
+
+
+def pin(pid: int, cpu: str) -> None:
+    subprocess.run(["taskset", "-a", "-p", "-c", cpu, str(pid)], capture_output=True, check=False)
+
+
+def wait_http(port: int, path: str = "/", timeout: float = 20) -> None:
+    import http.client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", path)
+            conn.getresponse().read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing answers on port {port}")
+
+
+@contextmanager
+def process(
+    args: list[str], cpu: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        ["taskset", "-c", cpu, *args],
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wrk(
+    port: int, seconds: float, codes_file: Path, *, connections: int = 64, delay_ms: float = 0
+) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        env = {**os.environ, "CODES_FILE": str(codes_file), "WRK_JSON": out.name,
+               "RATE_DELAY_MS": f"{delay_ms:.3f}" if delay_ms else "0"}  # fmt: skip
+        subprocess.run(
+            ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+             "-s", str(ROOT / "loadtests" / "codes.lua"), f"http://127.0.0.1:{port}/"],
+            env=env, check=True, capture_output=True,
+        )  # fmt: skip
+        result = json.loads(Path(out.name).read_text())
+    result["rate"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def row_from_wrk(name: str, result: dict[str, Any], **kw: Any) -> Row:
+    return Row(
+        name=name,
+        rate=result["rate"],
+        p50_ms=result["p50_us"] / 1000,
+        p99_ms=result["p99_us"] / 1000,
+        p999_ms=result["p999_us"] / 1000,
+        errors=result["errors"] + result["non_3xx"],
+        **kw,
+    )
+
+
+RAW_LOCATION = "https://shop.example.com/welcome?rcid=01a20906cead4b3aeac6a521788dfef7"
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir};
+    uwsgi_temp_path {dir}; scgi_temp_path {dir};
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{ return 302 "{location}"; }}
+    }}
+}}
+"""
+
+
+def measure_nginx(seconds: float, codes: Path) -> Row:
+    port = 18080
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)
+        conf = Path(tmp) / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(dir=tmp, port=port, location=RAW_LOCATION))
+        with process(["nginx", "-c", str(conf), "-p", tmp], SERVER_CPU):
+            wait_http(port)
+            wrk(port, 1, codes)
+            return row_from_wrk("nginx static 302 (1 worker)", wrk(port, seconds, codes))
+
+
+def measure_raw_asgi(seconds: float, codes: Path) -> Row:
+    port = 18081
+    args = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "loadtests.raw_asgi:app",
+        "--port",
+        str(port),
+        *UVICORN_FLAGS,
+    ]
+    with process(args, SERVER_CPU):
+        wait_http(port)
+        wrk(port, 1, codes)
+        return row_from_wrk("raw ASGI 302 on uvicorn (1 worker)", wrk(port, seconds, codes))
+
+
+@contextmanager
+def our_api(port: int) -> Iterator[None]:
+    args = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
+    with process(args, SERVER_CPU, env={"LOG_LEVEL": "WARNING"}):
+        wait_http(port, "/healthz")
+        yield
+
+
+@contextmanager
+def flusher(cpu: str = LOAD_CPU) -> Iterator[subprocess.Popen[bytes]]:
+    with process(
+        [sys.executable, "-m", "app.cli", "flusher"], cpu, env={"FLUSHER_METRICS_PORT": "0"}
+    ) as p:
+        yield p
+
+
+def answered_302(port: int) -> int:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    total = 0
+    for line in text.splitlines():
+        if (
+            line.startswith("referral_http_requests_total{")
+            and 'route="/r/{code}"' in line
+            and 'status="302"' in line
+        ):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+# -- Data ------------------------------------------------------------------------------------
+
+
+async def prepare(dsn: str, redis_url: str, links: int) -> list[str]:
+    await migrate(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "TRUNCATE clicks, links, advocates, programs, api_keys, merchants CASCADE"
+        )
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+        merchant = await create_merchant(pool, "Load Test Shop")
+        await pool.close()
+        program_id = await conn.fetchval(
+            "INSERT INTO programs (merchant_id, name, destination_url, allowed_domains)"
+            " VALUES ($1, 'load', 'https://shop.example.com/welcome?src=ref', '{shop.example.com}')"
+            " RETURNING id",
+            merchant.id,
+        )
+        await conn.execute(
+            "INSERT INTO advocates (merchant_id, program_id, external_id, referral_code)"
+            " SELECT $1, $2, 'adv-' || g, 'LOAD-' || g FROM generate_series(1, $3) g",
+            merchant.id, program_id, links,
+        )  # fmt: skip
+        codes = await conn.fetch(
+            "INSERT INTO links (code, merchant_id, program_id, advocate_id, destination, channel)"
+            " SELECT 'lt' || substr(md5(a.external_id), 1, 10), a.merchant_id, a.program_id, a.id,"
+            " 'https://shop.example.com/p/' || a.external_id || '?src=ref', 'default'"
+            " FROM advocates a WHERE a.program_id = $1 RETURNING code",
+            program_id,
+        )
+    finally:
+        await conn.close()
+    redis = Redis.from_url(redis_url)
+    await redis.flushdb()
+    await redis.aclose()
+    return [r["code"] for r in codes]
+
+
+async def clear_clicks(dsn: str, redis_url: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("TRUNCATE clicks")
+    await conn.close()
+    redis = Redis.from_url(redis_url)
+    await redis.delete("clicks")
+    await redis.aclose()
+
+
+async def count_clicks(dsn: str) -> tuple[int, int]:
+    conn = await asyncpg.connect(dsn)
+    rows, distinct = await conn.fetchrow("SELECT count(*), count(DISTINCT click_id) FROM clicks")
+    await conn.close()
+    return rows, distinct
+
+
+async def stream_backlog(redis_url: str) -> int:
+    redis = Redis.from_url(redis_url)
+    n = await redis.xlen("clicks")
+    await redis.aclose()
+    return n
+
+
+def burst_flusher_seconds() -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "app.cli", "flusher", "--burst"],
+        cwd=ROOT,
+        check=True,
+        env={**os.environ, "FLUSHER_METRICS_PORT": "0"},
+    )
+    return time.perf_counter() - started
+
+
+def drain() -> None:
+    sh(sys.executable, "-m", "app.cli", "flusher", "--burst", cwd=ROOT)
+
+
+async def fill_stream(
+    redis_url: str, dsn: str, events: int, per_entry: int = 128
+) -> list[list[Any]]:
+    """Write `events` clicks to the stream the way the redirect does; returns them."""
+    conn = await asyncpg.connect(dsn)
+    link_ids = [str(r["id"]) for r in await conn.fetch("SELECT id FROM links")]
+    await conn.close()
+    ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"
+    all_events = [
+        [new_click_id(), link_ids[i % len(link_ids)], new_visitor_id(), os.urandom(16).hex(),
+         "198.51.100.0/24", ua, None, None, "G"]
+        for i in range(events)
+    ]  # fmt: skip
+    redis = Redis.from_url(redis_url)
+    async with redis.pipeline(transaction=False) as pipe:
+        for start in range(0, events, per_entry):
+            pipe.xadd("clicks", {EVENTS_FIELD: orjson.dumps(all_events[start : start + per_entry])})
+        await pipe.execute()
+    await redis.aclose()
+    return all_events
+
+
+async def raw_copy(dsn: str, events: list[list[Any]], batch: int = 10_000) -> float:
+    """The flusher's ceiling: COPY of the same rows straight into clicks, 10,000 per transaction."""
+    conn = await asyncpg.connect(dsn)
+    link = await conn.fetchrow("SELECT merchant_id, program_id, advocate_id FROM links LIMIT 1")
+    columns = [*ClickRow._fields, "merchant_id", "program_id", "advocate_id"]
+    rows = [(*click_row(e), link[0], link[1], link[2]) for e in events]
+    started = time.perf_counter()
+    for start in range(0, len(rows), batch):
+        async with conn.transaction():
+            await conn.copy_records_to_table(
+                "clicks", records=rows[start : start + batch], columns=columns
+            )
+    elapsed = time.perf_counter() - started
+    await conn.execute("TRUNCATE clicks")
+    await conn.close()
+    return len(rows) / elapsed
+
+
+async def report_query(dsn: str, rows: int) -> Row:
+    """A merchant's daily clicks for one advocate over 30 days, with 10M clicks in the table."""
+    conn = await asyncpg.connect(dsn, command_timeout=3600)
+    link = await conn.fetchrow("SELECT id, merchant_id, program_id, advocate_id FROM links LIMIT 1")
+    have = await conn.fetchval("SELECT count(*) FROM clicks")
+    if have < rows:
+        print(f"  generating {rows - have:,} clicks for the report test…", flush=True)
+        await conn.execute(
+            """
+            WITH l AS (SELECT row_number() OVER () - 1 AS n, * FROM links),
+                 k AS (SELECT count(*) AS k FROM links)
+            INSERT INTO clicks (click_id, clicked_at, link_id, merchant_id, program_id, advocate_id,
+                                visitor_id, ip_prefix, user_agent, method, is_bot)
+            SELECT gen_random_uuid(), now() - (random() * interval '60 days'), l.id, l.merchant_id,
+                   l.program_id, l.advocate_id, gen_random_uuid(), '198.51.100.0/24',
+                   'Mozilla/5.0', 'GET', g % 50 = 0
+            FROM generate_series(1, $1) g, k JOIN l ON true
+            WHERE l.n = g % k.k
+            """,
+            rows - have,
+        )
+        await conn.execute("ANALYZE clicks")
+    query = """
+        SELECT date_trunc('day', clicked_at) AS day, count(*) FILTER (WHERE NOT is_bot) AS clicks,
+               count(DISTINCT visitor_id) AS visitors
+        FROM clicks WHERE merchant_id = $1 AND advocate_id = $2
+          AND clicked_at >= now() - interval '30 days'
+        GROUP BY 1 ORDER BY 1"""
+    timings = []
+    for _ in range(5):
+        started = time.perf_counter()
+        await conn.fetch(query, link["merchant_id"], link["advocate_id"])
+        timings.append(time.perf_counter() - started)
+    program_query = """
+        SELECT advocate_id, count(*) FROM clicks
+        WHERE merchant_id = $1 AND program_id = $2 AND clicked_at >= now() - interval '7 days'
+          AND NOT is_bot GROUP BY 1 ORDER BY 2 DESC LIMIT 10"""
+    program_timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        await conn.fetch(program_query, link["merchant_id"], link["program_id"])
+        program_timings.append(time.perf_counter() - started)
+    total = await conn.fetchval("SELECT count(*) FROM clicks")
+    await conn.close()
+    return Row(
+        name=f"report: one advocate's 30 days, {total:,} clicks in table",
+        rate=1 / sorted(timings)[2],
+        unit="queries/s",
+        p50_ms=sorted(timings)[2] * 1000,
+        extra={"program_top10_7d_ms": round(sorted(program_timings)[1] * 1000, 1)},
+    )
+
+
+# -- The run ---------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--links", type=int, default=5000)
+    parser.add_argument("--flusher-events", type=int, default=300_000)
+    parser.add_argument("--report-rows", type=int, default=10_000_000)
+    parser.add_argument("--short", action="store_true", help="CI mode: seconds, accounting only")
+    args = parser.parse_args()
+    if args.short:
+        args.seconds, args.links, args.report_rows = 2, 200, 0
+        args.flusher_events = min(args.flusher_events, 20_000)
+
+    dsn, redis_url = os.environ["DATABASE_URL"], os.environ["REDIS_URL"]
+    for name in ("PG_POSTMASTER_PID", "REDIS_PID"):
+        if os.environ.get(name):
+            pin(int(os.environ[name]), LOAD_CPU)
+    codes = asyncio.run(prepare(dsn, redis_url, args.links))
+    codes_file = Path(tempfile.mkstemp(suffix=".codes")[1])
+    codes_file.write_text("\n".join(codes) + "\n")
+    secs = args.seconds
+    rows: list[Row] = []
+    accounting: dict[str, int] = {}
+    port = 18082
+
+    print(f"load test: {secs:g}s per measurement, {len(codes):,} links, "
+          f"server on CPU {SERVER_CPU}, "
+          f"wrk/Redis/PostgreSQL/flusher on CPU {LOAD_CPU}", flush=True)  # fmt: skip
+    nginx = None if args.short else measure_nginx(secs, codes_file)
+    raw = measure_raw_asgi(secs, codes_file)
+    for ceiling in (nginx, raw):
+        if ceiling:
+            rows.append(ceiling)
+            print(f"  {ceiling.name}: {ceiling.rate:,.0f} req/s", flush=True)
+
+    asyncio.run(clear_clicks(dsn, redis_url))
+    with our_api(port):
+        wrk(port, 1, codes_file)  # warm the link cache
+        ours = wrk(port, secs, codes_file)
+        backlog_before = asyncio.run(stream_backlog(redis_url))
+        with flusher():
+            during_flush = wrk(port, secs, codes_file)
+            backlog_after = asyncio.run(stream_backlog(redis_url))
+        # Latency at half the maximum rate, 64 connections each waiting between requests.
+        half_rate = ours["rate"] / 2
+        fixed = wrk(port, secs, codes_file, delay_ms=64 / half_rate * 1000)
+        answered = answered_302(port)
+    drain()
+    stored, distinct = asyncio.run(count_clicks(dsn))
+    accounting = {"answered_302": answered, "stored": stored, "duplicates": stored - distinct,
+                  "lost": max(answered - distinct, 0)}  # fmt: skip
+
+    def ratio_row(name: str, result: dict[str, Any], **kw: Any) -> list[Row]:
+        out = [
+            row_from_wrk(
+                name, result, ceiling=raw.name, ratio=result["rate"] / raw.rate, target=0.5, **kw
+            )
+        ]
+        if nginx:
+            out.append(
+                row_from_wrk(
+                    name,
+                    result,
+                    ceiling=nginx.name,
+                    ratio=result["rate"] / nginx.rate,
+                    target=0.15,
+                    **kw,
+                )
+            )
+        return out
+
+    rows += ratio_row("our GET /r/{code}, click durable in Redis", ours)
+    rows += [row_from_wrk("  … while the flusher drains", during_flush, ceiling=raw.name,
+                          ratio=during_flush["rate"] / raw.rate,
+                          extra={"stream_before": backlog_before,
+                                 "stream_after": backlog_after})]  # fmt: skip
+    latency_row = row_from_wrk(
+        f"our GET /r/{{code}} at {fixed['rate']:,.0f} req/s (≈ half max), 64 conns", fixed
+    )
+    latency_row.extra["p99_target_ms"] = 5.0
+    rows.append(latency_row)
+
+    # The flusher alone, against a raw COPY of the same rows.
+    asyncio.run(clear_clicks(dsn, redis_url))
+    # What `flusher --burst` costs with nothing to do (start, connect, exit) is not flushing.
+    startup = min(burst_flusher_seconds() for _ in range(3))
+    events = asyncio.run(fill_stream(redis_url, dsn, args.flusher_events))
+    copy_rate = asyncio.run(raw_copy(dsn, events))
+    flush_rate = len(events) / (burst_flusher_seconds() - startup)
+    flushed, _ = asyncio.run(count_clicks(dsn))
+    rows.append(Row("raw COPY of the same rows, 10,000 per transaction", copy_rate, unit="rows/s"))
+    rows.append(Row("flusher: stream → PostgreSQL", flush_rate, unit="events/s",
+                    ceiling="raw COPY", ratio=flush_rate / copy_rate, target=0.5,
+                    extra={"stored": flushed, "sent": len(events)}))  # fmt: skip
+    rows.append(Row("flusher vs redirect max", flush_rate, unit="events/s", ceiling="our redirect",
+                    ratio=flush_rate / ours["rate"], target=2.0))  # fmt: skip
+    if flushed != len(events):
+        accounting["lost"] += len(events) - flushed
+
+    if args.report_rows:
+        rows.append(asyncio.run(report_query(dsn, args.report_rows)))
+
+    print_table(rows, accounting)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / time.strftime("%Y%m%d-%H%M%S.json")
+    out.write_text(json.dumps({
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(),
+                    "server_cpu": SERVER_CPU, "load_cpu": LOAD_CPU},
+        "seconds": secs, "rows": [asdict(r) | {"ok": r.ok} for r in rows], "accounting": accounting,
+    }, indent=2))  # fmt: skip
+    print(f"results: {out.relative_to(ROOT)}")
+    if accounting["lost"] or accounting["duplicates"]:
+        sys.exit(1)
+
+
+def _target(r: Row) -> str:
+    if r.target is not None:
+        return f"≥ {r.target:.0%} {'✅' if r.ok else '❌'}"
+    limit = r.extra.get("p99_target_ms")
+    if limit is not None and r.p99_ms is not None:
+        return f"p99 ≤ {limit:g} ms {'✅' if r.p99_ms <= limit else '❌'}"
+    return ""
+
+
+def _notes(r: Row) -> str:
+    notes = [
+        f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}"
+        for k, v in r.extra.items()
+        if k != "p99_target_ms"
+    ]
+    return f" ({', '.join(notes)})" if notes else ""
+
+
+def print_table(rows: list[Row], accounting: dict[str, int]) -> None:
+    def ms(v: float | None) -> str:
+        return "" if v is None else f"{v:.2f}"
+
+    print()
+    print("| measurement | rate | p50 ms | p99 ms | p99.9 ms | errors | ratio | target |")
+    print("|---|---:|---:|---:|---:|---:|---|---|")
+    for r in rows:
+        ratio = "" if r.ratio is None else f"{r.ratio:.1%} of {r.ceiling}"
+        cells = [
+            f"{r.name}{_notes(r)}",
+            f"{r.rate:,.0f} {r.unit}",
+            ms(r.p50_ms),
+            ms(r.p99_ms),
+            ms(r.p999_ms),
+            str(r.errors),
+            ratio,
+            _target(r),
+        ]
+        print("| " + " | ".join(cells) + " |")
+    print()
+    print(
+        f"accounting: answered 302 = {accounting['answered_302']:,}, "
+        f"stored in PostgreSQL = {accounting['stored']:,}, "
+        f"duplicates = {accounting['duplicates']}, lost = {accounting['lost']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
