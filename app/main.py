@@ -132,6 +132,7 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
             max_batch=settings.click_batch_max,
             write_timeout=settings.redis_write_timeout_seconds,
             replay_interval=settings.spool_replay_interval_seconds,
+            writers=settings.click_writers,
         )
         link_cache = LinkCache(
             redis,

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     link_cache_ttl_seconds: float = 60.0
     link_cache_negative_ttl_seconds: float = 5.0
     click_batch_max: int = Field(512, description="Most clicks coalesced into one Redis write.")
+    click_writers: int = Field(
+        2, ge=1, le=16, description="Redis writes of clicks in flight at once."
+    )
     redis_write_timeout_seconds: float = Field(
         0.5, description="After this a click write counts as failed and is spooled to disk."
     )

@@ -19,9 +19,12 @@ function request()
   return wrk.format("GET", codes[math.random(#codes)])
 end
 
+-- Each connection waits about delay_ms between requests. The wait is jittered uniformly in
+-- [0.5, 1.5) x delay_ms (same mean): with a constant delay the 64 connections stay in phase and
+-- arrive in bursts of 64, which no real traffic does.
 if delay_ms > 0 then
   function delay()
-    return delay_ms
+    return delay_ms * (0.5 + math.random())
   end
 end
 

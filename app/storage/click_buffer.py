@@ -40,6 +40,7 @@ class ClickBuffer:
         max_batch: int = 512,
         write_timeout: float = 0.5,
         replay_interval: float = 1.0,
+        writers: int = 2,
     ) -> None:
         self._redis = redis
         self._stream = stream
@@ -47,6 +48,7 @@ class ClickBuffer:
         self._max_batch = max_batch
         self._write_timeout = write_timeout
         self._replay_interval = replay_interval
+        self._writers = writers
         self._events: list[list[Any]] = []
         self._done: asyncio.Future[None] | None = None
         self._wakeup = asyncio.Event()
@@ -55,8 +57,13 @@ class ClickBuffer:
         self.redis_ok = True
 
     def start(self) -> None:
+        # Several writers: while one batch is on its way to Redis, the next one can leave at
+        # once instead of waiting for it, which halves the wait of a click at moderate load.
         self._tasks = [
-            asyncio.create_task(self._write_loop(), name="click-writer"),
+            *(
+                asyncio.create_task(self._write_loop(), name="click-writer")
+                for _ in range(self._writers)
+            ),
             asyncio.create_task(self._replay_loop(), name="spool-replayer"),
         ]
 
@@ -64,8 +71,8 @@ class ClickBuffer:
         """Write what is collected, then stop the background tasks."""
         self._stopping = True
         self._wakeup.set()
-        writer, *others = self._tasks
-        await writer
+        writers, others = self._tasks[: self._writers], self._tasks[self._writers :]
+        await asyncio.gather(*writers)
         for task in others:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -87,7 +94,8 @@ class ClickBuffer:
     async def _write_loop(self) -> None:
         while True:
             await self._wakeup.wait()
-            self._wakeup.clear()
+            if not self._stopping:
+                self._wakeup.clear()
             while self._events:
                 events, done = self._events, self._done
                 self._events, self._done = [], None
