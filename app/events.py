@@ -23,8 +23,13 @@ def new_click_id() -> str:
     Time-ordered (good for the index) and unguessable (a click id in a URL must not be forgeable).
     The timestamp inside is the click's time, so a retried delivery maps to the same row.
     """
-    ms = time.time_ns() // 1_000_000
-    return f"{ms:012x}{os.urandom(10).hex()}"
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
+def new_click_and_visitor_ids() -> tuple[str, str]:
+    """A click id and a fresh visitor id from one call to the OS's random source (hot path)."""
+    random = os.urandom(26).hex()
+    return f"{time.time_ns() // 1_000_000:012x}{random[:20]}", random[20:]
 
 
 def new_visitor_id() -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 from app import metrics
 from app.codes import LINK_CODE_PATTERN
-from app.events import is_click_id, new_click_id, new_visitor_id
+from app.events import is_click_id, new_click_and_visitor_ids
 from app.security import IpAnonymizer
 from app.settings import Settings
 from app.storage.click_buffer import ClickBuffer
@@ -97,7 +97,8 @@ class RedirectEndpoint:
             elif name == b"x-forwarded-for":
                 forwarded = value.decode("latin-1")
 
-        visitor_id = self._visitor_from(cookie) or new_visitor_id()
+        click_id, new_visitor = new_click_and_visitor_ids()
+        visitor_id = self._visitor_from(cookie) or new_visitor
         if forwarded and self._trust_xff:
             # Our trusted proxy appends the address it saw: the last entry is the client.
             ip = forwarded.rsplit(",", 1)[-1].strip()
@@ -105,7 +106,6 @@ class RedirectEndpoint:
             client = scope.get("client")
             ip = client[0] if client else ""
         ip_hash, ip_prefix = self._anonymize(ip)
-        click_id = new_click_id()
 
         await self._buffer.add(
             [click_id, target.link_id, visitor_id, ip_hash, ip_prefix, user_agent, referer,

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
 from app import metrics
@@ -54,6 +55,7 @@ class ClickBuffer:
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._idle_connections: list[Connection] = []
         self.redis_ok = True
 
     def start(self) -> None:
@@ -78,6 +80,9 @@ class ClickBuffer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._spool.seal()
+        for connection in self._idle_connections:
+            await connection.disconnect()
+        self._idle_connections.clear()
 
     def spool_files(self) -> list[Path]:
         return self._spool.files()
@@ -132,14 +137,29 @@ class ClickBuffer:
             metrics.clicks_buffered.inc(len(events))
 
     async def deliver(self, payloads: list[bytes]) -> None:
-        """XADD each payload as one stream entry, all in one round trip."""
-        if len(payloads) == 1:
-            await self._redis.xadd(self._stream, {EVENTS_FIELD: payloads[0]})
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for payload in payloads:
-                pipe.xadd(self._stream, {EVENTS_FIELD: payload})
-            await pipe.execute()
+        """XADD each payload as one stream entry, all in one round trip.
+
+        On a connection of its own, with the commands packed by redis-py's packer and sent as
+        one write: the general client's per-command machinery (pool checkout, retry wrapper,
+        argument handling) cost ~120 µs per batch, as much as the rest of a click.
+        """
+        connection = self._idle_connections.pop() if self._idle_connections else None
+        if connection is None:
+            connection = self._redis.connection_pool.make_connection()
+        try:
+            await connection.send_packed_command(
+                connection.pack_commands(
+                    [("XADD", self._stream, "*", EVENTS_FIELD, payload) for payload in payloads]
+                ),
+                check_health=False,
+            )
+            for _ in payloads:
+                await connection.read_response()  # raises on an error reply
+        except BaseException:
+            # A reply may be left unread: this connection's state is unknown, drop it.
+            await connection.disconnect(nowait=True)
+            raise
+        self._idle_connections.append(connection)
 
     def _mark_redis(self, ok: bool, exc: BaseException | None = None) -> None:
         if ok != self.redis_ok:

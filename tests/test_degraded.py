@@ -1,0 +1,74 @@
+"""Redis unreachable: the redirect still answers, clicks are spooled to disk and replayed."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from redis.asyncio import Redis
+
+from app.main import TrackingApp
+from app.storage.link_cache import publish_link
+from app.storage.links import redirect_record
+from tests.conftest import BROWSER_UA, RedisServer, flush, make_settings, start_app
+
+
+async def _metric(client: httpx.AsyncClient, name: str) -> float:
+    text = (await client.get("/metrics")).text
+    [line] = [x for x in text.splitlines() if x.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+async def test_redis_down_spools_clicks_and_replays_them_when_it_returns(
+    link: dict[str, Any],
+    db: asyncpg.Pool,
+    database_url: str,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(database_url, redis_server.url, tmp_path)
+    private = Redis.from_url(redis_server.url)
+    record = await redirect_record(db, link["code"])
+    assert record is not None
+    await publish_link(private, link["code"], record)
+    await private.aclose()
+
+    app: TrackingApp
+    app, lifespan = await start_app(settings)
+    transport = httpx.ASGITransport(app=app, client=("198.51.100.20", 1))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="https://go.test") as client:
+            before = await client.get(f"/r/{link['code']}", headers={"user-agent": BROWSER_UA})
+            assert before.status_code == 302
+
+            redis_server.kill()
+            during = [
+                await client.get(f"/r/{link['code']}", headers={"user-agent": BROWSER_UA})
+                for _ in range(20)
+            ]
+            assert all(r.status_code == 302 for r in during)
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200
+            assert ready.json()["status"] == "degraded"
+            assert ready.json()["spool_files"] >= 1
+            assert await _metric(client, "referral_degraded") == 1.0
+            assert list((tmp_path / "spool").glob("*.spool"))
+
+            redis_server.start()  # same port, same AOF: the earlier click is still there
+            for _ in range(100):
+                if not list((tmp_path / "spool").glob("*.spool")):
+                    break
+                await asyncio.sleep(0.05)
+            assert not list((tmp_path / "spool").glob("*.spool")), "spool not replayed"
+            assert (await client.get("/readyz")).json()["status"] == "ok"
+            assert await _metric(client, "referral_degraded") == 0.0
+    finally:
+        await lifespan.__aexit__(None, None, None)
+
+    await flush(settings)
+    sent = {r.headers["location"].split("rcid=")[1][:32] for r in [before, *during]}
+    rows = await db.fetch("SELECT replace(click_id::text, '-', '') AS id FROM clicks")
+    assert sorted(r["id"] for r in rows) == sorted(sent)
