@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from typing import Any
 
 import asyncpg
 import httpx
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from app.settings import Settings
 from tests.conftest import BROWSER_UA, flush, flusher_process
@@ -91,6 +93,15 @@ async def test_two_flushers_at_once_store_every_click_exactly_once(
     first = flusher_process(settings, burst=False)
     second = flusher_process(settings, burst=False)
     try:
+        # Both must be reading before the clicks arrive, or this is a one-flusher test.
+        for _ in range(400):
+            with contextlib.suppress(ResponseError):
+                group = settings.flusher_group
+                if len(await redis.xinfo_consumers(settings.click_stream, group)) == 2:
+                    break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the two flushers did not both join the consumer group")
         sent: set[str] = set()
         for _ in range(10):
             sent |= await _click(client, link, 30)

@@ -87,6 +87,8 @@ class Flusher:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        # Registered at once, so operators see every running flusher in XINFO CONSUMERS.
+        await self.redis.xgroup_createconsumer(self.sink.stream, self.group, self.consumer)
 
     def _take(self, batch: Batch, entries: list[Any]) -> None:
         for entry_id, fields in entries:
