@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
-from datetime import UTC, datetime
-from typing import NamedTuple
+from datetime import UTC, datetime, timedelta
 
 # Field positions inside one encoded click.
 CLICK_ID, LINK_ID, VISITOR_ID, IP_HASH, IP_PREFIX, USER_AGENT, REFERER, PURPOSE, METHOD = range(9)
@@ -36,8 +34,11 @@ def new_visitor_id() -> str:
     return os.urandom(16).hex()
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def click_time(click_id: str) -> datetime:
-    return datetime.fromtimestamp(int(click_id[:12], 16) / 1000, tz=UTC)
+    return _EPOCH + timedelta(milliseconds=int(click_id[:12], 16))
 
 
 def is_click_id(value: str) -> bool:
@@ -48,19 +49,3 @@ def is_click_id(value: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-class ClickRow(NamedTuple):
-    """One click as stored in PostgreSQL (clicks table columns, minus those joined from links)."""
-
-    click_id: uuid.UUID
-    clicked_at: datetime
-    link_id: uuid.UUID
-    visitor_id: uuid.UUID | None
-    ip_hash: bytes | None
-    ip_prefix: str | None
-    user_agent: str | None
-    referer: str | None
-    method: str
-    is_bot: bool
-    bot_reason: str | None

@@ -31,8 +31,8 @@ from redis.asyncio import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.events import EVENTS_FIELD, ClickRow, new_click_id, new_visitor_id  # noqa: E402
-from app.storage.clicks import click_row  # noqa: E402
+from app.events import EVENTS_FIELD, new_click_id, new_visitor_id  # noqa: E402
+from app.storage.clicks import CLICK_COLUMNS, click_record  # noqa: E402
 from app.storage.db import migrate  # noqa: E402
 from app.storage.merchants import create_merchant  # noqa: E402
 
@@ -54,6 +54,7 @@ class Row:
     p99_ms: float | None = None
     p999_ms: float | None = None
     errors: int = 0
+    cpu_us: float | None = None  # the server's CPU time per request
     ceiling: str | None = None
     ratio: float | None = None
     target: float | None = None
@@ -70,6 +71,19 @@ def sh(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 def pin(pid: int, cpu: str) -> None:
     subprocess.run(["taskset", "-a", "-p", "-c", cpu, str(pid)], capture_output=True, check=False)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children (nginx's worker), in seconds."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    total = 0.0
+    for one in [pid, *map(int, children.stdout.split())]:
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def wait_http(port: int, path: str = "/", timeout: float = 20) -> None:
@@ -111,8 +125,15 @@ def process(
 
 
 def wrk(
-    port: int, seconds: float, codes_file: Path, *, connections: int = 64, delay_ms: float = 0
+    port: int,
+    seconds: float,
+    codes_file: Path,
+    *,
+    connections: int = 64,
+    delay_ms: float = 0,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
+    cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         env = {**os.environ, "CODES_FILE": str(codes_file), "WRK_JSON": out.name,
                "RATE_DELAY_MS": f"{delay_ms:.3f}" if delay_ms else "0"}  # fmt: skip
@@ -123,6 +144,10 @@ def wrk(
         )  # fmt: skip
         result = json.loads(Path(out.name).read_text())
     result["rate"] = result["requests"] / (result["duration_us"] / 1e6)
+    if server_pid and result["requests"]:
+        # The server's own CPU per request: steadier than req/s on a machine whose speed drifts.
+        cpu = cpu_seconds(server_pid) - cpu_before
+        result["cpu_us"] = cpu / result["requests"] * 1e6
     return result
 
 
@@ -138,6 +163,7 @@ def row_from_wrk(name: str, result: dict[str, Any], **kw: Any) -> Row:
         p99_ms=result["p99_us"] / 1000,
         p999_ms=result["p999_us"] / 1000,
         errors=result["errors"] + result["non_3xx"],
+        cpu_us=result.get("cpu_us"),
         **kw,
     )
 
@@ -167,10 +193,11 @@ def measure_nginx(seconds: float, codes: Path) -> Row:
         os.chmod(tmp, 0o755)
         conf = Path(tmp) / "nginx.conf"
         conf.write_text(NGINX_CONF.format(dir=tmp, port=port, location=RAW_LOCATION))
-        with process(["nginx", "-c", str(conf), "-p", tmp], SERVER_CPU):
+        with process(["nginx", "-c", str(conf), "-p", tmp], SERVER_CPU) as proc:
             wait_http(port)
             wrk(port, 1, codes)
-            return row_from_wrk("nginx static 302 (1 worker)", wrk(port, seconds, codes))
+            result = wrk(port, seconds, codes, server_pid=proc.pid)
+            return row_from_wrk("nginx static 302 (1 worker)", result)
 
 
 def measure_raw_asgi(seconds: float, codes: Path) -> Row:
@@ -184,18 +211,19 @@ def measure_raw_asgi(seconds: float, codes: Path) -> Row:
         str(port),
         *UVICORN_FLAGS,
     ]
-    with process(args, SERVER_CPU):
+    with process(args, SERVER_CPU) as proc:
         wait_http(port)
         wrk(port, 1, codes)
-        return row_from_wrk("raw ASGI 302 on uvicorn (1 worker)", wrk(port, seconds, codes))
+        result = wrk(port, seconds, codes, server_pid=proc.pid)
+        return row_from_wrk("raw ASGI 302 on uvicorn (1 worker)", result)
 
 
 @contextmanager
-def our_api(port: int) -> Iterator[None]:
+def our_api(port: int) -> Iterator[int]:
     args = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
-    with process(args, SERVER_CPU, env={"LOG_LEVEL": "WARNING"}):
+    with process(args, SERVER_CPU, env={"LOG_LEVEL": "WARNING"}) as proc:
         wait_http(port, "/healthz")
-        yield
+        yield proc.pid
 
 
 @contextmanager
@@ -324,13 +352,14 @@ async def raw_copy(dsn: str, events: list[list[Any]], batch: int = 10_000) -> fl
     """The flusher's ceiling: COPY of the same rows straight into clicks, 10,000 per transaction."""
     conn = await asyncpg.connect(dsn)
     link = await conn.fetchrow("SELECT merchant_id, program_id, advocate_id FROM links LIMIT 1")
-    columns = [*ClickRow._fields, "merchant_id", "program_id", "advocate_id"]
-    rows = [(*click_row(e), link[0], link[1], link[2]) for e in events]
+    owner = (link[0], link[1], link[2])
+    times: dict[str, Any] = {}
+    rows = [click_record(e, owner, times) for e in events]
     started = time.perf_counter()
     for start in range(0, len(rows), batch):
         async with conn.transaction():
             await conn.copy_records_to_table(
-                "clicks", records=rows[start : start + batch], columns=columns
+                "clicks", records=rows[start : start + batch], columns=CLICK_COLUMNS
             )
     elapsed = time.perf_counter() - started
     await conn.execute("TRUNCATE clicks")
@@ -483,9 +512,9 @@ def main() -> None:
         if not args.short:
             nginx_runs.append(measure_nginx(secs, codes_file))
         raw_runs.append(measure_raw_asgi(secs, codes_file))
-        with our_api(port):
+        with our_api(port) as api_pid:
             wrk(port, 1, codes_file)  # warm the link cache
-            our_runs.append(wrk(port, secs, codes_file))
+            our_runs.append(wrk(port, secs, codes_file, server_pid=api_pid))
             answered += answered_302(port)
         summary = (
             f"round {round_number + 1}: raw ASGI {raw_runs[-1].rate:,.0f}, "
@@ -514,21 +543,22 @@ def main() -> None:
     accounting = {"answered_302": answered, "stored": stored, "duplicates": stored - distinct,
                   "lost": max(answered - distinct, 0)}  # fmt: skip
 
-    def ratio_row(name: str, result: dict[str, Any], **kw: Any) -> list[Row]:
-        out = [
-            row_from_wrk(
-                name, result, ceiling=raw.name, ratio=result["rate"] / raw.rate, target=0.5, **kw
-            )
-        ]
-        if nginx:
+    def ratio_row(name: str, result: dict[str, Any]) -> list[Row]:
+        out = []
+        for ceiling, target in ((raw, 0.5), (nginx, 0.15)):
+            if ceiling is None:
+                continue
+            extra = {}
+            if ceiling.cpu_us and result.get("cpu_us"):
+                extra["CPU ratio"] = f"{ceiling.cpu_us / result['cpu_us']:.1%}"
             out.append(
                 row_from_wrk(
                     name,
                     result,
-                    ceiling=nginx.name,
-                    ratio=result["rate"] / nginx.rate,
-                    target=0.15,
-                    **kw,
+                    ceiling=ceiling.name,
+                    ratio=result["rate"] / ceiling.rate,
+                    target=target,
+                    extra=extra,
                 )
             )
         return out
@@ -601,8 +631,11 @@ def print_table(rows: list[Row], accounting: dict[str, int]) -> None:
         return "" if v is None else f"{v:.2f}"
 
     print()
-    print("| measurement | rate | p50 ms | p99 ms | p99.9 ms | errors | ratio | target |")
-    print("|---|---:|---:|---:|---:|---:|---|---|")
+    print(
+        "| measurement | rate | p50 ms | p99 ms | p99.9 ms | errors | server CPU µs/req"
+        " | ratio | target |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|")
     for r in rows:
         ratio = "" if r.ratio is None else f"{r.ratio:.1%} of {r.ceiling}"
         cells = [
@@ -612,6 +645,7 @@ def print_table(rows: list[Row], accounting: dict[str, int]) -> None:
             ms(r.p99_ms),
             ms(r.p999_ms),
             str(r.errors),
+            "" if r.cpu_us is None else f"{r.cpu_us:.1f}",
             ratio,
             _target(r),
         ]

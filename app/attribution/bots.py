@@ -26,6 +26,7 @@ def _crawler(user_agent: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=65_536)
 def bot_reason(user_agent: str | None, purpose: str | None, method: str) -> str | None:
     """A human-readable reason why this click is not a person clicking, or None."""
     if purpose and any(word in purpose.lower() for word in _PREFETCH_WORDS):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -18,7 +19,6 @@ from app.events import (
     REFERER,
     USER_AGENT,
     VISITOR_ID,
-    ClickRow,
     click_time,
 )
 
@@ -29,37 +29,42 @@ CREATE TEMP TABLE IF NOT EXISTS click_staging (
     merchant_id uuid, program_id uuid, advocate_id uuid
 ) ON COMMIT DELETE ROWS
 """
-_COLUMNS = (*ClickRow._fields, "merchant_id", "program_id", "advocate_id")
+# The columns of one stored click, in the order of `click_record`'s tuple.
+CLICK_COLUMNS = (
+    "click_id", "clicked_at", "link_id", "visitor_id", "ip_hash", "ip_prefix", "user_agent",
+    "referer", "method", "is_bot", "bot_reason", "merchant_id", "program_id", "advocate_id",
+)  # fmt: skip
 
 # The slow, always-safe path: a click delivered twice hits the primary key and is skipped.
 _INSERT_FROM_STAGING = f"""
-INSERT INTO clicks ({", ".join(_COLUMNS)})
-SELECT {", ".join(_COLUMNS)} FROM click_staging
+INSERT INTO clicks ({", ".join(CLICK_COLUMNS)})
+SELECT {", ".join(CLICK_COLUMNS)} FROM click_staging
 ON CONFLICT DO NOTHING
 """
 
 Owner = tuple[UUID, UUID, UUID]  # merchant, program, advocate of a link
 
 
-def click_row(event: list[Any]) -> ClickRow:
-    """Turn one encoded click (see app.events) into the row to store, classifying bots here,
-    off the hot path."""
+def click_record(event: list[Any], owner: Owner, times: dict[str, datetime]) -> tuple[Any, ...]:
+    """One encoded click (see app.events) as the row to store (`CLICK_COLUMNS`).
+
+    Bots are classified here, off the hot path. `times` maps a click id's millisecond prefix to
+    its datetime: clicks of the same millisecond share one (building datetimes was a fifth of
+    the flusher's time).
+    """
+    click_id = event[CLICK_ID]
+    millis = click_id[:12]
+    clicked_at = times.get(millis)
+    if clicked_at is None:
+        clicked_at = times[millis] = click_time(click_id)
     method = "HEAD" if event[METHOD] == "H" else "GET"
     reason = bot_reason(event[USER_AGENT], event[PURPOSE], method)
     ip_hash = event[IP_HASH]
-    return ClickRow(
-        click_id=event[CLICK_ID],
-        clicked_at=click_time(event[CLICK_ID]),
-        link_id=event[LINK_ID],
-        visitor_id=event[VISITOR_ID],
-        ip_hash=bytes.fromhex(ip_hash) if ip_hash else None,
-        ip_prefix=event[IP_PREFIX],
-        user_agent=event[USER_AGENT],
-        referer=event[REFERER],
-        method=method,
-        is_bot=reason is not None,
-        bot_reason=reason,
-    )
+    return (
+        click_id, clicked_at, event[LINK_ID], event[VISITOR_ID],
+        bytes.fromhex(ip_hash) if ip_hash else None, event[IP_PREFIX], event[USER_AGENT],
+        event[REFERER], method, reason is not None, reason, *owner,
+    )  # fmt: skip
 
 
 class ClickStore:
@@ -99,19 +104,24 @@ class ClickStore:
         unknown = {e[LINK_ID] for e in events if e[LINK_ID] not in owners}
         if unknown:
             await self._resolve(conn, unknown)
+        times: dict[str, datetime] = {}
         records = [
-            (*click_row(e), *owner) for e in events if (owner := owners[e[LINK_ID]]) is not None
+            click_record(e, owner, times)
+            for e in events
+            if (owner := owners[e[LINK_ID]]) is not None
         ]
         if not records:
             return 0
         try:
             async with conn.transaction():
-                await conn.copy_records_to_table("clicks", records=records, columns=_COLUMNS)
+                await conn.copy_records_to_table("clicks", records=records, columns=CLICK_COLUMNS)
             return len(records)
         except asyncpg.UniqueViolationError:
             self.slow_path_batches += 1
         async with conn.transaction():
-            await conn.copy_records_to_table("click_staging", records=records, columns=_COLUMNS)
+            await conn.copy_records_to_table(
+                "click_staging", records=records, columns=CLICK_COLUMNS
+            )
             status = await conn.execute(_INSERT_FROM_STAGING)
         return int(status.rsplit(" ", 1)[-1])
 
