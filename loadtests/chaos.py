@@ -415,6 +415,7 @@ async def run_fault(
     load = Load(cluster.api_url, codes)
     try:
         await warm_up(cluster, codes)
+        await settle(cluster)  # the warm-up clicks are stored before the count starts
         await _truncate(database_url)
         runner = asyncio.create_task(load.run())
         await asyncio.sleep(0.5)

@@ -21,6 +21,8 @@ async def test_no_click_lost_or_doubled_when(fault: str, database_url: str, tmp_
     assert outcome.lost == 0, outcome.line()
     assert outcome.duplicates == 0, outcome.line()
     if fault != "api SIGKILL + restart":
+        assert outcome.stored == outcome.acknowledged, outcome.line()
+    if fault != "api SIGKILL + restart":
         # Only a dead API may fail to answer: Redis down, PostgreSQL down, a full stream or a dead
         # flusher never keep a shopper from being redirected.
         assert outcome.acknowledged == outcome.sent, outcome.line()
