@@ -1,0 +1,98 @@
+"""Reward amounts: what the advocate and the referred friend earn for one attributed conversion,
+and what a refund takes back. Pure functions, integer minor units, Decimal percentages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_DOWN, Decimal
+from typing import Literal
+
+from app.attribution.rules import FixedReward, PercentReward, ProgramRules, Reward, TieredReward
+
+Beneficiary = Literal["advocate", "friend"]
+ConversionType = Literal["signup", "purchase"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sale:
+    type: ConversionType
+    amount_minor: int  # 0 for a signup
+    currency: str | None
+    occurred_at: datetime
+    prior_rewarded_purchases: int  # this customer's earlier purchases rewarded in the program
+    advocate_successful_referrals: int  # the advocate's earlier rewarded referrals
+
+
+@dataclass(frozen=True, slots=True)
+class RewardDraft:
+    beneficiary: Beneficiary
+    amount_minor: int
+    currency: str
+    hold_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NoReward:
+    reason: str
+
+
+def _amount(rule: Reward, sale: Sale) -> int:
+    if isinstance(rule, FixedReward):
+        return rule.amount_minor
+    if isinstance(rule, PercentReward):
+        # Rounded down: a percentage never pays a fraction of a cent more than promised.
+        amount = int(
+            (Decimal(sale.amount_minor) * rule.percent / 100).to_integral_value(ROUND_DOWN)
+        )
+        return min(amount, rule.cap_minor) if rule.cap_minor is not None else amount
+    assert isinstance(rule, TieredReward)
+    tier = [t for t in rule.tiers if t.min_referrals <= sale.advocate_successful_referrals][-1]
+    return tier.amount_minor
+
+
+def eligibility(rules: ProgramRules, sale: Sale) -> str | None:
+    """Why this conversion earns nothing under the rules, or None when it earns."""
+    if rules.reward_event == "signup":
+        return None if sale.type == "signup" else "the program rewards signups, not purchases"
+    if sale.type != "purchase":
+        return "the program rewards purchases, not signups"
+    if sale.currency != rules.currency:
+        return f"order currency {sale.currency} is not the program currency {rules.currency}"
+    if sale.amount_minor < rules.min_order_minor:
+        return f"order below the minimum of {rules.min_order_minor} minor units"
+    if rules.reward_event == "first_purchase" and sale.prior_rewarded_purchases > 0:
+        return "only the customer's first purchase is rewarded"
+    limit = rules.max_rewarded_purchases
+    if limit is not None and sale.prior_rewarded_purchases >= limit:
+        return f"the customer's first {limit} purchases were already rewarded"
+    return None
+
+
+def compute_rewards(rules: ProgramRules, sale: Sale) -> list[RewardDraft] | NoReward:
+    reason = eligibility(rules, sale)
+    if reason is not None:
+        return NoReward(reason)
+    hold_until = sale.occurred_at + timedelta(days=rules.hold_days)
+    drafts = []
+    for beneficiary, rule in (("advocate", rules.advocate_reward), ("friend", rules.friend_reward)):
+        if rule is None:
+            continue
+        amount = _amount(rule, sale)
+        if amount > 0:
+            drafts.append(RewardDraft(beneficiary, amount, rules.currency, hold_until))  # type: ignore[arg-type]
+    return drafts or NoReward("the rules define no reward")
+
+
+def reversal_amount(
+    reward_minor: int, already_reversed_minor: int, order_minor: int, refunded_minor: int
+) -> int:
+    """How much more of a reward a refund takes back: the refunded share of the order, of the
+    original reward, minus what earlier refunds already took (never more than what is left)."""
+    if order_minor <= 0:
+        return reward_minor - already_reversed_minor
+    share = min(Decimal(refunded_minor) / Decimal(order_minor), Decimal(1))
+    due = int((Decimal(reward_minor) * share).to_integral_value(ROUND_DOWN))
+    if refunded_minor >= order_minor:
+        due = reward_minor
+    return max(0, min(due - already_reversed_minor, reward_minor - already_reversed_minor))

@@ -1,0 +1,71 @@
+"""A program's rules: who is credited, for which events, and how much each side earns.
+
+Rules are versioned per program: a change stores a new version and every reward records the
+version it was computed with, so past rewards never change when the rules do.
+Money is integer minor units (cents) with an ISO 4217 currency; percentages are Decimals.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, e.g. EUR")]
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FixedReward(_Rule):
+    kind: Literal["fixed"] = "fixed"
+    amount_minor: int = Field(gt=0, description="In minor units of the program currency.")
+
+
+class PercentReward(_Rule):
+    kind: Literal["percent"] = "percent"
+    percent: Decimal = Field(gt=0, le=100, max_digits=6, decimal_places=3)
+    cap_minor: int | None = Field(None, gt=0, description="At most this much per conversion.")
+
+
+class Tier(_Rule):
+    min_referrals: int = Field(ge=0, description="Successful referrals before this one.")
+    amount_minor: int = Field(gt=0)
+
+
+class TieredReward(_Rule):
+    kind: Literal["tiered"] = "tiered"
+    tiers: list[Tier] = Field(min_length=1, max_length=20)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TieredReward:
+        counts = [t.min_referrals for t in self.tiers]
+        if counts != sorted(set(counts)) or counts[0] != 0:
+            raise ValueError("tiers must start at min_referrals 0 and increase strictly")
+        return self
+
+
+Reward = Annotated[FixedReward | PercentReward | TieredReward, Field(discriminator="kind")]
+
+
+class ProgramRules(_Rule):
+    attribution_window_days: int = Field(30, ge=1, le=365)
+    attribution_model: Literal["last_click", "first_click"] = "last_click"
+    reward_event: Literal["signup", "first_purchase", "every_purchase"] = "first_purchase"
+    max_rewarded_purchases: int | None = Field(
+        None, ge=1, description="With every_purchase: reward at most this many per customer."
+    )
+    min_order_minor: int = Field(0, ge=0)
+    hold_days: int = Field(14, ge=0, le=365, description="Pending this long before approval.")
+    currency: Currency = "EUR"
+    advocate_reward: Reward | None = FixedReward(amount_minor=1000)
+    friend_reward: Reward | None = None
+
+    @model_validator(mode="after")
+    def _percent_needs_purchase(self) -> ProgramRules:
+        for reward in (self.advocate_reward, self.friend_reward):
+            if isinstance(reward, PercentReward) and self.reward_event == "signup":
+                raise ValueError("a percent reward needs a purchase event, not signup")
+        return self
