@@ -26,8 +26,8 @@ from app.logs import configure_logging, correlation_id
 from app.routes import links, ops, programs
 from app.routes.redirect import RedirectEndpoint
 from app.settings import Settings, load_settings
-from app.storage.click_buffer import ClickBuffer
 from app.storage.db import create_pool
+from app.storage.event_buffer import EventBuffer
 from app.storage.link_cache import LinkCache
 from app.storage.spool import Spool
 
@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
         )
         redis, listener = _redis_clients(settings)
         spool = Spool(settings.spool_dir)
-        buffer = ClickBuffer(
+        buffer = EventBuffer(
             redis,
             settings.click_stream,
             spool,

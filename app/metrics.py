@@ -66,26 +66,32 @@ class RequestStats:
 http_stats = RequestStats()
 REGISTRY.register(http_stats)  # type: ignore[arg-type]
 
-clicks_buffered = Counter(
-    "referral_clicks_buffered_total", "Clicks durably written to the Redis stream."
+events_buffered = Counter(
+    "referral_events_buffered_total",
+    "Events (clicks, conversions) durably written to their Redis stream.",
+    ["stream"],
 )
-clicks_spooled = Counter(
-    "referral_clicks_spooled_total", "Clicks written to the local spool file while Redis was down."
+events_spooled = Counter(
+    "referral_events_spooled_total",
+    "Events written to the local spool file while Redis was down.",
+    ["stream"],
 )
-clicks_replayed = Counter(
-    "referral_clicks_replayed_total", "Spooled clicks replayed into the Redis stream."
+events_replayed = Counter(
+    "referral_events_replayed_total", "Spooled events replayed into Redis.", ["stream"]
 )
-clicks_lost = Counter(
-    "referral_clicks_lost_total",
-    "Clicks answered with a redirect that neither Redis nor the spool accepted.",
+events_lost = Counter(
+    "referral_events_lost_total",
+    "Events answered as accepted that neither Redis nor the spool took.",
+    ["stream"],
 )
-click_write_batch = Histogram(
-    "referral_click_write_batch_size",
-    "Clicks coalesced into one Redis write.",
+event_write_batch = Histogram(
+    "referral_event_write_batch_size",
+    "Events coalesced into one Redis write.",
+    ["stream"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
 degraded = Gauge(
-    "referral_degraded", "1 while Redis is unreachable and clicks go to the local spool."
+    "referral_degraded", "1 while Redis is unreachable and events go to the local spool."
 )
 spool_pending = Gauge("referral_spool_pending_files", "Spool files waiting for replay.")
 stream_length = Gauge("referral_stream_length", "Entries in the event stream.", ["stream"])

@@ -2,11 +2,11 @@
 
 It bypasses FastAPI's routing, dependency injection and validation (the management API keeps
 them): per click it does one dict lookup, builds a few strings and awaits one future — the group
-commit in `ClickBuffer`, which writes the clicks of all concurrent requests to Redis in one round
+commit in `EventBuffer`, which writes the clicks of all concurrent requests to Redis in one round
 trip. The redirect is sent only after the click is durable. Bot classification, tenant lookup and
 everything else that can wait is done by the flusher.
 
-Awaits per click: `ClickBuffer.add` (always), `LinkCache.load` (only on a cache miss), and the two
+Awaits per click: `EventBuffer.add` (always), `LinkCache.load` (only on a cache miss), and the two
 `send` calls.
 """
 
@@ -21,7 +21,7 @@ from app.codes import LINK_CODE_PATTERN
 from app.events import is_click_id, new_click_and_visitor_ids
 from app.security import IpAnonymizer
 from app.settings import Settings
-from app.storage.click_buffer import ClickBuffer
+from app.storage.event_buffer import EventBuffer
 from app.storage.link_cache import LinkCache
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ _METHOD_NOT_ALLOWED = b'{"error":{"code":"method_not_allowed","message":"use GET
 
 
 class RedirectEndpoint:
-    def __init__(self, links: LinkCache, buffer: ClickBuffer, settings: Settings) -> None:
+    def __init__(self, links: LinkCache, buffer: EventBuffer, settings: Settings) -> None:
         self._links = links
         self._buffer = buffer
         self._anonymize = IpAnonymizer(settings.secret_bytes)

@@ -1,6 +1,6 @@
-"""Group commit of clicks into the Redis stream.
+"""Group commit of events (clicks, conversions) into a Redis stream.
 
-Every redirect hands its click to `ClickBuffer.add` and waits until the click is durable. Clicks
+Every redirect hands its click to `EventBuffer.add` and waits until the click is durable. Clicks
 that arrive while a Redis write is in flight are collected and written together by the next one,
 as one XADD per `max_batch` clicks, in one round trip. So under load the cost of Redis is paid
 once per batch, not once per click, and no request is answered before its click is acknowledged.
@@ -8,7 +8,7 @@ once per batch, not once per click, and no request is answered before its click 
 When Redis cannot take a batch (down, timing out, or out of memory), the batch is appended to the
 local spool and fsync'd instead; a background task replays the spool into the stream once Redis
 answers again. Only if the disk fails too is a click lost, and that is counted
-(`referral_clicks_lost_total`) and logged: the shopper is redirected regardless.
+(`referral_events_lost_total`) and logged: the shopper is redirected regardless.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from app.storage.spool import Spool
 log = logging.getLogger(__name__)
 
 
-class ClickBuffer:
+class EventBuffer:
     def __init__(
         self,
         redis: Redis,
@@ -45,6 +45,11 @@ class ClickBuffer:
     ) -> None:
         self._redis = redis
         self._stream = stream
+        self._buffered = metrics.events_buffered.labels(stream)
+        self._spooled = metrics.events_spooled.labels(stream)
+        self._lost = metrics.events_lost.labels(stream)
+        self._batch_sizes = metrics.event_write_batch.labels(stream)
+        self._replayed = metrics.events_replayed.labels(stream)
         self._spool = spool
         self._max_batch = max_batch
         self._write_timeout = write_timeout
@@ -115,7 +120,7 @@ class ClickBuffer:
     async def _write(self, events: list[list[Any]]) -> None:
         step = self._max_batch
         payloads = [orjson.dumps(events[i : i + step]) for i in range(0, len(events), step)]
-        metrics.click_write_batch.observe(len(events))
+        self._batch_sizes.observe(len(events))
         try:
             if not self.redis_ok:
                 # Degraded: do not make every shopper wait for a timeout; the replay loop probes
@@ -128,13 +133,13 @@ class ClickBuffer:
             try:
                 await self._spool.append(payloads)
             except OSError:
-                metrics.clicks_lost.inc(len(events))
-                log.exception("click spool write failed: clicks lost", extra={"n": len(events)})
+                self._lost.inc(len(events))
+                log.exception("spool write failed: events lost", extra={"n": len(events)})
             else:
-                metrics.clicks_spooled.inc(len(events))
+                self._spooled.inc(len(events))
         else:
             self._mark_redis(True)
-            metrics.clicks_buffered.inc(len(events))
+            self._buffered.inc(len(events))
 
     async def deliver(self, payloads: list[bytes]) -> None:
         """XADD each payload as one stream entry, all in one round trip.
@@ -189,4 +194,4 @@ class ClickBuffer:
     async def _replay_batch(self, payloads: list[bytes]) -> None:
         async with asyncio.timeout(self._write_timeout * 10):
             await self.deliver(payloads)
-        metrics.clicks_replayed.inc(sum(len(orjson.loads(p)) for p in payloads))
+        self._replayed.inc(sum(len(orjson.loads(p)) for p in payloads))
