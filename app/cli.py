@@ -1,4 +1,4 @@
-"""The `referral` command: serve, flusher, migrate, create-merchant, add-api-key."""
+"""The `referral` command: serve, flusher, scheduler, migrate, create-merchant, add-api-key."""
 
 from __future__ import annotations
 
@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     flusher = sub.add_parser("flusher", help="move buffered events from Redis to PostgreSQL")
     flusher.add_argument("--burst", action="store_true", help="drain the streams, then exit")
 
+    scheduler = sub.add_parser("scheduler", help="scheduled jobs: approve rewards after their hold")
+    scheduler.add_argument("--once", action="store_true", help="run the jobs once, then exit")
+
     sub.add_parser("migrate", help="apply database migrations")
 
     create = sub.add_parser("create-merchant", help="create a merchant; prints its API key once")
@@ -122,6 +125,12 @@ def main(argv: list[str] | None = None) -> None:
         from app.workers import flusher as flusher_worker
 
         uvloop.run(flusher_worker.run(settings, burst=args.burst))
+    elif args.command == "scheduler":
+        from app.workers import scheduler as scheduler_worker
+
+        approved = asyncio.run(scheduler_worker.run(settings, once=args.once))
+        if args.once:
+            print(f"rewards approved: {approved}")
     elif args.command == "migrate":
         asyncio.run(_migrate())
     elif args.command == "create-merchant":

@@ -23,8 +23,10 @@ from redis.exceptions import RedisError
 from app import metrics
 from app.errors import install_error_handlers
 from app.logs import configure_logging, correlation_id
-from app.routes import links, ops, programs
+from app.routes import conversions, links, ops, programs
 from app.routes.redirect import RedirectEndpoint
+from app.security import IpAnonymizer
+from app.services.conversions import SecretCache
 from app.settings import Settings, load_settings
 from app.storage.db import create_pool
 from app.storage.event_buffer import EventBuffer
@@ -142,13 +144,25 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
             ttl=settings.link_cache_ttl_seconds,
             negative_ttl=settings.link_cache_negative_ttl_seconds,
         )
+        conversion_buffer = EventBuffer(
+            redis,
+            settings.conversion_stream,
+            Spool(settings.spool_dir, name="conversions"),
+            write_timeout=settings.redis_write_timeout_seconds,
+            replay_interval=settings.spool_replay_interval_seconds,
+            writers=1,
+        )
         buffer.start()
+        conversion_buffer.start()
         link_cache.start()
         api.state.settings = settings
         api.state.pool = pool
         api.state.redis = redis
         api.state.click_buffer = buffer
         api.state.link_cache = link_cache
+        api.state.conversion_buffer = conversion_buffer
+        api.state.webhook_secrets = SecretCache(pool, {})
+        api.state.anonymize_ip = IpAnonymizer(settings.secret_bytes)
         app.redirect = RedirectEndpoint(link_cache, buffer, settings)
         try:
             # Probe Redis once so that the first clicks after a start without Redis go to the
@@ -163,6 +177,7 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
             app.redirect = None
             await link_cache.stop()
             await buffer.stop()
+            await conversion_buffer.stop()
             await redis.aclose()
             await listener.aclose()
             await pool.close()
@@ -178,5 +193,6 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
     api.include_router(ops.router)
     api.include_router(programs.router)
     api.include_router(links.router)
+    api.include_router(conversions.router)
     app = TrackingApp(api)
     return app

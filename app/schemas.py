@@ -6,8 +6,19 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    IPvAnyAddress,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
+from app.attribution.rules import ProgramRules
 from app.destinations import InvalidDestination, normalize_domain, normalize_url
 
 Channel = Literal[
@@ -38,6 +49,10 @@ class ProgramCreate(_Strict):
         "Default: the destination's host.",
     )
     attribution_window_days: int = Field(30, ge=1, le=365)
+    rules: ProgramRules | None = Field(
+        None,
+        description="Reward rules (version 1). Default: 10.00 to the advocate per first purchase.",
+    )
 
     _check_url = field_validator("destination_url")(_url)
 
@@ -117,3 +132,88 @@ class Advocate(BaseModel):
 class MerchantInfo(BaseModel):
     id: UUID
     name: str
+
+
+class ConversionIn(_Strict):
+    """A conversion postback from the merchant's backend. Money is integer minor units."""
+
+    event_id: str = Field(
+        min_length=1, max_length=200, description="Your id for this event: retries reuse it."
+    )
+    type: Literal["signup", "purchase", "refund"]
+    occurred_at: AwareDatetime | None = Field(None, description="Default: when we receive it.")
+    order_id: str | None = Field(None, max_length=200, description="Required for purchases.")
+    refund_of: str | None = Field(
+        None, max_length=200, description="For a refund: the order_id of the purchase."
+    )
+    customer_id: str | None = Field(None, max_length=200)
+    customer_email: EmailStr | None = Field(None, description="Stored only as a hash.")
+    amount_minor: StrictInt | None = Field(
+        None, ge=0, description="Order total (refund: amount refunded; omit for a full refund)."
+    )
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
+    click_id: str | None = Field(None, description="The rcid parameter the shop received.")
+    referral_code: str | None = Field(None, max_length=64)
+    ip: IPvAnyAddress | None = None
+    user_agent: str | None = Field(None, max_length=512)
+
+    @field_validator("click_id")
+    @classmethod
+    def _click_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        compact = value.replace("-", "").lower()
+        if len(compact) != 32 or any(c not in "0123456789abcdef" for c in compact):
+            raise ValueError("must be the 32 hex digit click id from the rcid parameter")
+        return compact
+
+    @model_validator(mode="after")
+    def _by_type(self) -> ConversionIn:
+        if self.type == "purchase":
+            if not self.order_id:
+                raise ValueError("order_id is required for a purchase")
+            if self.amount_minor is None or self.currency is None:
+                raise ValueError("amount_minor and currency are required for a purchase")
+        if self.type == "refund" and not self.refund_of:
+            raise ValueError("refund_of (the refunded order_id) is required for a refund")
+        if self.amount_minor is not None and self.currency is None:
+            raise ValueError("currency is required with amount_minor")
+        return self
+
+
+class ConversionAccepted(BaseModel):
+    id: UUID
+    status: Literal["accepted", "duplicate"]
+
+
+class RewardView(BaseModel):
+    id: UUID
+    beneficiary: str
+    amount_minor: int
+    currency: str
+    state: str
+    balances: dict[str, int]
+    hold_until: datetime
+
+
+class ConversionView(BaseModel):
+    id: UUID
+    event_id: str | None = None
+    state: str
+    type: str | None = None
+    order_id: str | None = None
+    amount_minor: int | None = None
+    currency: str | None = None
+    advocate_id: UUID | None = None
+    program_id: UUID | None = None
+    attribution_method: str | None = None
+    attributed_click_id: UUID | None = None
+    reason: str = ""
+    rules_version: int | None = None
+    rewards: list[RewardView] = []
+
+
+class RulesView(BaseModel):
+    program_id: UUID
+    version: int
+    rules: ProgramRules

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
 
     # Hot path
     click_stream: str = "clicks"
+    conversion_stream: str = "conversions"
     click_id_param: str = Field("rcid", description="Query parameter carrying the click id.")
     cookie_name: str = "rt_ref"
     cookie_secure: bool = True

@@ -106,3 +106,9 @@ async def set_link_active(
         raise NotFound("link not found", field="link_id")
     await _publish(pool, redis, link)
     return link
+
+
+async def republish_program_links(pool: asyncpg.Pool, redis: Redis, program_id: UUID) -> None:
+    codes = await pool.fetch("SELECT code FROM links WHERE program_id = $1", program_id)
+    for row in codes:
+        await _publish(pool, redis, {"code": row["code"]})

@@ -30,6 +30,11 @@ from app.events import EVENTS_FIELD
 
 log = logging.getLogger(__name__)
 
+
+class RetryLater(Exception):
+    """Raised by a sink whose batch cannot be stored yet; the flusher retries it."""
+
+
 # Failure injection for the chaos tests: "kill-after-commit" makes the process SIGKILL itself
 # between the PostgreSQL commit and the Redis acknowledgement — the worst moment to die.
 FAILPOINT_ENV = "FLUSHER_FAILPOINT"
@@ -177,6 +182,10 @@ class Flusher:
                     {EVENTS_FIELD: orjson.dumps(batch.events, default=str), b"error": repr(exc)},
                 )
                 return 0
+            except RetryLater as exc:
+                log.info("batch not ready, retrying", extra={"reason": str(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 metrics.errors.labels("flusher_postgres").inc()
                 log.error("postgres write failed, retrying", extra={"error": repr(exc)})

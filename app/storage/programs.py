@@ -14,7 +14,7 @@ _COLUMNS = (
 
 
 async def create_program(
-    pool: asyncpg.Pool,
+    pool: asyncpg.Pool | asyncpg.Connection,
     merchant_id: UUID,
     *,
     name: str,
@@ -36,7 +36,7 @@ async def create_program(
 
 
 async def get_program(
-    pool: asyncpg.Pool, merchant_id: UUID, program_id: UUID
+    pool: asyncpg.Pool | asyncpg.Connection, merchant_id: UUID, program_id: UUID
 ) -> dict[str, Any] | None:
     row = await pool.fetchrow(
         f"SELECT {_COLUMNS} FROM programs WHERE merchant_id = $1 AND id = $2",

@@ -10,21 +10,27 @@ from prometheus_client import start_http_server
 from redis.asyncio import Redis
 
 from app.settings import Settings
-from app.storage import clicks
+from app.storage import clicks, conversions
 from app.storage.flusher import Flusher, Sink
 
 log = logging.getLogger(__name__)
 
 
-def sinks(settings: Settings) -> list[Sink]:
+def sinks(settings: Settings, redis: Redis) -> list[Sink]:
     click_store = clicks.ClickStore()
+    conversion_store = conversions.ConversionStore(redis, settings.click_stream)
     return [
         Sink(
             stream=settings.click_stream,
             prepare=click_store.prepare,
             store=click_store.store,
             maintain=click_store.maintain,
-        )
+        ),
+        Sink(
+            stream=settings.conversion_stream,
+            prepare=conversion_store.prepare,
+            store=conversion_store.store,
+        ),
     ]
 
 
@@ -39,7 +45,7 @@ def build_flushers(settings: Settings, redis: Redis) -> list[Flusher]:
             max_wait_ms=settings.flush_max_wait_ms,
             claim_idle_ms=settings.flush_claim_idle_ms,
         )
-        for sink in sinks(settings)
+        for sink in sinks(settings, redis)
     ]
 
 

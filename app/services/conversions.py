@@ -1,0 +1,163 @@
+"""Accepting conversion postbacks: verify, de-duplicate, make durable, answer.
+
+The heavy work (attribution, rewards) happens in the flusher, behind the Redis stream
+"conversions", exactly like clicks. Here: the signature and its freshness, replay protection, and
+idempotency on the merchant's event id — the conversion id is a UUIDv5 of (merchant, event id),
+so a retry gets the same id without any lookup, and PostgreSQL's unique key stores it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app import webhooks
+from app.errors import Conflict, Unauthorized
+from app.schemas import ConversionIn
+from app.security import IpAnonymizer, hash_email
+from app.storage.event_buffer import EventBuffer
+
+CONVERSION_NAMESPACE = uuid.UUID("6f1c1b9e-7d0e-4b8a-9a43-0c6e2d5f8a11")
+IDEMPOTENCY_TTL_SECONDS = 7 * 86_400
+
+
+def conversion_id(merchant_id: UUID, event_id: str) -> UUID:
+    return uuid.uuid5(CONVERSION_NAMESPACE, f"{merchant_id}:{event_id}")
+
+
+class SignatureRejected(Unauthorized):
+    code = "invalid_signature"
+
+
+@dataclass
+class SecretCache:
+    """Webhook secrets by merchant, cached a minute so a postback costs no query."""
+
+    pool: asyncpg.Pool
+    entries: dict[UUID, tuple[float, str | None]]
+
+    async def get(self, merchant_id: UUID) -> str | None:
+        hit = self.entries.get(merchant_id)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        secret = await self.pool.fetchval(
+            "SELECT webhook_secret FROM merchants WHERE id = $1", merchant_id
+        )
+        self.entries[merchant_id] = (time.monotonic() + 60, secret)
+        return secret
+
+
+async def verify_postback(
+    secrets: SecretCache,
+    redis: Redis,
+    merchant_header: str | None,
+    signature_header: str | None,
+    body: bytes,
+    now: datetime,
+) -> UUID:
+    """The merchant whose secret signed this body, or SignatureRejected with the reason."""
+    try:
+        merchant_id = UUID(merchant_header or "")
+    except ValueError:
+        raise SignatureRejected(
+            "missing or malformed X-Referral-Merchant header", field="x-referral-merchant"
+        ) from None
+    secret = await secrets.get(merchant_id)
+    if secret is None:
+        raise SignatureRejected("unknown merchant", field="x-referral-merchant")
+    try:
+        signature = webhooks.verify(secret, signature_header, body, now)
+    except webhooks.InvalidSignature as exc:
+        raise SignatureRejected(str(exc), field="x-referral-signature") from None
+    try:
+        first_use = await redis.set(
+            f"webhook-signature:{signature}", 1, nx=True, ex=int(webhooks.TOLERANCE.seconds) * 2
+        )
+    except (RedisError, OSError):
+        first_use = True  # the timestamp tolerance still bounds replays while Redis is away
+    if not first_use:
+        raise SignatureRejected(
+            "this signature was already used (replay): sign each delivery anew",
+            field="x-referral-signature",
+        )
+    return merchant_id
+
+
+def conversion_event(
+    merchant_id: UUID, body: ConversionIn, anonymize: IpAnonymizer, now: datetime
+) -> dict[str, Any]:
+    """The conversion as it travels through the stream to the flusher."""
+    ip_hash, ip_prefix = anonymize(str(body.ip)) if body.ip else (None, None)
+    return {
+        "id": str(conversion_id(merchant_id, body.event_id)),
+        "merchant_id": str(merchant_id),
+        "event_id": body.event_id,
+        "type": body.type,
+        "occurred_at": (body.occurred_at or now).isoformat(),
+        "received_at": now.isoformat(),
+        "order_id": body.order_id,
+        "refund_of": body.refund_of,
+        "customer_id": body.customer_id,
+        "customer_email_hash": hash_email(body.customer_email).hex()
+        if body.customer_email
+        else None,
+        "amount_minor": body.amount_minor,
+        "currency": body.currency,
+        "click_id": body.click_id,
+        "referral_code": body.referral_code,
+        "ip_hash": ip_hash,
+        "ip_prefix": ip_prefix,
+        "user_agent": body.user_agent,
+    }
+
+
+async def accept_conversion(
+    redis: Redis,
+    buffer: EventBuffer,
+    merchant_id: UUID,
+    body: ConversionIn,
+    anonymize: IpAnonymizer,
+    now: datetime,
+) -> tuple[UUID, bool]:
+    """Make the conversion durable (once). Returns (conversion id, duplicate)."""
+    event = conversion_event(merchant_id, body, anonymize, now)
+    digest = hashlib.sha256(body.model_dump_json(exclude={"occurred_at"}).encode()).hexdigest()
+    key = f"conversion-event:{merchant_id}:{body.event_id}"
+    try:
+        seen = await redis.get(key)
+    except (RedisError, OSError):
+        seen = None  # PostgreSQL's unique key still stores it once
+    if seen is not None:
+        if seen.decode() != digest:
+            raise Conflict(
+                "event_id was already used for a different conversion", field="body.event_id"
+            )
+        return UUID(event["id"]), True
+    await buffer.add(event)  # durable (Redis, or the fsync'd spool) before we answer
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.set(key, digest, ex=IDEMPOTENCY_TTL_SECONDS)
+            pipe.set(
+                f"conversion-queued:{event['id']}", str(merchant_id), ex=IDEMPOTENCY_TTL_SECONDS
+            )
+            await pipe.execute()
+    except (RedisError, OSError):
+        pass
+    return UUID(event["id"]), False
+
+
+async def is_queued(redis: Redis, merchant_id: UUID, conversion: UUID) -> bool:
+    try:
+        owner = await redis.get(f"conversion-queued:{conversion}")
+    except (RedisError, OSError):
+        return False
+    return owner is not None and owner.decode() == str(merchant_id)

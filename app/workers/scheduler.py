@@ -1,0 +1,44 @@
+"""Scheduled jobs: approve rewards whose hold period has passed (every minute by default).
+
+Approval appends ledger entries in one statement, so running it twice, or on two machines at
+once, approves nothing twice: a second run finds no pending amount left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import UTC, datetime
+
+from app.settings import Settings
+from app.storage.db import create_pool
+from app.storage.rewards import approve_due
+
+log = logging.getLogger(__name__)
+
+
+async def run(settings: Settings, *, once: bool = False, interval: float = 60.0) -> int:
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    stop = asyncio.Event()
+    if not once:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    approved_total = 0
+    try:
+        while True:
+            approved = await approve_due(pool, datetime.now(UTC))
+            approved_total += approved
+            if approved:
+                log.info("rewards approved", extra={"count": approved})
+            if once:
+                break
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+                break
+            except TimeoutError:
+                continue
+    finally:
+        await pool.close()
+    return approved_total
