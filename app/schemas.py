@@ -217,3 +217,22 @@ class RulesView(BaseModel):
     program_id: UUID
     version: int
     rules: ProgramRules
+
+
+class Funnel(BaseModel):
+    clicks: int = Field(description="Human clicks (bots excluded).")
+    bot_clicks: int
+    unique_visitors: int
+    signups: int
+    purchases: int
+    refunds: int
+    revenue_minor: dict[str, int] = Field(description="Attributed purchases minus refunds.")
+    rewards_minor: dict[str, dict[str, int]] = Field(
+        description="Per currency, the amount in each state (from the ledger)."
+    )
+
+
+class AdvocateToken(BaseModel):
+    token: str
+    expires_at: datetime
+    url: str

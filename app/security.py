@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import ipaddress
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import orjson
 
 API_KEY_PREFIX = "rk_"
 
@@ -59,3 +65,47 @@ class IpAnonymizer:
         except ValueError:
             return digest, None
         return digest, str(net)
+
+
+class InvalidToken(ValueError):
+    pass
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def advocate_token(secret: bytes, merchant_id: UUID, advocate_id: UUID, expires: datetime) -> str:
+    """A link token that lets an advocate read their own statistics, and nothing else, until
+    it expires. Signed with the server secret (HMAC-SHA256); nothing is stored."""
+    payload = _b64(
+        orjson.dumps(
+            {"m": str(merchant_id), "a": str(advocate_id), "exp": int(expires.timestamp())}
+        )
+    )
+    mac = hmac.new(secret, b"advocate:" + payload.encode(), hashlib.sha256).digest()
+    return f"{payload}.{_b64(mac)}"
+
+
+def read_advocate_token(secret: bytes, token: str, now: datetime) -> tuple[UUID, UUID]:
+    """(merchant id, advocate id) of a valid token, or InvalidToken."""
+    payload, _, mac = token.partition(".")
+    expected = hmac.new(secret, b"advocate:" + payload.encode(), hashlib.sha256).digest()
+    try:
+        signature = _unb64(mac)
+    except ValueError as exc:
+        raise InvalidToken("malformed token") from exc
+    if not hmac.compare_digest(expected, signature):
+        raise InvalidToken("bad signature")
+    try:
+        claims = orjson.loads(_unb64(payload))
+        merchant, advocate, expires = UUID(claims["m"]), UUID(claims["a"]), int(claims["exp"])
+    except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
+        raise InvalidToken("malformed token") from exc
+    if expires < now.timestamp():
+        raise InvalidToken("expired token")
+    return merchant, advocate

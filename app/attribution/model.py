@@ -119,7 +119,10 @@ def attribute(evidence: Evidence, terms: dict[UUID, ProgramTerms]) -> Attributed
         elif click is not None and not counts(click):
             reason = "the click id's click is outside the attribution window"
         if click is not None and not reason:
-            found = choose(click.advocate.program_id, "click_id", [click, *browser])
+            # The click id names the visit that converted: later clicks of the browser do not
+            # take it over; earlier ones matter to a first-click program.
+            earlier = [c for c in browser if c.clicked_at <= click.clicked_at]
+            found = choose(click.advocate.program_id, "click_id", [click, *earlier])
         elif usable := [c for c in browser if counts(c)]:
             latest = max(usable, key=lambda c: c.clicked_at)
             found = choose(latest.advocate.program_id, "cookie", usable)

@@ -1,0 +1,98 @@
+"""Statistics for merchants and advocates: they equal the ledger and the click log."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+
+from app.security import advocate_token
+from app.settings import Settings
+from app.storage.merchants import CreatedMerchant
+from tests.conftest import BROWSER_UA, auth, flush, make_advocate, make_program
+from tests.test_conversions import RULES, click, post
+
+
+async def test_stats_follow_the_funnel_and_equal_the_ledger(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool
+) -> None:
+    program = await make_program(client, merchant, rules=RULES)
+    anna = await make_advocate(client, merchant, program, "cust-anna")
+    ben = await make_advocate(client, merchant, program, "cust-ben")
+    click_id = await click(client, anna["links"][0])
+    await client.get(f"/r/{anna['links'][0]['code']}", headers={"user-agent": "Googlebot/2.1"})
+    await click(client, ben["links"][0])
+    await post(client, merchant, {"event_id": "s1", "type": "signup", "click_id": click_id})
+    await post(client, merchant, {
+        "event_id": "p1", "type": "purchase", "order_id": "p1", "amount_minor": 10_000,
+        "currency": "EUR", "click_id": click_id, "customer_id": "c1"})  # fmt: skip
+    await post(client, merchant, {
+        "event_id": "r1", "type": "refund", "refund_of": "p1", "amount_minor": 5_000,
+        "currency": "EUR"})  # fmt: skip
+    await flush(settings)
+
+    stats = (await client.get(f"/v1/advocates/{anna['id']}/stats", headers=auth(merchant))).json()
+    assert stats["clicks"] == 1 and stats["bot_clicks"] == 1 and stats["unique_visitors"] == 1
+    assert (stats["signups"], stats["purchases"], stats["refunds"]) == (1, 1, 1)
+    assert stats["revenue_minor"] == {"EUR": 5_000}
+    assert stats["rewards_minor"]["EUR"]["pending"] == 500 + 500  # advocate and friend, halved
+    assert stats["rewards_minor"]["EUR"]["reversed"] == 500 + 500
+
+    ledger = await db.fetch(
+        "SELECT e.to_state, e.from_state, e.amount_minor FROM reward_entries e"
+        " JOIN rewards r ON r.id = e.reward_id WHERE r.advocate_id = $1",
+        anna["id"],
+    )
+    for state, amount in stats["rewards_minor"]["EUR"].items():
+        entered = sum(e["amount_minor"] for e in ledger if e["to_state"] == state)
+        left = sum(e["amount_minor"] for e in ledger if e["from_state"] == state)
+        assert amount == entered - left, state
+
+    whole = (await client.get(f"/v1/programs/{program['id']}/stats", headers=auth(merchant))).json()
+    assert whole["clicks"] == 2 and whole["purchases"] == 1
+
+
+async def test_advocate_token_shows_only_their_own_statistics(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings
+) -> None:
+    program = await make_program(client, merchant, rules=RULES)
+    anna = await make_advocate(client, merchant, program, "cust-anna")
+    ben = await make_advocate(client, merchant, program, "cust-ben")
+    for _ in range(3):
+        await client.get(f"/r/{ben['links'][0]['code']}", headers={"user-agent": BROWSER_UA})
+    await click(client, anna["links"][0])
+    await flush(settings)
+
+    issued = await client.post(
+        f"/v1/advocates/{anna['id']}/dashboard-token", headers=auth(merchant)
+    )
+    assert issued.status_code == 200
+    url = issued.json()["url"]
+    assert url.startswith("https://go.example.test/v1/advocate/stats?token=")
+    mine = await client.get(url.removeprefix("https://go.example.test"))
+    assert mine.status_code == 200 and mine.json()["clicks"] == 1
+
+    token = issued.json()["token"]
+    forged = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
+    expired = advocate_token(
+        settings.secret_bytes, merchant.id, anna["id"], datetime.now(UTC) - timedelta(seconds=1)
+    )
+    for bad, reason in [(forged, "bad signature"), (expired, "expired"), ("x", "")]:
+        response = await client.get("/v1/advocate/stats", params={"token": bad})
+        assert response.status_code == 401, bad
+        assert reason in response.json()["error"]["message"]
+
+
+async def test_stats_of_another_merchants_advocate_are_404(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, other_merchant: CreatedMerchant
+) -> None:
+    program = await make_program(client, merchant)
+    anna: dict[str, Any] = await make_advocate(client, merchant, program, "cust-anna")
+    for path in (f"/v1/advocates/{anna['id']}/stats", f"/v1/programs/{program['id']}/stats"):
+        assert (await client.get(path, headers=auth(other_merchant))).status_code == 404
+    token = await client.post(
+        f"/v1/advocates/{anna['id']}/dashboard-token", headers=auth(other_merchant)
+    )
+    assert token.status_code == 404
