@@ -314,3 +314,45 @@ async def test_another_merchant_cannot_read_a_conversion(
         f"/v1/conversions/{response.json()['id']}", headers=auth(other_merchant)
     )
     assert other.status_code == 404
+
+
+async def test_pixel_links_the_cookie_to_the_order_for_the_postback(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, referral: dict, settings: Settings,
+    db: asyncpg.Pool,
+) -> None:  # fmt: skip
+    await click(client, referral["link"])  # the browser now has our cookie
+    pixel = await client.get(
+        "/t/pixel.gif", params={"m": str(merchant.id), "order_id": "777", "amount_minor": 4000,
+                                "currency": "EUR"},
+    )  # fmt: skip
+    assert pixel.status_code == 200 and pixel.headers["content-type"] == "image/gif"
+    await flush(settings)
+    unverified = await db.fetchrow("SELECT state, verified, reason, advocate_id FROM conversions")
+    assert unverified["state"] == "attributed" and not unverified["verified"]
+    assert "no reward" in unverified["reason"]
+    assert await db.fetchval("SELECT count(*) FROM rewards") == 0
+
+    # The shop's backend posts the order without a click id: the pixel's cookie attributes it.
+    response = await post(client, merchant, {
+        "event_id": "o-777", "type": "purchase", "order_id": "777", "amount_minor": 4000,
+        "currency": "EUR", "customer_id": "cust-ben"})  # fmt: skip
+    await flush(settings)
+    verified = await read(client, merchant, response.json()["id"])
+    assert verified["attribution_method"] == "cookie"
+    assert verified["advocate_id"] == referral["advocate"]["id"]
+    assert len(verified["rewards"]) == 2
+    states = await db.fetch("SELECT state FROM conversions WHERE NOT verified")
+    assert [r["state"] for r in states] == ["superseded"]
+    stats = await client.get(
+        f"/v1/programs/{referral['program']['id']}/stats", headers=auth(merchant)
+    )
+    assert stats.json()["purchases"] == 1
+
+
+async def test_pixel_of_an_unknown_merchant_is_404(client: httpx.AsyncClient, db: Any) -> None:
+    response = await client.get(
+        "/t/pixel.gif", params={"m": "00000000-0000-0000-0000-000000000000", "order_id": "1"}
+    )
+    assert response.status_code == 404 and response.json()["error"]["field"] == "query.m"
+    bad = await client.get("/t/pixel.gif", params={"m": "x", "order_id": "1"})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "query.m"

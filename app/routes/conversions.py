@@ -6,12 +6,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from app.errors import NotFound
+from app.events import is_click_id
 from app.routes.deps import CurrentMerchant, Pool, RedisClient
 from app.schemas import ConversionAccepted, ConversionIn, ConversionView
 from app.services import conversions as service
@@ -70,3 +71,46 @@ async def read_conversion(
     if await service.is_queued(redis, merchant.id, conversion_id):
         return {"id": conversion_id, "state": "queued", "reason": "accepted, not processed yet"}
     raise NotFound("conversion not found", field="conversion_id")
+
+
+# A transparent 1x1 GIF.
+_PIXEL = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
+    b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+)
+
+
+@router.get(
+    "/t/pixel.gif", response_class=Response, responses={200: {"content": {"image/gif": {}}}}
+)
+async def order_pixel(
+    request: Request,
+    m: Annotated[UUID, Query(description="Your merchant id")],
+    order_id: Annotated[str, Query(min_length=1, max_length=200)],
+    amount_minor: Annotated[int | None, Query(ge=0)] = None,
+    currency: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
+) -> Response:
+    """For the order-confirmation page: `<img src="https://go.yourshop.com/t/pixel.gif?m=…&order_id=…">`.
+
+    It links our attribution cookie to the order. The tracking domain must be same-site with the
+    shop (a subdomain, e.g. go.yourshop.com) so the browser sends the cookie. A pixel alone is
+    unverified and earns nothing; the signed postback for the order is attributed with it.
+    """
+    state = request.app.state
+    if await state.webhook_secrets.get(m) is None:
+        raise NotFound("unknown merchant", field="query.m")
+    visitor = request.cookies.get(state.settings.cookie_name, "")
+    if is_click_id(visitor):
+        await state.conversion_buffer.add(
+            {
+                "id": str(service.conversion_id(m, f"pixel:{order_id}")),
+                "type": "pixel",
+                "merchant_id": str(m),
+                "order_id": order_id,
+                "visitor_id": visitor,
+                "amount_minor": amount_minor,
+                "currency": currency,
+                "received_at": datetime.now(UTC).isoformat(),
+            }
+        )
+    return Response(_PIXEL, media_type="image/gif", headers={"cache-control": "no-store"})

@@ -29,6 +29,7 @@ from app.attribution.model import (
     attribute,
 )
 from app.attribution.rewards import NoReward, Sale, compute_rewards, reversal_amount
+from app.attribution.rules import ProgramRules
 from app.codes import normalize_referral_code
 from app.events import click_time
 from app.storage import rewards as rewards_repo
@@ -90,6 +91,8 @@ class ConversionStore:
 
 async def process_conversion(conn: asyncpg.Connection, e: dict[str, Any]) -> int:
     """Store, attribute and reward one conversion; 0 when it was already stored."""
+    if e["type"] == "pixel":
+        return await _record_pixel(conn, e)
     inserted = await conn.fetchval(
         """
         INSERT INTO conversions (id, merchant_id, event_id, type, order_id, refund_of,
@@ -112,6 +115,71 @@ async def process_conversion(conn: asyncpg.Connection, e: dict[str, Any]) -> int
         await _apply_refund(conn, e)
     else:
         await _attribute_and_reward(conn, e)
+        if e["order_id"]:
+            await conn.execute(
+                "UPDATE conversions SET state = 'superseded',"
+                " reason = 'a signed postback for this order arrived' WHERE merchant_id = $1"
+                " AND order_id = $2 AND NOT verified AND state <> 'superseded'",
+                UUID(e["merchant_id"]),
+                e["order_id"],
+            )
+    return 1
+
+
+async def _record_pixel(conn: asyncpg.Connection, e: dict[str, Any]) -> int:
+    """Keep the pixel's browser for this order; without a postback yet, record an unverified
+    conversion (attributed for statistics, no reward)."""
+    merchant = UUID(e["merchant_id"])
+    stored = await conn.fetchval(
+        "INSERT INTO order_pixels (merchant_id, order_id, visitor_id, amount_minor, currency,"
+        " seen_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING order_id",
+        merchant, e["order_id"], UUID(e["visitor_id"]), e["amount_minor"], e["currency"],
+        datetime.fromisoformat(e["received_at"]),
+    )  # fmt: skip
+    if stored is None:
+        return 0
+    postback = await conn.fetchval(
+        "SELECT 1 FROM conversions WHERE merchant_id = $1 AND order_id = $2 AND verified",
+        merchant,
+        e["order_id"],
+    )
+    if postback:
+        return 1
+    unverified = {
+        **e,
+        **dict.fromkeys(("refund_of", "customer_id", "customer_email_hash", "click_id",
+                         "referral_code", "ip_hash", "ip_prefix", "user_agent")),
+        "type": "purchase",
+        "event_id": f"pixel:{e['order_id']}",
+        "occurred_at": e["received_at"],
+        "amount_minor": e["amount_minor"] or 0,
+    }  # fmt: skip
+    await conn.execute(
+        """
+        INSERT INTO conversions (id, merchant_id, event_id, type, order_id, amount_minor, currency,
+            visitor_id, occurred_at, received_at, state, verified)
+        VALUES ($1, $2, $3, 'purchase', $4, $5, $6, $7, $8, $8, 'unattributed', false)
+        ON CONFLICT DO NOTHING
+        """,
+        UUID(e["id"]), merchant, unverified["event_id"], e["order_id"], unverified["amount_minor"],
+        e["currency"], UUID(e["visitor_id"]), datetime.fromisoformat(e["received_at"]),
+    )  # fmt: skip
+    evidence = await _evidence(conn, unverified, merchant)
+    _, terms = await _program_terms(conn, evidence)
+    result = attribute(evidence, terms)
+    if isinstance(result, Attributed):
+        await conn.execute(
+            "UPDATE conversions SET state = 'attributed', program_id = $2, advocate_id = $3,"
+            " attributed_click_id = $4, attribution_method = 'cookie', reason = $5 WHERE id = $1",
+            UUID(e["id"]), result.advocate.program_id, result.advocate.id,
+            result.click.click_id if result.click else None,
+            "unverified (pixel only): attributed by cookie, no reward until a signed postback",
+        )  # fmt: skip
+    else:
+        await conn.execute(
+            "UPDATE conversions SET reason = $2 WHERE id = $1",
+            UUID(e["id"]), f"unverified (pixel only): {result.reason}",
+        )  # fmt: skip
     return 1
 
 
@@ -141,6 +209,14 @@ async def _evidence(conn: asyncpg.Connection, e: dict[str, Any], merchant: UUID)
         )
         if row:
             click, visitor = _click(row), row["visitor_id"]
+    if visitor is None and e.get("visitor_id"):
+        visitor = UUID(e["visitor_id"])
+    if visitor is None and e["order_id"] and e["type"] != "refund":
+        visitor = await conn.fetchval(
+            "SELECT visitor_id FROM order_pixels WHERE merchant_id = $1 AND order_id = $2",
+            merchant,
+            e["order_id"],
+        )
     browser: tuple[Click, ...] = ()
     if visitor is not None:
         rows = await conn.fetch(
@@ -159,9 +235,10 @@ async def _evidence(conn: asyncpg.Connection, e: dict[str, Any], merchant: UUID)
     return Evidence(occurred_at, customer, code_advocate, click, browser)
 
 
-async def _attribute_and_reward(conn: asyncpg.Connection, e: dict[str, Any]) -> None:
-    merchant = UUID(e["merchant_id"])
-    evidence = await _evidence(conn, e, merchant)
+async def _program_terms(
+    conn: asyncpg.Connection, evidence: Evidence
+) -> tuple[dict[UUID, tuple[int, ProgramRules]], dict[UUID, ProgramTerms]]:
+    """The current rules of every program the evidence points at, and their attribution terms."""
     programs = {c.advocate.program_id for c in (evidence.click, *evidence.browser_clicks) if c}
     if evidence.code_advocate:
         programs.add(evidence.code_advocate.program_id)
@@ -170,6 +247,13 @@ async def _attribute_and_reward(conn: asyncpg.Connection, e: dict[str, Any]) -> 
         p: ProgramTerms(r.attribution_window_days, r.attribution_model)
         for p, (_, r) in rules.items()
     }
+    return rules, terms
+
+
+async def _attribute_and_reward(conn: asyncpg.Connection, e: dict[str, Any]) -> None:
+    merchant = UUID(e["merchant_id"])
+    evidence = await _evidence(conn, e, merchant)
+    rules, terms = await _program_terms(conn, evidence)
     result = attribute(evidence, terms)
     if not isinstance(result, Attributed):
         await conn.execute(
