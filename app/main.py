@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from app import metrics
 from app.errors import install_error_handlers
 from app.logs import configure_logging, correlation_id
-from app.routes import conversions, links, ops, programs, stats
+from app.routes import conversions, links, ops, programs, rewards, stats
 from app.routes.redirect import RedirectEndpoint
 from app.security import IpAnonymizer
 from app.services.conversions import SecretCache
@@ -195,5 +195,6 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
     api.include_router(links.router)
     api.include_router(conversions.router)
     api.include_router(stats.router)
+    api.include_router(rewards.router)
     app = TrackingApp(api)
     return app

@@ -356,3 +356,39 @@ async def test_pixel_of_an_unknown_merchant_is_404(client: httpx.AsyncClient, db
     assert response.status_code == 404 and response.json()["error"]["field"] == "query.m"
     bad = await client.get("/t/pixel.gif", params={"m": "x", "order_id": "1"})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "query.m"
+
+
+async def test_approved_rewards_are_paid_and_fraud_is_rejected_with_a_reason(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, other_merchant: CreatedMerchant,
+    settings: Settings,
+) -> None:  # fmt: skip
+    program = await make_program(client, merchant, rules={**RULES, "hold_days": 0})
+    advocate = await make_advocate(client, merchant, program, "cust-anna")
+    response = await post(client, merchant, {
+        "event_id": "o-8", "type": "purchase", "order_id": "8", "amount_minor": 5000,
+        "currency": "EUR", "referral_code": advocate["referral_code"]})  # fmt: skip
+    await flush(settings)
+    await scheduler.run(settings, once=True)
+    rewards = {
+        r["beneficiary"]: r
+        for r in (await read(client, merchant, response.json()["id"]))["rewards"]
+    }
+    paid_path = f"/v1/rewards/{rewards['advocate']['id']}/paid"
+    reject_path = f"/v1/rewards/{rewards['friend']['id']}/reject"
+
+    intruder = await client.post(paid_path, json={"reason": "x"}, headers=auth(other_merchant))
+    assert intruder.status_code == 404
+    paid = await client.post(paid_path, json={"reason": "payout PO-1"}, headers=auth(merchant))
+    assert paid.status_code == 200 and paid.json()["state"] == "paid"
+    assert paid.json()["balances"]["paid"] == 1000
+    again = await client.post(paid_path, json={"reason": "twice"}, headers=auth(merchant))
+    assert again.status_code == 422 and again.json()["error"]["code"] == "invalid_state"
+
+    rejected = await client.post(
+        reject_path, json={"reason": "same household as the advocate"}, headers=auth(merchant)
+    )
+    assert rejected.json()["state"] == "rejected"
+    assert rejected.json()["balances"]["rejected"] == 500
+    missing_reason = await client.post(reject_path, json={}, headers=auth(merchant))
+    assert missing_reason.status_code == 422
+    assert missing_reason.json()["error"]["field"] == "body.reason"

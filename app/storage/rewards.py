@@ -122,3 +122,27 @@ async def rewards_of_conversion(
     return [
         {**dict(r), "balances": sums[r["id"]], "state": current_state(sums[r["id"]])} for r in rows
     ]
+
+
+async def move(
+    pool: asyncpg.Pool, merchant_id: UUID, reward_id: UUID, from_states: tuple[str, ...],
+    to_state: str, reason: str,
+) -> tuple[int, dict[str, int]] | None:  # fmt: skip
+    """Move everything the reward holds in `from_states` to `to_state`, as ledger entries.
+    Returns (amount moved, new balances), or None when the reward is not the merchant's."""
+    async with pool.acquire() as conn, conn.transaction():
+        owner = await conn.fetchval(
+            "SELECT merchant_id FROM rewards WHERE id = $1 FOR UPDATE", reward_id
+        )
+        if owner != merchant_id:
+            return None
+        balance = (await balances(conn, [reward_id]))[reward_id]
+        moved = sum(balance[state] for state in from_states)
+        for state in from_states:
+            if balance[state] > 0:
+                await conn.execute(
+                    "INSERT INTO reward_entries (reward_id, merchant_id, from_state, to_state,"
+                    " amount_minor, reason) VALUES ($1, $2, $3, $4, $5, $6)",
+                    reward_id, merchant_id, state, to_state, balance[state], reason,
+                )  # fmt: skip
+        return moved, (await balances(conn, [reward_id]))[reward_id]
