@@ -29,9 +29,13 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import orjson
 from redis.asyncio import Redis
 
+from app import webhooks
+
 ROOT = Path(__file__).resolve().parents[1]
+CHAOS_WEBHOOK_SECRET = "whsec_chaos"
 BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"
 
 
@@ -184,9 +188,13 @@ class Load:
 
     base_url: str
     codes: list[str]
+    merchant_id: str = ""
     concurrency: int = 16
+    postback_concurrency: int = 2
     sent: int = 0
     acknowledged: set[str] = field(default_factory=set)
+    postbacks_sent: int = 0
+    postbacks_acknowledged: set[str] = field(default_factory=set)
     failed: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -215,8 +223,40 @@ class Load:
                     )
                 await asyncio.sleep(0.002)
 
+    async def _shop_backend(self, n: int) -> None:
+        """Signed conversion postbacks, each naming a click id answered earlier."""
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=5) as client:
+            i = 0
+            while not self._stop.is_set():
+                i += 1
+                click = next(iter(self.acknowledged), None)
+                body = orjson.dumps({"event_id": f"chaos-{n}-{i}-{os.urandom(4).hex()}",
+                                     "type": "signup", "click_id": click})  # fmt: skip
+                signature = webhooks.sign(CHAOS_WEBHOOK_SECRET, int(time.time()), body)
+                self.postbacks_sent += 1
+                try:
+                    response = await client.post(
+                        "/v1/conversions",
+                        content=body,
+                        headers={"content-type": "application/json",
+                                 "x-referral-merchant": self.merchant_id,
+                                 "x-referral-signature": signature},
+                    )  # fmt: skip
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.05)
+                    continue
+                if response.status_code == 202:
+                    self.postbacks_acknowledged.add(response.json()["id"])
+                await asyncio.sleep(0.01)
+
     async def run(self) -> None:
-        await asyncio.gather(*(self._browser(n) for n in range(self.concurrency)))
+        await asyncio.gather(
+            *(self._browser(n) for n in range(self.concurrency)),
+            *(
+                self._shop_backend(n)
+                for n in range(self.postback_concurrency if self.merchant_id else 0)
+            ),
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -231,20 +271,26 @@ class Outcome:
     duplicates: int
     lost: int
     stored_unacknowledged: int
+    postbacks_sent: int = 0
+    postbacks_acknowledged: int = 0
+    postbacks_stored: int = 0
+    postbacks_lost: int = 0
     note: str = ""
 
     def line(self) -> str:
         return (
             f"{self.fault:<34} sent={self.sent:<7} acknowledged={self.acknowledged:<7} "
-            f"stored={self.stored:<7} duplicates={self.duplicates} lost={self.lost}"
+            f"stored={self.stored:<7} duplicates={self.duplicates} lost={self.lost} | postbacks "
+            f"sent={self.postbacks_sent} acknowledged={self.postbacks_acknowledged} "
+            f"stored={self.postbacks_stored} lost={self.postbacks_lost}"
             + (f"  (stored, answer lost with the API: {self.stored_unacknowledged})"
                if self.stored_unacknowledged else "")
             + (f"  [{self.note}]" if self.note else "")
         )  # fmt: skip
 
 
-async def setup_links(database_url: str, links: int = 50) -> list[str]:
-    """A fresh merchant, program and `links` advocates' links."""
+async def setup_links(database_url: str, links: int = 50) -> tuple[str, list[str]]:
+    """A fresh merchant, program and `links` advocates' links: (merchant id, link codes)."""
     from app.storage.db import migrate
 
     await migrate(database_url)
@@ -254,12 +300,18 @@ async def setup_links(database_url: str, links: int = 50) -> list[str]:
             "TRUNCATE clicks, links, advocates, programs, api_keys, merchants CASCADE"
         )
         merchant = await conn.fetchval(
-            "INSERT INTO merchants (name, webhook_secret) VALUES ('chaos', 's') RETURNING id"
+            "INSERT INTO merchants (name, webhook_secret) VALUES ('chaos', $1) RETURNING id",
+            CHAOS_WEBHOOK_SECRET,
         )
+
         program = await conn.fetchval(
             "INSERT INTO programs (merchant_id, name, destination_url, allowed_domains)"
             " VALUES ($1, 'chaos', 'https://shop.example.com/', '{shop.example.com}') RETURNING id",
             merchant,
+        )
+        await conn.execute(
+            "INSERT INTO program_rules (program_id, version, rules) VALUES ($1, 1, '{}'::jsonb)",
+            program,
         )
         await conn.execute(
             "INSERT INTO advocates (merchant_id, program_id, external_id, referral_code)"
@@ -273,16 +325,25 @@ async def setup_links(database_url: str, links: int = 50) -> list[str]:
         )
     finally:
         await conn.close()
-    return [r["code"] for r in rows]
+    return str(merchant), [r["code"] for r in rows]
 
 
-async def warm_up(cluster: Cluster, codes: list[str]) -> None:
-    """Visit every link once, as production traffic would have: links are then in the API's
-    cache and in Redis (where the management API writes them through on creation)."""
+async def warm_up(cluster: Cluster, codes: list[str], merchant_id: str) -> None:
+    """Visit every link once and post one conversion, as production traffic would have: links
+    are then in the API's cache and in Redis (where the management API writes them through on
+    creation), and the merchant's webhook secret in the API's cache."""
     async with httpx.AsyncClient(base_url=cluster.api_url, timeout=10) as client:
         for code in codes:
             response = await client.get(f"/r/{code}", headers={"user-agent": BROWSER_UA})
             assert response.status_code == 302, response.text
+        body = orjson.dumps({"event_id": "warm-up", "type": "signup"})
+        signature = webhooks.sign(CHAOS_WEBHOOK_SECRET, int(time.time()), body)
+        response = await client.post(
+            "/v1/conversions",
+            content=body,
+            headers={"x-referral-merchant": merchant_id, "x-referral-signature": signature},
+        )
+        assert response.status_code == 202, response.text
 
 
 async def settle(cluster: Cluster, limit_seconds: float = 60) -> None:
@@ -295,8 +356,10 @@ async def settle(cluster: Cluster, limit_seconds: float = 60) -> None:
                 spooled = (
                     list(cluster.spool_dir.glob("*.spool")) if cluster.spool_dir.exists() else []
                 )
-                length = await redis.xlen("clicks")
-                pending = (await redis.xpending("clicks", "flushers"))["pending"]
+                length = await redis.xlen("clicks") + await redis.xlen("conversions")
+                pending = (await redis.xpending("clicks", "flushers"))["pending"] + (
+                    await redis.xpending("conversions", "flushers")
+                )["pending"]
                 if not spooled and length == 0 and pending == 0:
                     return
             await asyncio.sleep(0.2)
@@ -310,6 +373,7 @@ async def account(cluster: Cluster, fault: str, load: Load, note: str = "") -> O
     conn = await asyncpg.connect(cluster.database_url)
     try:
         rows = await conn.fetch("SELECT replace(click_id::text, '-', '') AS id FROM clicks")
+        conversions = {str(r["id"]) for r in await conn.fetch("SELECT id FROM conversions")}
     finally:
         await conn.close()
     ids = [r["id"] for r in rows]
@@ -322,13 +386,17 @@ async def account(cluster: Cluster, fault: str, load: Load, note: str = "") -> O
         duplicates=len(ids) - len(stored),
         lost=len(load.acknowledged - stored),
         stored_unacknowledged=len(stored - load.acknowledged),
+        postbacks_sent=load.postbacks_sent,
+        postbacks_acknowledged=len(load.postbacks_acknowledged),
+        postbacks_stored=len(conversions & load.postbacks_acknowledged),
+        postbacks_lost=len(load.postbacks_acknowledged - conversions),
         note=note,
     )
 
 
 async def _truncate(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
-    await conn.execute("TRUNCATE clicks")
+    await conn.execute("TRUNCATE clicks, conversions CASCADE")
     await conn.close()
 
 
@@ -407,14 +475,14 @@ FAULTS: dict[str, Fault] = {
 async def run_fault(
     name: str, workdir: Path, database_url: str, seconds: float, pg_seconds: float | None = None
 ) -> Outcome:
-    codes = await setup_links(database_url)
+    merchant_id, codes = await setup_links(database_url)
     cluster = Cluster(workdir, database_url, PgControl.from_env())
     cluster.start_redis()
     cluster.start_api()
     cluster.start_flusher()
-    load = Load(cluster.api_url, codes)
+    load = Load(cluster.api_url, codes, merchant_id)
     try:
-        await warm_up(cluster, codes)
+        await warm_up(cluster, codes, merchant_id)
         await settle(cluster)  # the warm-up clicks are stored before the count starts
         await _truncate(database_url)
         runner = asyncio.create_task(load.run())

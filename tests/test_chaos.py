@@ -19,6 +19,8 @@ async def test_no_click_lost_or_doubled_when(fault: str, database_url: str, tmp_
     print(outcome.line())
     assert outcome.acknowledged > 50, outcome.line()
     assert outcome.lost == 0, outcome.line()
+    assert outcome.postbacks_acknowledged > 5, outcome.line()
+    assert outcome.postbacks_lost == 0, outcome.line()
     assert outcome.duplicates == 0, outcome.line()
     if fault != "api SIGKILL + restart":
         assert outcome.stored == outcome.acknowledged, outcome.line()
