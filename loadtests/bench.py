@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import os
 import platform
@@ -132,15 +133,23 @@ def wrk(
     connections: int = 64,
     delay_ms: float = 0,
     server_pid: int | None = None,
+    script: str = "codes.lua",
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        env = {**os.environ, "CODES_FILE": str(codes_file), "WRK_JSON": out.name,
-               "RATE_DELAY_MS": f"{delay_ms:.3f}" if delay_ms else "0"}  # fmt: skip
+        environment = {
+            **os.environ,
+            "CODES_FILE": str(codes_file),
+            "WRK_JSON": out.name,
+            "LOADTESTS_DIR": str(ROOT / "loadtests"),
+            "RATE_DELAY_MS": f"{delay_ms:.3f}" if delay_ms else "0",
+            **(env or {}),
+        }
         subprocess.run(
             ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s",
-             "-s", str(ROOT / "loadtests" / "codes.lua"), f"http://127.0.0.1:{port}/"],
-            env=env, check=True, capture_output=True,
+             "-s", str(ROOT / "loadtests" / script), f"http://127.0.0.1:{port}/"],
+            env=environment, check=True, capture_output=True,
         )  # fmt: skip
         result = json.loads(Path(out.name).read_text())
     result["rate"] = result["requests"] / (result["duration_us"] / 1e6)
@@ -234,7 +243,8 @@ def flusher(cpu: str = LOAD_CPU) -> Iterator[subprocess.Popen[bytes]]:
         yield p
 
 
-def answered_302(port: int) -> int:
+def answered(port: int, route: str, status: int) -> int:
+    """Requests the server itself counts as answered with `status` on `route`."""
     import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
@@ -242,17 +252,39 @@ def answered_302(port: int) -> int:
     for line in text.splitlines():
         if (
             line.startswith("referral_http_requests_total{")
-            and 'route="/r/{code}"' in line
-            and 'status="302"' in line
+            and f'route="{route}"' in line
+            and f'status="{status}"' in line
         ):
             total += int(float(line.rsplit(" ", 1)[1]))
     return total
 
 
+def answered_302(port: int) -> int:
+    return answered(port, "/r/{code}", 302)
+
+
+def signed_postbacks(merchant: Any, advocates: int, count: int) -> Path:
+    """`count` purchase postbacks with referral codes, each signed once, for postbacks.lua."""
+    from app import webhooks
+
+    now = int(time.time())
+    lines = []
+    for n in range(count):
+        body = orjson.dumps({
+            "event_id": f"load-{n}-{os.urandom(4).hex()}", "type": "purchase",
+            "order_id": f"o-{n}", "amount_minor": 1000 + n % 9000, "currency": "EUR",
+            "customer_id": f"c-{n}", "referral_code": f"LOAD-{1 + n % advocates}",
+        })  # fmt: skip
+        lines.append(body.decode() + "\t" + webhooks.sign(merchant.webhook_secret, now, body))
+    path = Path(tempfile.mkstemp(suffix=".postbacks")[1])
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 # -- Data ------------------------------------------------------------------------------------
 
 
-async def prepare(dsn: str, redis_url: str, links: int) -> list[str]:
+async def prepare(dsn: str, redis_url: str, links: int) -> tuple[list[str], Any]:
     await migrate(dsn)
     conn = await asyncpg.connect(dsn)
     try:
@@ -262,11 +294,17 @@ async def prepare(dsn: str, redis_url: str, links: int) -> list[str]:
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
         merchant = await create_merchant(pool, "Load Test Shop")
         await pool.close()
+        await conn.execute("TRUNCATE conversions CASCADE")
         program_id = await conn.fetchval(
             "INSERT INTO programs (merchant_id, name, destination_url, allowed_domains)"
             " VALUES ($1, 'load', 'https://shop.example.com/welcome?src=ref', '{shop.example.com}')"
             " RETURNING id",
             merchant.id,
+        )
+        # As the API does when it creates a program: rules version 1 (10.00 per first purchase).
+        await conn.execute(
+            "INSERT INTO program_rules (program_id, version, rules) VALUES ($1, 1, '{}'::jsonb)",
+            program_id,
         )
         await conn.execute(
             "INSERT INTO advocates (merchant_id, program_id, external_id, referral_code)"
@@ -285,7 +323,7 @@ async def prepare(dsn: str, redis_url: str, links: int) -> list[str]:
     redis = Redis.from_url(redis_url)
     await redis.flushdb()
     await redis.aclose()
-    return [r["code"] for r in codes]
+    return [r["code"] for r in codes], merchant
 
 
 async def clear_clicks(dsn: str, redis_url: str) -> None:
@@ -302,6 +340,13 @@ async def count_clicks(dsn: str) -> tuple[int, int]:
     rows, distinct = await conn.fetchrow("SELECT count(*), count(DISTINCT click_id) FROM clicks")
     await conn.close()
     return rows, distinct
+
+
+async def count_conversions(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    n = await conn.fetchval("SELECT count(*) FROM conversions")
+    await conn.close()
+    return n
 
 
 async def stream_backlog(redis_url: str) -> int:
@@ -491,7 +536,7 @@ def main() -> None:
     for name in ("PG_POSTMASTER_PID", "REDIS_PID"):
         if os.environ.get(name):
             pin(int(os.environ[name]), LOAD_CPU)
-    codes = asyncio.run(prepare(dsn, redis_url, args.links))
+    codes, merchant = asyncio.run(prepare(dsn, redis_url, args.links))
     codes_file = Path(tempfile.mkstemp(suffix=".codes")[1])
     codes_file.write_text("\n".join(codes) + "\n")
     secs = args.seconds
@@ -506,7 +551,7 @@ def main() -> None:
     nginx_runs: list[Row] = []
     raw_runs: list[Row] = []
     our_runs: list[dict[str, Any]] = []
-    answered = 0
+    answered_clicks = 0
     asyncio.run(clear_clicks(dsn, redis_url))
     for round_number in range(args.rounds):
         if not args.short:
@@ -515,7 +560,7 @@ def main() -> None:
         with our_api(port) as api_pid:
             wrk(port, 1, codes_file)  # warm the link cache
             our_runs.append(wrk(port, secs, codes_file, server_pid=api_pid))
-            answered += answered_302(port)
+            answered_clicks += answered_302(port)
         summary = (
             f"round {round_number + 1}: raw ASGI {raw_runs[-1].rate:,.0f}, "
             f"ours {our_runs[-1]['rate']:,.0f}"
@@ -537,11 +582,28 @@ def main() -> None:
         # Latency at half the maximum rate, 64 connections each waiting between requests.
         half_rate = ours["rate"] / 2
         fixed = wrk(port, secs, codes_file, delay_ms=64 / half_rate * 1000)
-        answered += answered_302(port)
+        # The redirect while the shops' backends post conversions beside it, at 1 % of the
+        # redirect's maximum rate (a busy hour of a shop whose referred visitors buy often).
+        postback_rate = ours["rate"] * 0.01
+        postbacks_file = signed_postbacks(merchant, args.links, int(secs * postback_rate * 2) + 500)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            postback_run = pool.submit(
+                wrk, port, secs, codes_file, connections=8, script="postbacks.lua",
+                delay_ms=8 / postback_rate * 1000,
+                env={"POSTBACKS_FILE": str(postbacks_file), "MERCHANT_ID": str(merchant.id)},
+            )  # fmt: skip
+            beside_postbacks = wrk(port, secs, codes_file)
+            postbacks = postback_run.result()
+        postbacks_file.unlink()
+        answered_clicks += answered_302(port)
+        accepted = answered(port, "/v1/conversions", 202)
     drain()
     stored, distinct = asyncio.run(count_clicks(dsn))
-    accounting = {"answered_302": answered, "stored": stored, "duplicates": stored - distinct,
-                  "lost": max(answered - distinct, 0)}  # fmt: skip
+    conversions = asyncio.run(count_conversions(dsn))
+    accounting = {"answered_302": answered_clicks, "stored": stored,
+                  "duplicates": stored - distinct, "lost": max(answered_clicks - distinct, 0),
+                  "postbacks_202": accepted, "conversions_stored": conversions,
+                  "postbacks_lost": max(accepted - conversions, 0)}  # fmt: skip
 
     def ratio_row(name: str, result: dict[str, Any]) -> list[Row]:
         out = []
@@ -568,6 +630,17 @@ def main() -> None:
                           ratio=during_flush["rate"] / raw.rate,
                           extra={"stream_before": backlog_before,
                                  "stream_after": backlog_after})]  # fmt: skip
+    rows.append(
+        row_from_wrk(
+            "our GET /r/{code} while postbacks run beside it",
+            beside_postbacks,
+            ceiling=raw.name,
+            ratio=beside_postbacks["rate"] / raw.rate,
+        )
+    )
+    rows.append(
+        row_from_wrk("  … the signed postbacks beside it (8 conns, paced at 1 %)", postbacks)
+    )
     latency_row = row_from_wrk(
         f"our GET /r/{{code}} at {fixed['rate']:,.0f} req/s (≈ half max), 64 conns", fixed
     )
@@ -604,7 +677,7 @@ def main() -> None:
         "seconds": secs, "rows": [asdict(r) | {"ok": r.ok} for r in rows], "accounting": accounting,
     }, indent=2))  # fmt: skip
     print(f"results: {out.relative_to(ROOT)}")
-    if accounting["lost"] or accounting["duplicates"]:
+    if accounting["lost"] or accounting["duplicates"] or accounting["postbacks_lost"]:
         sys.exit(1)
 
 
@@ -654,7 +727,9 @@ def print_table(rows: list[Row], accounting: dict[str, int]) -> None:
     print(
         f"accounting: answered 302 = {accounting['answered_302']:,}, "
         f"stored in PostgreSQL = {accounting['stored']:,}, "
-        f"duplicates = {accounting['duplicates']}, lost = {accounting['lost']}"
+        f"duplicates = {accounting['duplicates']}, lost = {accounting['lost']}; "
+        f"postbacks answered 202 = {accounting['postbacks_202']:,}, conversions stored = "
+        f"{accounting['conversions_stored']:,}, lost = {accounting['postbacks_lost']}"
     )
 
 

@@ -392,3 +392,24 @@ async def test_approved_rewards_are_paid_and_fraud_is_rejected_with_a_reason(
     missing_reason = await client.post(reject_path, json={}, headers=auth(merchant))
     assert missing_reason.status_code == 422
     assert missing_reason.json()["error"]["field"] == "body.reason"
+
+
+async def test_a_conversion_that_cannot_be_processed_is_set_aside_alone(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool,
+    redis: Any,
+) -> None:  # fmt: skip
+    good = await make_program(client, merchant, rules=RULES)
+    broken = await make_program(client, merchant, rules=RULES)
+    anna = await make_advocate(client, merchant, good, "cust-anna")
+    ben = await make_advocate(client, merchant, broken, "cust-ben")
+    await db.execute("DELETE FROM program_rules WHERE program_id = $1", broken["id"])  # corrupt
+    for n, advocate in enumerate((ben, anna)):
+        await post(client, merchant, {
+            "event_id": f"o-{n}", "type": "purchase", "order_id": str(n), "amount_minor": 5000,
+            "currency": "EUR", "referral_code": advocate["referral_code"]})  # fmt: skip
+    await flush(settings)
+
+    stored = await db.fetch("SELECT event_id, state FROM conversions")
+    assert [(r["event_id"], r["state"]) for r in stored] == [("o-1", "attributed")]
+    [(_, fields)] = await redis.xrange("conversions:dead")
+    assert b"KeyError" in fields[b"error"] and b"o-0" in fields[b"e"]

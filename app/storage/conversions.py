@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 from redis.asyncio import Redis
 
 from app.attribution.model import (
@@ -31,12 +32,21 @@ from app.attribution.model import (
 from app.attribution.rewards import NoReward, Sale, compute_rewards, reversal_amount
 from app.attribution.rules import ProgramRules
 from app.codes import normalize_referral_code
-from app.events import click_time
+from app.events import EVENTS_FIELD, click_time
 from app.storage import rewards as rewards_repo
 from app.storage.flusher import RetryLater
 from app.storage.rules import current_rules
 
 log = logging.getLogger(__name__)
+
+_RETRYABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
 
 # How far back the browser's clicks are looked up (the longest window a program may have).
 _LOOKBACK = timedelta(days=366)
@@ -59,6 +69,7 @@ class ConversionStore:
         self._redis = redis
         self._click_stream = click_stream
         self._wait_seconds = wait_seconds
+        self._dead_letters = "conversions:dead"
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
         return None
@@ -83,9 +94,16 @@ class ConversionStore:
             try:
                 async with conn.transaction():
                     stored += await process_conversion(conn, event)
-            except asyncpg.IntegrityConstraintViolationError as exc:
-                # For example a merchant deleted meanwhile: nothing to attribute it to.
-                log.error("conversion skipped", extra={"id": event["id"], "error": repr(exc)})
+            except _RETRYABLE:
+                raise  # PostgreSQL went away: the flusher retries the batch
+            except Exception as exc:
+                # One conversion that cannot be processed must not hold back the others: it is
+                # set aside, with the error, for a person to look at.
+                log.exception("conversion moved to dead letters", extra={"id": event["id"]})
+                await self._redis.xadd(
+                    self._dead_letters,
+                    {EVENTS_FIELD: orjson.dumps([event]), b"error": repr(exc)},
+                )
         return stored
 
 
