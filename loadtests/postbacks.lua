@@ -21,12 +21,4 @@ function request()
   }, bodies[i])
 end
 
--- Paced like codes.lua: about RATE_DELAY_MS between a connection's requests, jittered.
-local delay_ms = tonumber(os.getenv("RATE_DELAY_MS") or "0")
-if delay_ms > 0 then
-  function delay()
-    return delay_ms * (0.5 + math.random())
-  end
-end
-
-dofile(os.getenv("LOADTESTS_DIR") .. "/report.lua")
+dofile(os.getenv("LOADTESTS_DIR") .. "/common.lua")
