@@ -11,8 +11,11 @@ import httpx
 from redis.asyncio import Redis
 
 from app.main import TrackingApp
+from app.settings import Settings
+from app.storage.event_buffer import EventBuffer
 from app.storage.link_cache import publish_link
 from app.storage.links import redirect_record
+from app.storage.spool import Spool
 from tests.conftest import BROWSER_UA, RedisServer, flush, make_settings, start_app
 
 
@@ -72,3 +75,16 @@ async def test_redis_down_spools_clicks_and_replays_them_when_it_returns(
     sent = {r.headers["location"].split("rcid=")[1][:32] for r in [before, *during]}
     rows = await db.fetch("SELECT replace(click_id::text, '-', '') AS id FROM clicks")
     assert sorted(r["id"] for r in rows) == sorted(sent)
+
+
+async def test_a_failing_write_never_stops_the_writer(
+    settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    buffer = EventBuffer(redis, "buffer-test", Spool(tmp_path / "spool"))
+    buffer.start()
+    try:
+        await asyncio.wait_for(buffer.add({"not serialisable": {1, 2}}), 2)  # orjson refuses a set
+        await asyncio.wait_for(buffer.add(["fine"]), 2)  # the writer is still alive
+    finally:
+        await buffer.stop()
+    assert await redis.xlen("buffer-test") == 1

@@ -55,7 +55,7 @@ class EventBuffer:
         self._write_timeout = write_timeout
         self._replay_interval = replay_interval
         self._writers = writers
-        self._events: list[list[Any]] = []
+        self._events: list[Any] = []
         self._done: asyncio.Future[None] | None = None
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -68,7 +68,7 @@ class EventBuffer:
         # once instead of waiting for it, which halves the wait of a click at moderate load.
         self._tasks = [
             *(
-                asyncio.create_task(self._write_loop(), name="click-writer")
+                asyncio.create_task(self._write_loop(), name=f"{self._stream}-writer")
                 for _ in range(self._writers)
             ),
             asyncio.create_task(self._replay_loop(), name="spool-replayer"),
@@ -92,8 +92,8 @@ class EventBuffer:
     def spool_files(self) -> list[Path]:
         return self._spool.files()
 
-    async def add(self, event: list[Any]) -> None:
-        """Returns once the click is in Redis (or, when Redis is down, fsync'd in the spool)."""
+    async def add(self, event: Any) -> None:
+        """Returns once the event is in Redis (or, when Redis is down, fsync'd in the spool)."""
         done = self._done
         if done is None:
             done = self._done = asyncio.get_running_loop().create_future()
@@ -111,13 +111,18 @@ class EventBuffer:
                 self._events, self._done = [], None
                 try:
                     await self._write(events)
+                except Exception:
+                    # A bug, not an outage (those are handled in _write). The writer must live
+                    # on, or every later request would wait forever.
+                    self._lost.inc(len(events))
+                    log.exception("event write failed: events lost", extra={"n": len(events)})
                 finally:
                     if done is not None and not done.done():
                         done.set_result(None)
             if self._stopping:
                 return
 
-    async def _write(self, events: list[list[Any]]) -> None:
+    async def _write(self, events: list[Any]) -> None:
         step = self._max_batch
         payloads = [orjson.dumps(events[i : i + step]) for i in range(0, len(events), step)]
         self._batch_sizes.observe(len(events))
