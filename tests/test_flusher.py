@@ -122,3 +122,30 @@ async def test_two_flushers_at_once_store_every_click_exactly_once(
     await _stream_is_drained(redis, settings)
     consumers = await redis.xinfo_consumers(settings.click_stream, settings.flusher_group)
     assert len(consumers) == 2 and all(c["pending"] == 0 for c in consumers)
+
+
+async def test_flusher_started_before_redis_waits_for_it(
+    settings: Settings, tmp_path: Any, db: asyncpg.Pool
+) -> None:
+    from tests.conftest import RedisServer, make_settings
+
+    server = RedisServer(tmp_path / "late-redis")
+    late = make_settings(settings.database_url, server.url, tmp_path)
+    flusher = flusher_process(late, burst=False)
+    try:
+        await asyncio.sleep(1.0)
+        assert flusher.poll() is None, "the flusher gave up while Redis was down"
+        server.start()
+        redis = Redis.from_url(server.url)
+        for _ in range(100):
+            with contextlib.suppress(ResponseError):
+                if await redis.xinfo_consumers(late.click_stream, late.flusher_group):
+                    break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the flusher did not join once Redis was up")
+        await redis.aclose()
+    finally:
+        flusher.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(flusher.wait, 30) == 0
+        server.kill()

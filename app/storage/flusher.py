@@ -216,7 +216,13 @@ class Flusher:
     async def run(self, *, burst: bool = False, stop: asyncio.Event | None = None) -> None:
         """Flush until `stop` is set; in burst mode, until the stream is drained."""
         stop = stop or asyncio.Event()
-        await self.ensure_group()
+        while not stop.is_set():  # Redis may not be up yet: wait for it, as for PostgreSQL
+            try:
+                await self.ensure_group()
+                break
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.error("redis unreachable, waiting", extra={"error": repr(exc)})
+                await asyncio.sleep(0.5)
         while not stop.is_set():
             try:
                 n = await self.flush_once(block=not burst)
