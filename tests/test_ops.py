@@ -90,3 +90,14 @@ async def test_readyz_fails_while_postgres_is_down_and_recovers(
 
 async def _pg_ctl_async(action: str) -> None:
     await asyncio.to_thread(_pg_ctl, action)
+
+
+async def test_openapi_document_builds_and_lists_the_api(client: httpx.AsyncClient) -> None:
+    response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    for path in ["/v1/programs", "/v1/programs/{program_id}/rules", "/v1/conversions",
+                 "/v1/conversions/{conversion_id}", "/v1/advocates/{advocate_id}/links",
+                 "/v1/links/{link_id}/qr", "/v1/advocate/stats", "/t/pixel.gif"]:  # fmt: skip
+        assert path in paths, path
+    assert (await client.get("/docs")).status_code == 200
