@@ -126,21 +126,25 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
             settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
         )
         redis, listener = _redis_clients(settings)
-        spool = Spool(settings.spool_dir)
-        buffer = EventBuffer(
-            redis,
-            settings.click_stream,
-            spool,
-            max_batch=settings.click_batch_max,
-            write_timeout=settings.redis_write_timeout_seconds,
-            replay_interval=settings.spool_replay_interval_seconds,
-            writers=settings.click_writers,
-        )
+        sharded = len(settings.click_streams) > 1
+        click_buffers = [
+            EventBuffer(
+                redis,
+                stream,
+                Spool(settings.spool_dir, name=f"clicks.shard{i}" if sharded else "clicks"),
+                max_batch=settings.click_batch_max,
+                write_timeout=settings.redis_write_timeout_seconds,
+                replay_interval=settings.spool_replay_interval_seconds,
+                writers=settings.click_writers,
+            )
+            for i, stream in enumerate(settings.click_streams)
+        ]
         link_cache = LinkCache(
             redis,
             pool,
             listen_redis=listener,
             click_id_param=settings.click_id_param,
+            shards=len(click_buffers),
             ttl=settings.link_cache_ttl_seconds,
             negative_ttl=settings.link_cache_negative_ttl_seconds,
         )
@@ -152,18 +156,19 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
             replay_interval=settings.spool_replay_interval_seconds,
             writers=1,
         )
-        buffer.start()
+        for buffer in click_buffers:
+            buffer.start()
         conversion_buffer.start()
         link_cache.start()
         api.state.settings = settings
         api.state.pool = pool
         api.state.redis = redis
-        api.state.click_buffer = buffer
+        api.state.event_buffers = [*click_buffers, conversion_buffer]
         api.state.link_cache = link_cache
         api.state.conversion_buffer = conversion_buffer
         api.state.webhook_secrets = SecretCache(pool, {})
         api.state.anonymize_ip = IpAnonymizer(settings.secret_bytes)
-        app.redirect = RedirectEndpoint(link_cache, buffer, settings)
+        app.redirect = RedirectEndpoint(link_cache, click_buffers, settings)
         try:
             # Probe Redis once so that the first clicks after a start without Redis go to the
             # spool directly.
@@ -176,8 +181,8 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
         finally:
             app.redirect = None
             await link_cache.stop()
-            await buffer.stop()
-            await conversion_buffer.stop()
+            for buffer in api.state.event_buffers:
+                await buffer.stop()
             await redis.aclose()
             await listener.aclose()
             await pool.close()

@@ -24,6 +24,13 @@ class Settings(BaseSettings):
 
     # Hot path
     click_stream: str = "clicks"
+    click_stream_shards: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Spread clicks over this many streams by a hash of the link code, each with "
+        "its own flusher consumer (for Redis Cluster: one hash slot per stream).",
+    )
     conversion_stream: str = "conversions"
     click_id_param: str = Field("rcid", description="Query parameter carrying the click id.")
     cookie_name: str = "rt_ref"
@@ -65,6 +72,17 @@ class Settings(BaseSettings):
     @cached_property
     def secret_bytes(self) -> bytes:
         return self.secret_key.encode()
+
+    @cached_property
+    def click_streams(self) -> list[str]:
+        """The click stream, or its shards `clicks:{0}` … (braces: a Redis Cluster hash tag)."""
+        if self.click_stream_shards == 1:
+            return [self.click_stream]
+        return [f"{self.click_stream}:{{{i}}}" for i in range(self.click_stream_shards)]
+
+    @cached_property
+    def event_streams(self) -> list[str]:
+        return [*self.click_streams, self.conversion_stream]
 
 
 def load_settings() -> Settings:

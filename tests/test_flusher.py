@@ -149,3 +149,38 @@ async def test_flusher_started_before_redis_waits_for_it(
         flusher.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(flusher.wait, 30) == 0
         server.kill()
+
+
+async def test_sharded_click_streams_store_every_click_once(
+    database_url: str, redis_url: str, redis: Redis, db: asyncpg.Pool, tmp_path: Any
+) -> None:
+    from app.storage.merchants import create_merchant
+    from tests.conftest import auth, make_advocate, make_program, make_settings, start_app
+
+    settings = make_settings(
+        database_url, settings_redis_url(redis), tmp_path, click_stream_shards=3
+    )
+    assert settings.click_streams == ["clicks:{0}", "clicks:{1}", "clicks:{2}"]
+    app, lifespan = await start_app(settings)
+    merchant = await create_merchant(db, "Sharded Shop")
+    sent: set[str] = set()
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://go.test") as client:
+            program = await make_program(client, merchant)
+            links = [
+                (await make_advocate(client, merchant, program, f"c{n}"))["links"][0]
+                for n in range(12)
+            ]
+            for link in links:
+                sent |= await _click(client, link, 5)
+            assert (await client.get("/v1/me", headers=auth(merchant))).status_code == 200
+    finally:
+        await lifespan.__aexit__(None, None, None)
+
+    lengths = [await redis.xlen(s) for s in settings.click_streams]
+    assert sum(1 for n in lengths if n) >= 2, lengths  # the links really are spread
+    await flush(settings)
+    assert sorted(await _stored(db)) == sorted(sent)
+    for stream in settings.click_streams:
+        assert await redis.xlen(stream) == 0

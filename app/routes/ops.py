@@ -43,40 +43,43 @@ async def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     postgres = await _check(state.pool.fetchval("SELECT 1"))
     redis = await _check(state.redis.ping())
-    buffer = state.click_buffer
-    degraded = redis != "ok" or not buffer.redis_ok
+    buffers = state.event_buffers
+    degraded = redis != "ok" or not all(b.redis_ok for b in buffers)
     status = "unavailable" if postgres != "ok" else ("degraded" if degraded else "ok")
     body = {
         "status": status,
         "postgres": postgres,
         "redis": redis,
-        "spool_files": len(buffer.spool_files()),
+        "spool_files": sum(len(b.spool_files()) for b in buffers),
     }
     return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
 
 
 async def _refresh_stream_gauges(request: Request) -> None:
     state = request.app.state
-    stream = state.settings.click_stream
+    streams = state.settings.event_streams
     try:
         async with asyncio.timeout(0.5), state.redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(stream)
-            pipe.xrange(stream, count=1)
-            pipe.xpending(stream, state.settings.flusher_group)
-            length, first, pending = await pipe.execute(raise_on_error=False)
+            for stream in streams:
+                pipe.xlen(stream)
+                pipe.xrange(stream, count=1)
+                pipe.xpending(stream, state.settings.flusher_group)
+            replies = await pipe.execute(raise_on_error=False)
     except (RedisError, OSError, TimeoutError):
         metrics.errors.labels("metrics_redis").inc()
         return
-    if isinstance(length, int):
-        metrics.stream_length.labels(stream).set(length)
-    # Before the first flusher starts there is no group (an error reply): nothing is pending.
-    pending_count = pending.get("pending", 0) if isinstance(pending, dict) else 0
-    metrics.stream_pending.labels(stream).set(pending_count)
-    age = 0.0
-    if isinstance(first, list) and first:
-        first_ms = int(first[0][0].split(b"-")[0])
-        age = max(time.time() - first_ms / 1000, 0.0)
-    metrics.oldest_unflushed_age.labels(stream).set(age)
+    for n, stream in enumerate(streams):
+        length, first, pending = replies[3 * n : 3 * n + 3]
+        if isinstance(length, int):
+            metrics.stream_length.labels(stream).set(length)
+        # Before the first flusher starts there is no group (an error reply): nothing pending.
+        pending_count = pending.get("pending", 0) if isinstance(pending, dict) else 0
+        metrics.stream_pending.labels(stream).set(pending_count)
+        age = 0.0
+        if isinstance(first, list) and first:
+            first_ms = int(first[0][0].split(b"-")[0])
+            age = max(time.time() - first_ms / 1000, 0.0)
+        metrics.oldest_unflushed_age.labels(stream).set(age)
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -39,9 +39,9 @@ _METHOD_NOT_ALLOWED = b'{"error":{"code":"method_not_allowed","message":"use GET
 
 
 class RedirectEndpoint:
-    def __init__(self, links: LinkCache, buffer: EventBuffer, settings: Settings) -> None:
+    def __init__(self, links: LinkCache, buffers: list[EventBuffer], settings: Settings) -> None:
         self._links = links
-        self._buffer = buffer
+        self._buffers = buffers  # one per click stream shard
         self._anonymize = IpAnonymizer(settings.secret_bytes)
         self._param = settings.click_id_param
         self._param_in_query = (settings.click_id_param + "=").encode()
@@ -107,7 +107,7 @@ class RedirectEndpoint:
             ip = client[0] if client else ""
         ip_hash, ip_prefix = self._anonymize(ip)
 
-        await self._buffer.add(
+        await self._buffers[target.shard].add(
             [click_id, target.link_id, visitor_id, ip_hash, ip_prefix, user_agent, referer,
              purpose, "H" if method == "HEAD" else "G"]
         )  # fmt: skip

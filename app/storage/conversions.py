@@ -65,9 +65,9 @@ def _click(row: asyncpg.Record) -> Click:
 
 
 class ConversionStore:
-    def __init__(self, redis: Redis, click_stream: str, wait_seconds: float = 10.0) -> None:
+    def __init__(self, redis: Redis, click_streams: list[str], wait_seconds: float = 10.0) -> None:
         self._redis = redis
-        self._click_stream = click_stream
+        self._click_streams = click_streams
         self._wait_seconds = wait_seconds
         self._dead_letters = "conversions:dead"
 
@@ -79,8 +79,8 @@ class ConversionStore:
         clicks are deleted from it, so its first entry is the oldest click not yet stored)."""
         deadline = time.monotonic() + self._wait_seconds
         while True:
-            first = await self._redis.xrange(self._click_stream, count=1)
-            if not first or int(first[0][0].split(b"-")[0]) > received_ms:
+            heads = [await self._redis.xrange(s, count=1) for s in self._click_streams]
+            if all(not h or int(h[0][0].split(b"-")[0]) > received_ms for h in heads):
                 return
             if time.monotonic() > deadline:
                 raise RetryLater("clicks older than these conversions are not stored yet")

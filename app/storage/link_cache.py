@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,9 +41,15 @@ class LinkTarget:
     fragment: str  # "#…" of the destination, or ""
     max_age: int  # cookie lifetime: the program's attribution window, in seconds
     active: bool
+    shard: int  # which click stream this link's clicks go to
 
 
-def build_target(record: dict[str, Any], click_id_param: str) -> LinkTarget:
+def shard_of(code: str, shards: int) -> int:
+    """A stable hash (not Python's, which changes per process) of the code, modulo shards."""
+    return zlib.crc32(code.encode()) % shards if shards > 1 else 0
+
+
+def build_target(record: dict[str, Any], click_id_param: str, shard: int = 0) -> LinkTarget:
     destination: str = record["destination"]
     base, hash_mark, fragment = destination.partition("#")
     separator = "" if base.endswith(("?", "&")) else ("&" if "?" in base else "?")
@@ -52,6 +59,7 @@ def build_target(record: dict[str, Any], click_id_param: str) -> LinkTarget:
         fragment=hash_mark + fragment,
         max_age=int(record["window_days"]) * 86_400,
         active=bool(record["active"]),
+        shard=shard,
     )
 
 
@@ -71,6 +79,7 @@ class LinkCache:
         *,
         listen_redis: Redis,
         click_id_param: str,
+        shards: int = 1,
         ttl: float = 60.0,
         negative_ttl: float = 5.0,
         max_entries: int = 200_000,
@@ -79,6 +88,7 @@ class LinkCache:
         self._listen_redis = listen_redis  # no read timeout: it waits for messages indefinitely
         self._pool = pool
         self._param = click_id_param
+        self._shards = shards
         self._ttl = ttl
         self._negative_ttl = negative_ttl
         self._max_entries = max_entries
@@ -106,7 +116,7 @@ class LinkCache:
             if record is not None and redis_ok:
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
                     await self._redis.set(_redis_key(code), orjson.dumps(record))
-        target = build_target(record, self._param) if record else None
+        target = build_target(record, self._param, shard_of(code, self._shards)) if record else None
         self._remember(code, target)
         return target
 

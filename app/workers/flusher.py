@@ -17,21 +17,27 @@ log = logging.getLogger(__name__)
 
 
 def sinks(settings: Settings, redis: Redis) -> list[Sink]:
-    click_store = clicks.ClickStore()
-    conversion_store = conversions.ConversionStore(redis, settings.click_stream)
-    return [
-        Sink(
-            stream=settings.click_stream,
-            prepare=click_store.prepare,
-            store=click_store.store,
-            maintain=click_store.maintain,
-        ),
+    """One sink per click stream shard, and the conversions."""
+    out = []
+    for stream in settings.click_streams:
+        click_store = clicks.ClickStore()
+        out.append(
+            Sink(
+                stream=stream,
+                prepare=click_store.prepare,
+                store=click_store.store,
+                maintain=click_store.maintain,
+            )
+        )
+    conversion_store = conversions.ConversionStore(redis, settings.click_streams)
+    out.append(
         Sink(
             stream=settings.conversion_stream,
             prepare=conversion_store.prepare,
             store=conversion_store.store,
-        ),
-    ]
+        )
+    )
+    return out
 
 
 def build_flushers(settings: Settings, redis: Redis) -> list[Flusher]:
