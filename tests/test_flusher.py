@@ -157,9 +157,7 @@ async def test_sharded_click_streams_store_every_click_once(
     from app.storage.merchants import create_merchant
     from tests.conftest import auth, make_advocate, make_program, make_settings, start_app
 
-    settings = make_settings(
-        database_url, settings_redis_url(redis), tmp_path, click_stream_shards=3
-    )
+    settings = make_settings(database_url, redis_url, tmp_path, click_stream_shards=3)
     assert settings.click_streams == ["clicks:{0}", "clicks:{1}", "clicks:{2}"]
     app, lifespan = await start_app(settings)
     merchant = await create_merchant(db, "Sharded Shop")
