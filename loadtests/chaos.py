@@ -447,8 +447,12 @@ async def postgres_down(cluster: Cluster, seconds: float) -> str:
 
 
 async def stream_full(cluster: Cluster, seconds: float) -> str:
-    """PostgreSQL 'down' (no flusher) until Redis hits maxmemory: clicks go to the spool."""
-    cluster.stop_flushers()
+    """PostgreSQL down while the stream fills up to Redis' maxmemory: then events go to the spool.
+    (Without control of PostgreSQL, the flushers are stopped instead: the same for the stream.)"""
+    if cluster.pg is not None:
+        await asyncio.to_thread(cluster.pg.stop)
+    else:
+        cluster.stop_flushers()
     redis = Redis.from_url(cluster.redis_url)
     try:
         used = (await redis.info("memory"))["used_memory"]
@@ -459,8 +463,12 @@ async def stream_full(cluster: Cluster, seconds: float) -> str:
         await redis.config_set("maxmemory", 0)
     finally:
         await redis.aclose()
-    cluster.start_flusher()
-    return f"redis maxmemory reached: {full}, spool files: {len(spooled)}"
+        if cluster.pg is not None:
+            await asyncio.to_thread(cluster.pg.start)
+    if not any(p.poll() is None for p in cluster.flushers):
+        cluster.start_flusher()
+    down = "PostgreSQL down" if cluster.pg is not None else "no flusher"
+    return f"{down}, redis maxmemory reached: {full}, spool files: {len(spooled)}"
 
 
 FAULTS: dict[str, Fault] = {
