@@ -44,6 +44,7 @@ _RETRYABLE = (
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection left mid-operation by an outage
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
 )

@@ -186,7 +186,10 @@ class Flusher:
                 log.info("batch not ready, retrying", extra={"reason": str(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except Exception as exc:
+                # PostgreSQL gone, a connection left mid-operation by an outage
+                # (InternalClientError), or anything unforeseen: a flusher must not die of it.
+                # Start again on a fresh connection; the batch is still ours, unacknowledged.
                 metrics.errors.labels("flusher_postgres").inc()
                 log.error("postgres write failed, retrying", extra={"error": repr(exc)})
                 if self._conn is not None:
