@@ -15,23 +15,15 @@ CLICK_ID, LINK_ID, VISITOR_ID, IP_HASH, IP_PREFIX, USER_AGENT, REFERER, PURPOSE,
 EVENTS_FIELD = b"e"
 
 
-def new_click_id() -> str:
-    """32 hex digits: 48 bits of Unix milliseconds, then 80 random bits.
+def new_click_and_visitor_ids() -> tuple[str, str]:
+    """A click id and a fresh visitor id, from one call to the OS's random source (hot path).
 
-    Time-ordered (good for the index) and unguessable (a click id in a URL must not be forgeable).
+    The click id is 32 hex digits: 48 bits of Unix milliseconds, then 80 random bits —
+    time-ordered (good for the index) and unguessable (a click id in a URL must not be forgeable).
     The timestamp inside is the click's time, so a retried delivery maps to the same row.
     """
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
-
-
-def new_click_and_visitor_ids() -> tuple[str, str]:
-    """A click id and a fresh visitor id from one call to the OS's random source (hot path)."""
     random = os.urandom(26).hex()
     return f"{time.time_ns() // 1_000_000:012x}{random[:20]}", random[20:]
-
-
-def new_visitor_id() -> str:
-    return os.urandom(16).hex()
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.events import EVENTS_FIELD, new_click_id, new_visitor_id  # noqa: E402
+from app.events import EVENTS_FIELD, new_click_and_visitor_ids  # noqa: E402
 from app.storage.clicks import CLICK_COLUMNS, click_record  # noqa: E402
 from app.storage.db import migrate  # noqa: E402
 from app.storage.merchants import create_merchant  # noqa: E402
@@ -379,11 +379,14 @@ async def fill_stream(
     link_ids = [str(r["id"]) for r in await conn.fetch("SELECT id FROM links")]
     await conn.close()
     ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"
-    all_events = [
-        [new_click_id(), link_ids[i % len(link_ids)], new_visitor_id(), os.urandom(16).hex(),
-         "198.51.100.0/24", ua, None, None, "G"]
-        for i in range(events)
-    ]  # fmt: skip
+
+    def click(i: int) -> list[Any]:  # the layout of app.events
+        click_id, visitor_id = new_click_and_visitor_ids()
+        link_id = link_ids[i % len(link_ids)]
+        return [click_id, link_id, visitor_id, os.urandom(16).hex(), "198.51.100.0/24", ua,
+                None, None, "G"]  # fmt: skip
+
+    all_events = [click(i) for i in range(events)]
     redis = Redis.from_url(redis_url)
     async with redis.pipeline(transaction=False) as pipe:
         for start in range(0, events, per_entry):
