@@ -166,7 +166,7 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
         api.state.event_buffers = [*click_buffers, conversion_buffer]
         api.state.link_cache = link_cache
         api.state.conversion_buffer = conversion_buffer
-        api.state.webhook_secrets = SecretCache(pool, {})
+        api.state.webhook_secrets = SecretCache(pool)
         api.state.anonymize_ip = IpAnonymizer(settings.secret_bytes)
         app.redirect = RedirectEndpoint(link_cache, click_buffers, settings)
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
@@ -29,7 +30,7 @@ class Balances(BaseModel):
 
 
 async def _move(
-    pool: Any, merchant_id: UUID, reward_id: UUID, sources: tuple[str, ...], target: str,
+    pool: asyncpg.Pool, merchant_id: UUID, reward_id: UUID, sources: tuple[str, ...], target: str,
     reason: str,
 ) -> dict[str, Any]:  # fmt: skip
     result = await rewards_repo.move(pool, merchant_id, reward_id, sources, target, reason)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -43,7 +43,7 @@ class SecretCache:
     """Webhook secrets by merchant, cached a minute so a postback costs no query."""
 
     pool: asyncpg.Pool
-    entries: dict[UUID, tuple[float, str | None]]
+    entries: dict[UUID, tuple[float, str | None]] = field(default_factory=dict)
 
     async def get(self, merchant_id: UUID) -> str | None:
         hit = self.entries.get(merchant_id)
