@@ -15,15 +15,47 @@ CLICK_ID, LINK_ID, VISITOR_ID, IP_HASH, IP_PREFIX, USER_AGENT, REFERER, PURPOSE,
 EVENTS_FIELD = b"e"
 
 
+class _Entropy:
+    """Random hex digits from the OS's CSPRNG, drawn 6.5 KB at a time.
+
+    One getrandom() call per 128 clicks instead of one per click: a system call costs more than
+    the rest of making the ids. Refilled in a forked child, so two processes never share digits.
+    """
+
+    __slots__ = ("digits", "used")
+    DRAW = 128 * 26  # bytes: 20 + 32 hex digits per click
+
+    def __init__(self) -> None:
+        self.digits = ""
+        self.used = 0
+
+    def take52(self) -> str:
+        used = self.used
+        if used >= len(self.digits):
+            self.digits = os.urandom(self.DRAW).hex()
+            used = 0
+        self.used = used + 52
+        return self.digits[used : used + 52]
+
+    def reset(self) -> None:
+        self.digits = ""
+        self.used = 0
+
+
+_entropy = _Entropy()
+os.register_at_fork(after_in_child=_entropy.reset)
+
+
 def new_click_and_visitor_ids() -> tuple[str, str]:
-    """A click id and a fresh visitor id, from one call to the OS's random source (hot path).
+    """A click id and a fresh visitor id (hot path).
 
     The click id is 32 hex digits: 48 bits of Unix milliseconds, then 80 random bits —
     time-ordered (good for the index) and unguessable (a click id in a URL must not be forgeable).
     The timestamp inside is the click's time, so a retried delivery maps to the same row.
+    The visitor id is 128 random bits.
     """
-    random = os.urandom(26).hex()
-    return f"{time.time_ns() // 1_000_000:012x}{random[:20]}", random[20:]
+    random = _entropy.take52()
+    return (time.time_ns() // 1_000_000).to_bytes(6).hex() + random[:20], random[20:]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -22,18 +22,25 @@ class RequestStats:
     thousands of requests per second, that was ~6 % of the CPU. Requests are all handled on the
     event loop thread, and /metrics is served from it too, so no lock is needed here.
     Exposed as `referral_http_requests_total{route,method,status}` and
-    `referral_http_request_duration_seconds{route}`.
+    `referral_http_request_duration_seconds{route}`. A count is a one-element list (a "cell"), so
+    the redirect can hold its own cells and count a click with one increment.
     """
 
     def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.buckets = buckets
-        self.counts: dict[tuple[str, str, int], int] = {}
+        self.counts: dict[tuple[str, str, int], list[int]] = {}
         # route -> [count per bucket (+Inf last), sum of seconds]
         self.latency: dict[str, tuple[list[int], list[float]]] = {}
 
+    def cell(self, route: str, method: str, status: int) -> list[int]:
+        """The counter of (route, method, status): add to `cell[0]`."""
+        return self.counts.setdefault((route, method, status), [0])
+
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
-        self.counts[key] = self.counts.get(key, 0) + 1
+        self.cell(route, method, status)[0] += 1
+        self.observe_latency(route, seconds)
+
+    def observe_latency(self, route: str, seconds: float) -> None:
         entry = self.latency.get(route)
         if entry is None:
             entry = self.latency[route] = ([0] * (len(self.buckets) + 1), [0.0])
@@ -46,12 +53,12 @@ class RequestStats:
             "HTTP requests answered.",
             labels=["route", "method", "status"],
         )
-        for (route, method, status), n in sorted(self.counts.items()):
+        for (route, method, status), (n,) in sorted(self.counts.items()):
             requests.add_metric([route, method, str(status)], n)
         yield requests
         latency = HistogramMetricFamily(
             "referral_http_request_duration_seconds",
-            "Time from request to response, per route.",
+            "Time from request to response, per route (for the redirect, one request in 8).",
             labels=["route"],
         )
         for route, (per_bucket, total) in sorted(self.latency.items()):

@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 from redis.asyncio import Redis
 
 from app.main import TrackingApp
@@ -88,3 +89,27 @@ async def test_a_failing_write_never_stops_the_writer(
     finally:
         await buffer.stop()
     assert await redis.xlen("buffer-test") == 1
+
+
+async def test_one_cancelled_request_does_not_fail_the_others_in_its_batch(
+    settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    # Every click of a batch awaits the same future: cancelling one waiter (a server shutting
+    # down, a client's timeout) must not cancel it for the rest, nor lose any of the events.
+    buffer = EventBuffer(redis, "cancel-test", Spool(tmp_path / "spool"))
+    buffer.start()
+    try:
+
+        async def click(n: int) -> None:
+            await buffer.add([f"click-{n}"])
+
+        tasks = [asyncio.create_task(click(n)) for n in range(10)]
+        await asyncio.sleep(0)  # all ten are waiting on one batch
+        tasks[3].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await buffer.stop()
+    assert isinstance(results[3], asyncio.CancelledError)
+    assert [r for i, r in enumerate(results) if i != 3] == [None] * 9
+    entries = await redis.xrange("cancel-test")
+    assert sum(len(orjson.loads(fields[b"e"])) for _, fields in entries) == 10

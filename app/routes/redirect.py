@@ -27,7 +27,12 @@ from app.storage.link_cache import LinkCache
 log = logging.getLogger(__name__)
 
 ROUTE = "/r/{code}"
-_PURPOSE_HEADERS = (b"sec-purpose", b"purpose", b"x-purpose", b"x-moz")
+# Request headers the click keeps, each to a slot of _read_headers; the rest are skipped.
+_WANTED_HEADERS = {
+    b"user-agent": 0, b"referer": 1, b"sec-purpose": 2, b"purpose": 2, b"x-purpose": 2,
+    b"x-moz": 2, b"cookie": 3, b"x-forwarded-for": 4,
+}  # fmt: skip
+_EMPTY_BODY = {"type": "http.response.body", "body": b""}
 _NOT_FOUND = (
     b'{"error":{"code":"link_not_found","message":"unknown or disabled link","field":"code"}}'
 )
@@ -50,8 +55,13 @@ class RedirectEndpoint:
         self._cookie_flags = "; Path=/; SameSite=Lax; HttpOnly" + (
             "; Secure" if settings.cookie_secure else ""
         )
+        self._cookie_tails: dict[int, str] = {}  # per attribution window
         self._trust_xff = settings.trust_forwarded_for
         self._stats = metrics.http_stats
+        # Redirects answered, counted exactly; their latency is sampled (one in 8), which is
+        # plenty for a histogram and costs a click nothing.
+        self._answered_get = self._stats.cell(ROUTE, "GET", 302)
+        self._answered_head = self._stats.cell(ROUTE, "HEAD", 302)
 
     def _count(self, method: str, status: int, started: float) -> None:
         self._stats.observe(ROUTE, method, status, time.perf_counter() - started)
@@ -84,21 +94,11 @@ class RedirectEndpoint:
             self._count(method, 404, started)
             return
 
-        user_agent = referer = purpose = cookie = forwarded = None
-        for name, value in scope["headers"]:
-            if name == b"user-agent":
-                user_agent = value[:512].decode("latin-1")
-            elif name == b"referer":
-                referer = value[:1024].decode("latin-1")
-            elif name == b"cookie":
-                cookie = value.decode("latin-1")
-            elif name in _PURPOSE_HEADERS:
-                purpose = value[:64].decode("latin-1")
-            elif name == b"x-forwarded-for":
-                forwarded = value.decode("latin-1")
+        user_agent, referer, purpose, cookie, forwarded = _read_headers(scope["headers"])
 
-        click_id, new_visitor = new_click_and_visitor_ids()
-        visitor_id = self._visitor_from(cookie) or new_visitor
+        click_id, visitor_id = new_click_and_visitor_ids()
+        if cookie:
+            visitor_id = self._visitor_from(cookie) or visitor_id
         if forwarded and self._trust_xff:
             # Our trusted proxy appends the address it saw: the last entry is the client.
             ip = forwarded.rsplit(",", 1)[-1].strip()
@@ -108,37 +108,40 @@ class RedirectEndpoint:
         ip_hash, ip_prefix = self._anonymize(ip)
 
         await self._buffers[target.shard].add(
-            [click_id, target.link_id, visitor_id, ip_hash, ip_prefix, user_agent, referer,
-             purpose, "H" if method == "HEAD" else "G"]
+            (click_id, target.link_id, visitor_id, ip_hash, ip_prefix, user_agent, referer,
+             purpose, "H" if method == "HEAD" else "G")
         )  # fmt: skip
 
         query: bytes = scope["query_string"]
-        location = target.location_head + click_id
         if query:
-            location += "&" + self._passthrough(query)
-        location += target.fragment
-        cookie_value = (
-            f"{self._cookie_prefix}{visitor_id}; Max-Age={target.max_age}{self._cookie_flags}"
-        )
+            location = f"{target.location_head}{click_id}&{self._passthrough(query)}"
+        else:
+            location = target.location_head + click_id
+        tail = self._cookie_tails.get(target.max_age) or self._cookie_tail(target.max_age)
         await send(
             {
                 "type": "http.response.start",
                 "status": 302,
                 "headers": [
-                    (b"location", location.encode("latin-1")),
-                    (b"set-cookie", cookie_value.encode("latin-1")),
+                    (b"location", (location + target.fragment).encode("latin-1")),
+                    (b"set-cookie", (self._cookie_prefix + visitor_id + tail).encode("latin-1")),
                     (b"cache-control", b"private, no-store"),
                     (b"content-length", b"0"),
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": b""})
-        self._count(method, 302, started)
+        await send(_EMPTY_BODY)
+        answered = self._answered_get if method == "GET" else self._answered_head
+        n = answered[0] = answered[0] + 1
+        if not n & 7:
+            self._stats.observe_latency(ROUTE, time.perf_counter() - started)
 
-    def _visitor_from(self, cookie: str | None) -> str | None:
+    def _cookie_tail(self, max_age: int) -> str:
+        tail = self._cookie_tails[max_age] = f"; Max-Age={max_age}{self._cookie_flags}"
+        return tail
+
+    def _visitor_from(self, cookie: str) -> str | None:
         """The visitor id in our cookie, when the browser has a well-formed one."""
-        if not cookie:
-            return None
         at = cookie.find(self._cookie_prefix)
         while at > 0 and cookie[at - 1] not in " ;":
             at = cookie.find(self._cookie_prefix, at + 1)
@@ -154,6 +157,23 @@ class RedirectEndpoint:
         if self._param_in_query not in query:
             return text
         return "&".join(p for p in text.split("&") if not p.startswith(self._param + "="))
+
+
+def _read_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, ...]:
+    """(user agent, referer, prefetch purpose, cookie, x-forwarded-for), bounded in length."""
+    found: list[bytes | None] = [None, None, None, None, None]
+    for name, value in headers:
+        slot = _WANTED_HEADERS.get(name)
+        if slot is not None:
+            found[slot] = value
+    user_agent, referer, purpose, cookie, forwarded = found
+    return (
+        user_agent[:512].decode("latin-1") if user_agent is not None else None,
+        referer[:1024].decode("latin-1") if referer is not None else None,
+        purpose[:64].decode("latin-1") if purpose is not None else None,
+        cookie.decode("latin-1") if cookie is not None else None,
+        forwarded.decode("latin-1") if forwarded is not None else None,
+    )
 
 
 async def _respond(send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:

@@ -1,0 +1,59 @@
+"""The redirect's building blocks: click ids, IP anonymisation, request counters."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from app import metrics
+from app.events import click_time, is_click_id, new_click_and_visitor_ids
+from app.security import IpAnonymizer
+
+
+def test_click_ids_are_unique_time_ordered_and_hex() -> None:
+    pairs = [new_click_and_visitor_ids() for _ in range(5_000)]  # more than one entropy draw
+    ids = [i for pair in pairs for i in pair]
+    assert len(set(ids)) == len(ids)
+    assert all(is_click_id(i) for i in ids)
+    click_ids = [click_id for click_id, _ in pairs]
+    assert click_ids[0][:12] <= click_ids[-1][:12]
+    assert abs(click_time(click_ids[-1]).timestamp() - __import__("time").time()) < 5
+
+
+def test_a_forked_process_draws_its_own_random_digits() -> None:
+    new_click_and_visitor_ids()  # the parent holds a partly used draw
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.write(write, "".join(new_click_and_visitor_ids()).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    parent = "".join(new_click_and_visitor_ids())
+    assert child[12:] != parent[12:]  # the random parts differ
+
+
+def test_ip_hash_is_keyed_blake2b_and_the_prefix_is_coarse() -> None:
+    secret = b"s" * 32
+    anonymize = IpAnonymizer(secret)
+    key = hashlib.sha256(b"ip-hash:" + secret).digest()
+    expected = hashlib.blake2b(b"203.0.113.7", key=key, digest_size=16).hexdigest()
+    assert anonymize("203.0.113.7") == (expected, "203.0.113.0/24")
+    assert anonymize("203.0.113.7") == anonymize("203.0.113.7")  # stable: fraud checks compare
+    assert anonymize("203.0.113.8")[0] != expected
+    assert IpAnonymizer(b"t" * 32)("203.0.113.7")[0] != expected  # another secret, another hash
+    assert anonymize("2001:db8:1234:5678::1")[1] == "2001:db8:1234::/48"
+    assert anonymize("not-an-ip")[1] is None
+    assert anonymize("1.2")[1] is None
+    assert anonymize("") == (None, None)
+
+
+def test_request_counts_are_exact_cells() -> None:
+    stats = metrics.RequestStats()
+    cell = stats.cell("/r/{code}", "GET", 302)
+    cell[0] += 2
+    stats.observe("/r/{code}", "GET", 302, 0.001)
+    assert stats.cell("/r/{code}", "GET", 302) == [3]
+    [requests, latency] = list(stats.collect())
+    assert [s.value for s in requests.samples] == [3]
+    assert any(s.name.endswith("_count") and s.value == 1 for s in latency.samples)
