@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,8 +162,8 @@ def wrk(
     return result
 
 
-def median_row(rows: list[Row]) -> Row:
-    return sorted(rows, key=lambda r: r.rate)[len(rows) // 2]
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
 
 
 def row_from_wrk(name: str, result: dict[str, Any], **kw: Any) -> Row:
@@ -196,35 +198,29 @@ http {{
 """
 
 
-def measure_nginx(seconds: float, codes: Path) -> Row:
-    port = 18080
+NGINX_NAME = "nginx static 302 (1 worker)"
+RAW_NAME = "raw ASGI 302 on uvicorn (1 worker)"
+OURS_NAME = "our GET /r/{code}, click durable in Redis"
+
+
+@contextmanager
+def nginx_server(port: int) -> Iterator[int]:
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)
         conf = Path(tmp) / "nginx.conf"
         conf.write_text(NGINX_CONF.format(dir=tmp, port=port, location=RAW_LOCATION))
         with process(["nginx", "-c", str(conf), "-p", tmp], SERVER_CPU) as proc:
             wait_http(port)
-            wrk(port, 1, codes)
-            result = wrk(port, seconds, codes, server_pid=proc.pid)
-            return row_from_wrk("nginx static 302 (1 worker)", result)
+            yield proc.pid
 
 
-def measure_raw_asgi(seconds: float, codes: Path) -> Row:
-    port = 18081
-    args = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "loadtests.raw_asgi:app",
-        "--port",
-        str(port),
-        *UVICORN_FLAGS,
-    ]
+@contextmanager
+def raw_asgi_server(port: int) -> Iterator[int]:
+    args = [sys.executable, "-m", "uvicorn", "loadtests.raw_asgi:app", "--port", str(port),
+            *UVICORN_FLAGS]  # fmt: skip
     with process(args, SERVER_CPU) as proc:
         wait_http(port)
-        wrk(port, 1, codes)
-        result = wrk(port, seconds, codes, server_pid=proc.pid)
-        return row_from_wrk("raw ASGI 302 on uvicorn (1 worker)", result)
+        yield proc.pid
 
 
 @contextmanager
@@ -528,11 +524,12 @@ def main() -> None:
     parser.add_argument("--links", type=int, default=5000)
     parser.add_argument("--flusher-events", type=int, default=300_000)
     parser.add_argument("--report-rows", type=int, default=10_000_000)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median kept)")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of nginx, raw ASGI and ours")
+    parser.add_argument("--slice", type=float, default=5, help="seconds per server and round")
     parser.add_argument("--short", action="store_true", help="CI mode: seconds, accounting only")
     args = parser.parse_args()
     if args.short:
-        args.seconds, args.links, args.report_rows, args.rounds = 2, 200, 0, 1
+        args.seconds, args.slice, args.links, args.report_rows, args.rounds = 2, 2, 200, 0, 1
         args.flusher_events = min(args.flusher_events, 20_000)
 
     dsn, redis_url = os.environ["DATABASE_URL"], os.environ["REDIS_URL"]
@@ -546,38 +543,51 @@ def main() -> None:
     rows: list[Row] = []
     port = 18082
 
-    print(f"load test: {secs:g}s per measurement, {len(codes):,} links, "
-          f"server on CPU {SERVER_CPU}, "
+    print(f"load test: {args.rounds} rounds of {args.slice:g}s per server, then {secs:g}s per "
+          f"measurement, {len(codes):,} links, server on CPU {SERVER_CPU}, "
           f"wrk/Redis/PostgreSQL/flusher on CPU {LOAD_CPU}", flush=True)  # fmt: skip
-    # Ceilings and ours are measured in interleaved rounds and the median round is kept: this
-    # machine's speed drifts by ±20 % over minutes, more than what is being compared.
-    nginx_runs: list[Row] = []
-    raw_runs: list[Row] = []
-    our_runs: list[dict[str, Any]] = []
-    answered_clicks = 0
+    # This machine's speed drifts by 20-40 % over minutes, more than what is being compared. So
+    # the servers run side by side (only one is loaded at a time) and are measured back to back in
+    # short slices, round after round; a ratio is the median of the rounds' ratios, each between
+    # measurements seconds apart.
     asyncio.run(clear_clicks(dsn, redis_url))
-    for round_number in range(args.rounds):
+    with contextlib.ExitStack() as servers:
+        under_test: dict[str, tuple[int, int]] = {}  # name -> (port, pid)
         if not args.short:
-            nginx_runs.append(measure_nginx(secs, codes_file))
-        raw_runs.append(measure_raw_asgi(secs, codes_file))
-        with our_api(port) as api_pid:
-            wrk(port, 1, codes_file)  # warm the link cache
-            our_runs.append(wrk(port, secs, codes_file, server_pid=api_pid))
-            answered_clicks += answered_302(port)
-        summary = (
-            f"round {round_number + 1}: raw ASGI {raw_runs[-1].rate:,.0f}, "
-            f"ours {our_runs[-1]['rate']:,.0f}"
-        )
-        if nginx_runs:
-            summary += f", nginx {nginx_runs[-1].rate:,.0f}"
-        print(f"  {summary} req/s", flush=True)
-    nginx = median_row(nginx_runs) if nginx_runs else None
-    raw = median_row(raw_runs)
-    ours = sorted(our_runs, key=lambda r: r["rate"])[len(our_runs) // 2]
+            under_test[NGINX_NAME] = (18080, servers.enter_context(nginx_server(18080)))
+        under_test[RAW_NAME] = (18081, servers.enter_context(raw_asgi_server(18081)))
+        under_test[OURS_NAME] = (port, servers.enter_context(our_api(port)))
+        for server_port, _ in under_test.values():
+            # Warm up for 2 s, every link in turn (this fills our link cache).
+            wrk(server_port, 2, codes_file, env={"IN_ORDER": "1"})
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in under_test}
+        for round_number in range(args.rounds):
+            for name, (server_port, pid) in under_test.items():
+                runs[name].append(wrk(server_port, args.slice, codes_file, server_pid=pid))
+            summary = ", ".join(
+                f"{name.split(' 302')[0].split(',')[0]} {runs[name][-1]['rate']:,.0f}"
+                for name in under_test
+            )
+            print(f"  round {round_number + 1}: {summary} req/s", flush=True)
+        answered_clicks = answered_302(port)
+    nginx = row_from_wrk(NGINX_NAME, median_run(runs[NGINX_NAME])) if NGINX_NAME in runs else None
+    raw = row_from_wrk(RAW_NAME, median_run(runs[RAW_NAME]))
+    ours = median_run(runs[OURS_NAME])
     rows += [r for r in (nginx, raw) if r]
+    for ceiling, target in ((raw, 0.5), (nginx, 0.15)):
+        if ceiling is None:
+            continue
+        pairs = list(zip(runs[OURS_NAME], runs[ceiling.name], strict=True))
+        ratio = statistics.median(o["rate"] / c["rate"] for o, c in pairs)
+        cpu_ratio = statistics.median(c["cpu_us"] / o["cpu_us"] for o, c in pairs)
+        rows.append(row_from_wrk(
+            OURS_NAME, ours, ceiling=ceiling.name, ratio=ratio, target=target,
+            extra={"CPU ratio": f"{cpu_ratio:.1%}",
+                   "rounds": " ".join(f"{o['rate'] / c['rate']:.0%}" for o, c in pairs)},
+        ))  # fmt: skip
 
     with our_api(port):
-        wrk(port, 1, codes_file)
+        wrk(port, 2, codes_file, env={"IN_ORDER": "1"})
         backlog_before = asyncio.run(stream_backlog(redis_url))
         with flusher():
             during_flush = wrk(port, secs, codes_file)
@@ -608,27 +618,6 @@ def main() -> None:
                   "postbacks_202": accepted, "conversions_stored": conversions,
                   "postbacks_lost": max(accepted - conversions, 0)}  # fmt: skip
 
-    def ratio_row(name: str, result: dict[str, Any]) -> list[Row]:
-        out = []
-        for ceiling, target in ((raw, 0.5), (nginx, 0.15)):
-            if ceiling is None:
-                continue
-            extra = {}
-            if ceiling.cpu_us and result.get("cpu_us"):
-                extra["CPU ratio"] = f"{ceiling.cpu_us / result['cpu_us']:.1%}"
-            out.append(
-                row_from_wrk(
-                    name,
-                    result,
-                    ceiling=ceiling.name,
-                    ratio=result["rate"] / ceiling.rate,
-                    target=target,
-                    extra=extra,
-                )
-            )
-        return out
-
-    rows += ratio_row("our GET /r/{code}, click durable in Redis", ours)
     rows += [row_from_wrk("  … while the flusher drains", during_flush, ceiling=raw.name,
                           ratio=during_flush["rate"] / raw.rate,
                           extra={"stream_before": backlog_before,

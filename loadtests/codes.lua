@@ -1,6 +1,9 @@
 -- wrk script: GET /r/{code} over many link codes (one per line in CODES_FILE), in random order,
--- so the test is not one hot key. Pacing (RATE_DELAY_MS) and the report: common.lua.
+-- so the test is not one hot key; with IN_ORDER set, each code in turn (warming a cache).
+-- Pacing (RATE_DELAY_MS) and the report: common.lua.
 local codes = {}
+local in_order = os.getenv("IN_ORDER")
+local next_code = 0
 
 function init(args)
   for line in io.lines(os.getenv("CODES_FILE")) do
@@ -11,6 +14,10 @@ function init(args)
 end
 
 function request()
+  if in_order then
+    next_code = next_code % #codes + 1
+    return wrk.format("GET", codes[next_code])
+  end
   return wrk.format("GET", codes[math.random(#codes)])
 end
 
