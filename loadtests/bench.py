@@ -524,8 +524,8 @@ def main() -> None:
     parser.add_argument("--links", type=int, default=5000)
     parser.add_argument("--flusher-events", type=int, default=300_000)
     parser.add_argument("--report-rows", type=int, default=10_000_000)
-    parser.add_argument("--rounds", type=int, default=6, help="rounds of nginx, raw ASGI and ours")
-    parser.add_argument("--slice", type=float, default=5, help="seconds per server and round")
+    parser.add_argument("--rounds", type=int, default=9, help="rounds of nginx, raw ASGI and ours")
+    parser.add_argument("--slice", type=float, default=4, help="seconds per server and round")
     parser.add_argument("--short", action="store_true", help="CI mode: seconds, accounting only")
     args = parser.parse_args()
     if args.short:

@@ -32,7 +32,6 @@ _WANTED_HEADERS = {
     b"user-agent": 0, b"referer": 1, b"sec-purpose": 2, b"purpose": 2, b"x-purpose": 2,
     b"x-moz": 2, b"cookie": 3, b"x-forwarded-for": 4,
 }  # fmt: skip
-_EMPTY_BODY = {"type": "http.response.body", "body": b""}
 _NOT_FOUND = (
     b'{"error":{"code":"link_not_found","message":"unknown or disabled link","field":"code"}}'
 )
@@ -130,7 +129,7 @@ class RedirectEndpoint:
                 ],
             }
         )
-        await send(_EMPTY_BODY)
+        await send({"type": "http.response.body", "body": b""})
         answered = self._answered_get if method == "GET" else self._answered_head
         n = answered[0] = answered[0] + 1
         if not n & 7:

@@ -75,9 +75,11 @@ class EventBuffer:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._idle_connections: list[Connection] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self.redis_ok = True
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         # Several writers: while one batch is on its way to Redis, the next one can leave at
         # once instead of waiting for it, which halves the wait of a click at moderate load.
         self._tasks = [
@@ -112,7 +114,8 @@ class EventBuffer:
         one coroutine less per click."""
         done = self._done
         if done is None:
-            done = self._done = _BatchWritten()
+            # The loop passed in, not looked up: asyncio's lookup makes a getpid() system call.
+            done = self._done = _BatchWritten(loop=self._loop)
             self._wakeup.set()
         self._events.append(event)
         return done
