@@ -352,6 +352,17 @@ async def stream_backlog(redis_url: str) -> int:
     return n
 
 
+async def redis_quiet(redis_url: str) -> None:
+    """Waits until Redis is not rewriting its AOF (nor about to)."""
+    redis = Redis.from_url(redis_url)
+    while True:
+        info = await redis.info("persistence")
+        if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
+            break
+        await asyncio.sleep(0.2)
+    await redis.aclose()
+
+
 def burst_flusher_seconds() -> float:
     started = time.perf_counter()
     subprocess.run(
@@ -364,7 +375,8 @@ def burst_flusher_seconds() -> float:
 
 
 def drain() -> None:
-    sh(sys.executable, "-m", "app.cli", "flusher", "--burst", cwd=ROOT)
+    sh("taskset", "-c", LOAD_CPU, sys.executable, "-m", "app.cli", "flusher", "--burst", cwd=ROOT,
+       env={**os.environ, "FLUSHER_METRICS_PORT": "0"})  # fmt: skip
 
 
 async def fill_stream(
@@ -563,6 +575,11 @@ def main() -> None:
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in under_test}
         for round_number in range(args.rounds):
             for name, (server_port, pid) in under_test.items():
+                # Redis shares the load generator's core: an AOF rewrite (which a growing stream
+                # triggers) would slow wrk during our slices only. So each slice starts with an
+                # empty stream (drained into PostgreSQL) and no rewrite running.
+                drain()
+                asyncio.run(redis_quiet(redis_url))
                 runs[name].append(wrk(server_port, args.slice, codes_file, server_pid=pid))
             summary = ", ".join(
                 f"{name.split(' 302')[0].split(',')[0]} {runs[name][-1]['rate']:,.0f}"
