@@ -352,8 +352,12 @@ async def stream_backlog(redis_url: str) -> int:
     return n
 
 
-async def redis_quiet(redis_url: str) -> None:
-    """Waits until Redis is not rewriting its AOF (nor about to)."""
+async def quiet(dsn: str, redis_url: str) -> None:
+    """Leaves PostgreSQL nothing to do in the background and waits out Redis' AOF rewrites."""
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("VACUUM ANALYZE clicks")
+    await conn.execute("CHECKPOINT")
+    await conn.close()
     redis = Redis.from_url(redis_url)
     while True:
         info = await redis.info("persistence")
@@ -575,14 +579,17 @@ def main() -> None:
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in under_test}
         for round_number in range(args.rounds):
             for name, (server_port, pid) in under_test.items():
-                # Redis shares the load generator's core: an AOF rewrite (which a growing stream
-                # triggers) would slow wrk during our slices only. So each slice starts with an
-                # empty stream (drained into PostgreSQL) and no rewrite running.
+                # Redis and PostgreSQL share the load generator's core: an AOF rewrite (which a
+                # growing stream triggers) or autovacuum after a drain would slow wrk during our
+                # slices only. So each slice starts with an empty stream (drained into
+                # PostgreSQL), the new rows vacuumed and checkpointed, and no rewrite running.
                 drain()
-                asyncio.run(redis_quiet(redis_url))
+                asyncio.run(quiet(dsn, redis_url))
                 runs[name].append(wrk(server_port, args.slice, codes_file, server_pid=pid))
+            # With the server's share of its core: below ~95 %, the load side was short.
             summary = ", ".join(
                 f"{name.split(' 302')[0].split(',')[0]} {runs[name][-1]['rate']:,.0f}"
+                f" ({runs[name][-1]['rate'] * runs[name][-1]['cpu_us'] / 1e6:.0%} busy)"
                 for name in under_test
             )
             print(f"  round {round_number + 1}: {summary} req/s", flush=True)
@@ -610,8 +617,14 @@ def main() -> None:
             during_flush = wrk(port, secs, codes_file)
             backlog_after = asyncio.run(stream_backlog(redis_url))
         # Latency at half the maximum rate, 64 connections each waiting between requests.
+        # Three runs, the one with the median p99 kept: one noisy neighbour's burst on this VM
+        # can add milliseconds to a single run's tail.
         half_rate = ours["rate"] / 2
-        fixed = wrk(port, secs, codes_file, delay_ms=64 / half_rate * 1000)
+        latency_runs = [
+            wrk(port, max(1, round(secs / 3)), codes_file, delay_ms=64 / half_rate * 1000)
+            for _ in range(3)
+        ]
+        fixed = sorted(latency_runs, key=lambda r: r["p99_us"])[1]
         # The redirect while the shops' backends post conversions beside it, at 1 % of the
         # redirect's maximum rate (a busy hour of a shop whose referred visitors buy often).
         postback_rate = ours["rate"] * 0.01
@@ -653,6 +666,7 @@ def main() -> None:
     latency_row = row_from_wrk(
         f"our GET /r/{{code}} at {fixed['rate']:,.0f} req/s (≈ half max), 64 conns", fixed
     )
+    latency_row.extra["p99 of 3 runs"] = " ".join(f"{r['p99_us'] / 1000:.2f}" for r in latency_runs)
     latency_row.extra["p99_target_ms"] = 5.0
     rows.append(latency_row)
 
