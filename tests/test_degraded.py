@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,17 @@ from app.storage.link_cache import publish_link
 from app.storage.links import redirect_record
 from app.storage.spool import Spool
 from tests.conftest import BROWSER_UA, RedisServer, flush, make_settings, start_app
+
+
+@contextlib.asynccontextmanager
+async def running_buffer(redis: Redis, stream: str, tmp_path: Path) -> AsyncIterator[EventBuffer]:
+    """An EventBuffer with its writers running; stopped (and flushed) on exit."""
+    buffer = EventBuffer(redis, stream, Spool(tmp_path / "spool"))
+    buffer.start()
+    try:
+        yield buffer
+    finally:
+        await buffer.stop()
 
 
 async def _metric(client: httpx.AsyncClient, name: str) -> float:
@@ -81,13 +94,9 @@ async def test_redis_down_spools_clicks_and_replays_them_when_it_returns(
 async def test_a_failing_write_never_stops_the_writer(
     settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
-    buffer = EventBuffer(redis, "buffer-test", Spool(tmp_path / "spool"))
-    buffer.start()
-    try:
+    async with running_buffer(redis, "buffer-test", tmp_path) as buffer:
         await asyncio.wait_for(buffer.add({"not serialisable": {1, 2}}), 2)  # orjson refuses a set
         await asyncio.wait_for(buffer.add(["fine"]), 2)  # the writer is still alive
-    finally:
-        await buffer.stop()
     assert await redis.xlen("buffer-test") == 1
 
 
@@ -96,9 +105,7 @@ async def test_one_cancelled_request_does_not_fail_the_others_in_its_batch(
 ) -> None:
     # Every click of a batch awaits the same future: cancelling one waiter (a server shutting
     # down, a client's timeout) must not cancel it for the rest, nor lose any of the events.
-    buffer = EventBuffer(redis, "cancel-test", Spool(tmp_path / "spool"))
-    buffer.start()
-    try:
+    async with running_buffer(redis, "cancel-test", tmp_path) as buffer:
 
         async def click(n: int) -> None:
             await buffer.add([f"click-{n}"])
@@ -107,8 +114,6 @@ async def test_one_cancelled_request_does_not_fail_the_others_in_its_batch(
         await asyncio.sleep(0)  # all ten are waiting on one batch
         tasks[3].cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
-    finally:
-        await buffer.stop()
     assert isinstance(results[3], asyncio.CancelledError)
     assert [r for i, r in enumerate(results) if i != 3] == [None] * 9
     entries = await redis.xrange("cancel-test")
