@@ -161,13 +161,16 @@ async def test_retried_postback_creates_nothing_new(
 ) -> None:  # fmt: skip
     body = {"event_id": "o-4", "type": "purchase", "order_id": "4", "amount_minor": 5000,
             "currency": "EUR", "referral_code": referral["advocate"]["referral_code"]}  # fmt: skip
-    first = await post(client, merchant, body)
-    retry = await post(client, merchant, body, timestamp=int(time.time()) - 1)  # re-signed
+    # Three distinct signatures by construction: offsets from one clock reading (read again
+    # after a slow flush, "now - 2" could equal the first post's timestamp: a replay).
+    now = int(time.time())
+    first = await post(client, merchant, body, timestamp=now)
+    retry = await post(client, merchant, body, timestamp=now - 1)  # re-signed
     assert first.json() == {"id": first.json()["id"], "status": "accepted"}
     assert retry.status_code == 202
     assert retry.json() == {"id": first.json()["id"], "status": "duplicate"}
     await flush(settings)
-    late_retry = await post(client, merchant, body, timestamp=int(time.time()) - 2)
+    late_retry = await post(client, merchant, body, timestamp=now - 2)
     assert late_retry.json()["id"] == first.json()["id"]
     await flush(settings)
     assert await db.fetchval("SELECT count(*) FROM conversions") == 1
