@@ -65,11 +65,10 @@ def click_time(click_id: str) -> datetime:
     return _EPOCH + timedelta(milliseconds=int(click_id[:12], 16))
 
 
+_HEX_DIGITS = "0123456789abcdefABCDEF"
+
+
 def is_click_id(value: str) -> bool:
-    if len(value) != 32:
-        return False
-    try:
-        int(value, 16)
-    except ValueError:
-        return False
-    return True
+    """32 hex digits, the shape of our click and visitor ids; nothing else (int(…, 16) would also
+    take a sign, underscores, spaces and a 0x prefix)."""
+    return len(value) == 32 and not value.strip(_HEX_DIGITS)

@@ -57,3 +57,15 @@ def test_request_counts_are_exact_cells() -> None:
     [requests, latency] = list(stats.collect())
     assert [s.value for s in requests.samples] == [3]
     assert any(s.name.endswith("_count") and s.value == 1 for s in latency.samples)
+
+
+def test_only_plain_hex_digits_make_a_click_id() -> None:
+    assert is_click_id("0123456789abcdef0123456789ABCDEF")
+    forged = [
+        "+123456789abcdef0123456789abcdef",
+        "0123456789abcdef_123456789abcdef",
+        " 123456789abcdef0123456789abcde ",
+        "0x23456789abcdef0123456789abcdef",
+    ]
+    assert not any(is_click_id(f) for f in forged)
+    assert not is_click_id("0123456789abcdef")
