@@ -13,7 +13,7 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ def install_error_handlers(app: FastAPI) -> None:
         asyncpg.CannotConnectNowError,
         asyncpg.InterfaceError,
         RedisError,
+        RedisClusterException,
     ):
         app.add_exception_handler(exc_type, unavailable)  # type: ignore[arg-type]
 

@@ -17,8 +17,6 @@ from typing import Any
 
 import asyncpg
 from fastapi import FastAPI
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from app import metrics
 from app.errors import install_error_handlers
@@ -31,6 +29,8 @@ from app.settings import Settings, load_settings
 from app.storage.db import create_pool
 from app.storage.event_buffer import EventBuffer
 from app.storage.link_cache import LinkCache
+from app.storage.redis_client import REDIS_UNAVAILABLE, RedisClient
+from app.storage.redis_client import connect as connect_redis
 from app.storage.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -103,16 +103,15 @@ class TrackingApp:
         await self._observed(scope, receive, send)
 
 
-def _redis_clients(settings: Settings) -> tuple[Redis, Redis]:
+def _redis_clients(settings: Settings) -> tuple[RedisClient, RedisClient]:
     timeout = settings.redis_write_timeout_seconds
-    redis = Redis.from_url(
-        settings.redis_url,
+    redis = connect_redis(
+        settings,
         socket_timeout=max(timeout * 4, 1.0),
         socket_connect_timeout=timeout,
-        retry_on_timeout=False,
         max_connections=64,
     )
-    listener = Redis.from_url(settings.redis_url, socket_connect_timeout=timeout)
+    listener = connect_redis(settings, socket_connect_timeout=timeout)
     return redis, listener
 
 
@@ -173,7 +172,7 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
             # Probe Redis once so that the first clicks after a start without Redis go to the
             # spool directly.
             await redis.ping()
-        except (RedisError, OSError):
+        except REDIS_UNAVAILABLE:
             log.error("redis unreachable at start-up: clicks will be spooled")
         log.info("api started")
         try:

@@ -14,6 +14,9 @@ class Settings(BaseSettings):
 
     database_url: str = Field(description="PostgreSQL DSN, e.g. postgresql://user@host:5432/db")
     redis_url: str = Field(description="Redis URL, e.g. redis://127.0.0.1:6379/0")
+    redis_cluster: bool = Field(
+        False, description="REDIS_URL is one node of a Redis Cluster (then without a /db)."
+    )
     secret_key: str = Field(
         min_length=16,
         description="Server secret: keys the IP hashes and signs advocate dashboard tokens.",

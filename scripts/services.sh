@@ -145,6 +145,43 @@ stop_redis() {
   redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
 }
 
+# A local Redis Cluster: three primaries on ports base..base+2 (at most 55535: each node also
+# listens on its port + 10000), no replicas, the same durability settings as start_redis. For the cluster tests, and to try REDIS_CLUSTER=1 on one machine.
+start_redis_cluster() {
+  local profile="$1" base="$2"
+  command -v redis-server >/dev/null || apt_install redis-server
+  local port dir nodes=() i
+  for port in "$base" $((base + 1)) $((base + 2)); do
+    nodes+=("127.0.0.1:$port")
+    redis-cli -p "$port" ping >/dev/null 2>&1 && continue
+    dir="$(data_dir "$profile")/redis-cluster/$port"
+    mkdir -p "$dir"
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --daemonize yes \
+      --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+      --appendonly yes --appendfsync "${REDIS_APPENDFSYNC:-everysec}" \
+      --save "" --maxmemory "${REDIS_MAXMEMORY:-1gb}" --maxmemory-policy noeviction
+  done
+  for port in "$base" $((base + 1)) $((base + 2)); do
+    for i in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  # A new cluster only when these nodes have never formed one (their nodes.conf remembers it).
+  if [ "$(redis-cli -p "$base" cluster info 2>/dev/null | tr -d '\r' | grep cluster_known_nodes)" = "cluster_known_nodes:1" ]; then
+    log "creating a Redis Cluster of ${nodes[*]} ($(data_dir "$profile")/redis-cluster)"
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
+  fi
+  for i in $(seq 1 100); do
+    redis-cli -p "$base" cluster info 2>/dev/null | grep -q "cluster_state:ok" && break
+    sleep 0.1
+  done
+  export REDIS_CLUSTER_URL="redis://127.0.0.1:$base"
+}
+
+stop_redis_cluster() {
+  local base="$1" port
+  for port in "$base" $((base + 1)) $((base + 2)); do stop_redis "$port"; done
+}
+
 # A stable secret per data folder, so hashed IPs stay comparable across restarts.
 ensure_secret() {
   local profile="$1"

@@ -7,10 +7,10 @@ from typing import Annotated
 import asyncpg
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from redis.asyncio import Redis
 
 from app.errors import Unauthorized
 from app.settings import Settings
+from app.storage import redis_client
 from app.storage.merchants import Merchant, merchant_for_api_key
 
 _bearer = HTTPBearer(auto_error=False, description="Your API key: `Authorization: Bearer rk_…`")
@@ -22,7 +22,7 @@ async def _pool(request: Request) -> asyncpg.Pool:
     return request.app.state.pool
 
 
-async def _redis(request: Request) -> Redis:
+async def _redis(request: Request) -> redis_client.RedisClient:
     return request.app.state.redis
 
 
@@ -45,6 +45,6 @@ async def _merchant(
 
 
 Pool = Annotated[asyncpg.Pool, Depends(_pool)]
-RedisClient = Annotated[Redis, Depends(_redis)]
+RedisClient = Annotated[redis_client.RedisClient, Depends(_redis)]
 AppSettings = Annotated[Settings, Depends(_settings)]
 CurrentMerchant = Annotated[Merchant, Depends(_merchant)]

@@ -9,11 +9,11 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.exceptions import RedisError
 
 from app import metrics
 from app.routes.deps import CurrentMerchant
 from app.schemas import MerchantInfo
+from app.storage.redis_client import REDIS_UNAVAILABLE
 
 router = APIRouter(tags=["ops"])
 
@@ -65,7 +65,7 @@ async def _refresh_stream_gauges(request: Request) -> None:
                 pipe.xrange(stream, count=1)
                 pipe.xpending(stream, state.settings.flusher_group)
             replies = await pipe.execute(raise_on_error=False)
-    except (RedisError, OSError, TimeoutError):
+    except REDIS_UNAVAILABLE:
         metrics.errors.labels("metrics_redis").inc()
         return
     for n, stream in enumerate(streams):

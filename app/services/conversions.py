@@ -17,14 +17,13 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from app import webhooks
 from app.errors import Conflict, Unauthorized
 from app.schemas import ConversionIn
 from app.security import IpAnonymizer, hash_email
 from app.storage.event_buffer import EventBuffer
+from app.storage.redis_client import REDIS_UNAVAILABLE, RedisClient
 
 CONVERSION_NAMESPACE = uuid.UUID("6f1c1b9e-7d0e-4b8a-9a43-0c6e2d5f8a11")
 IDEMPOTENCY_TTL_SECONDS = 7 * 86_400
@@ -58,7 +57,7 @@ class SecretCache:
 
 async def verify_postback(
     secrets: SecretCache,
-    redis: Redis,
+    redis: RedisClient,
     merchant_header: str | None,
     signature_header: str | None,
     body: bytes,
@@ -82,7 +81,7 @@ async def verify_postback(
         first_use = await redis.set(
             f"webhook-signature:{signature}", 1, nx=True, ex=int(webhooks.TOLERANCE.seconds) * 2
         )
-    except (RedisError, OSError):
+    except REDIS_UNAVAILABLE:
         first_use = True  # the timestamp tolerance still bounds replays while Redis is away
     if not first_use:
         raise SignatureRejected(
@@ -121,7 +120,7 @@ def conversion_event(
 
 
 async def accept_conversion(
-    redis: Redis,
+    redis: RedisClient,
     buffer: EventBuffer,
     merchant_id: UUID,
     body: ConversionIn,
@@ -134,7 +133,7 @@ async def accept_conversion(
     key = f"conversion-event:{merchant_id}:{body.event_id}"
     try:
         seen = await redis.get(key)
-    except (RedisError, OSError):
+    except REDIS_UNAVAILABLE:
         seen = None  # PostgreSQL's unique key still stores it once
     if seen is not None:
         if seen.decode() != digest:
@@ -150,14 +149,14 @@ async def accept_conversion(
                 f"conversion-queued:{event['id']}", str(merchant_id), ex=IDEMPOTENCY_TTL_SECONDS
             )
             await pipe.execute()
-    except (RedisError, OSError):
+    except REDIS_UNAVAILABLE:
         pass
     return UUID(event["id"]), False
 
 
-async def is_queued(redis: Redis, merchant_id: UUID, conversion: UUID) -> bool:
+async def is_queued(redis: RedisClient, merchant_id: UUID, conversion: UUID) -> bool:
     try:
         owner = await redis.get(f"conversion-queued:{conversion}")
-    except (RedisError, OSError):
+    except REDIS_UNAVAILABLE:
         return False
     return owner is not None and owner.decode() == str(merchant_id)

@@ -6,7 +6,6 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-from redis.asyncio import Redis
 
 from app.destinations import is_allowed
 from app.errors import InvalidInput, NotFound
@@ -15,9 +14,10 @@ from app.storage import advocates as advocates_repo
 from app.storage import links as links_repo
 from app.storage import programs as programs_repo
 from app.storage.link_cache import publish_link
+from app.storage.redis_client import RedisClient
 
 
-async def _publish(pool: asyncpg.Pool, redis: Redis, link: dict[str, Any]) -> None:
+async def _publish(pool: asyncpg.Pool, redis: RedisClient, link: dict[str, Any]) -> None:
     record = await links_repo.redirect_record(pool, link["code"])
     if record is not None:
         await publish_link(redis, link["code"], record)
@@ -25,7 +25,7 @@ async def _publish(pool: asyncpg.Pool, redis: Redis, link: dict[str, Any]) -> No
 
 async def enroll_advocate(
     pool: asyncpg.Pool,
-    redis: Redis,
+    redis: RedisClient,
     merchant_id: UUID,
     program_id: UUID,
     *,
@@ -66,7 +66,7 @@ async def enroll_advocate(
 
 async def issue_link(
     pool: asyncpg.Pool,
-    redis: Redis,
+    redis: RedisClient,
     merchant_id: UUID,
     advocate_id: UUID,
     *,
@@ -99,7 +99,7 @@ async def issue_link(
 
 
 async def set_link_active(
-    pool: asyncpg.Pool, redis: Redis, merchant_id: UUID, link_id: UUID, active: bool
+    pool: asyncpg.Pool, redis: RedisClient, merchant_id: UUID, link_id: UUID, active: bool
 ) -> dict[str, Any]:
     link = await links_repo.set_link_active(pool, merchant_id, link_id, active)
     if link is None:
@@ -108,7 +108,7 @@ async def set_link_active(
     return link
 
 
-async def republish_program_links(pool: asyncpg.Pool, redis: Redis, program_id: UUID) -> None:
+async def republish_program_links(pool: asyncpg.Pool, redis: RedisClient, program_id: UUID) -> None:
     codes = await pool.fetch("SELECT code FROM links WHERE program_id = $1", program_id)
     for row in codes:
         await _publish(pool, redis, {"code": row["code"]})

@@ -18,7 +18,6 @@ from uuid import UUID
 
 import asyncpg
 import orjson
-from redis.asyncio import Redis
 
 from app.attribution.model import (
     Advocate,
@@ -35,6 +34,7 @@ from app.codes import normalize_referral_code
 from app.events import EVENTS_FIELD, click_time
 from app.storage import rewards as rewards_repo
 from app.storage.flusher import RetryLater
+from app.storage.redis_client import RedisClient
 from app.storage.rules import current_rules
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,9 @@ def _click(row: asyncpg.Record) -> Click:
 
 
 class ConversionStore:
-    def __init__(self, redis: Redis, click_streams: list[str], wait_seconds: float = 10.0) -> None:
+    def __init__(
+        self, redis: RedisClient, click_streams: list[str], wait_seconds: float = 10.0
+    ) -> None:
         self._redis = redis
         self._click_streams = click_streams
         self._wait_seconds = wait_seconds

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
 from redis.asyncio.connection import Connection
-from redis.exceptions import RedisError
+from redis.exceptions import AskError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app import metrics
 from app.events import EVENTS_FIELD
+from app.storage.redis_client import REDIS_UNAVAILABLE, RedisClient, new_connection_for
 from app.storage.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ class _BatchWritten(asyncio.Future[None]):
 class EventBuffer:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         stream: str,
         spool: Spool,
         *,
@@ -152,7 +154,7 @@ class EventBuffer:
                 raise ConnectionError("redis marked unreachable")
             async with asyncio.timeout(self._write_timeout):
                 await self.deliver(payloads)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             self._mark_redis(False, exc)
             try:
                 await self._spool.append(payloads)
@@ -179,8 +181,7 @@ class EventBuffer:
             # Without redis-py's own socket timeout, which would wrap each send in wait_for (a
             # task per batch) and each reply in a timeout scope: the caller's one timeout covers
             # the whole round trip.
-            pool = self._redis.connection_pool
-            connection = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+            connection = await new_connection_for(self._redis, self._stream, socket_timeout=None)
         command: list[bytes] = []
         for payload in payloads:
             command += (self._xadd_head, b"$%d\r\n" % len(payload), payload, b"\r\n")
@@ -188,11 +189,25 @@ class EventBuffer:
             await connection.send_packed_command(command, check_health=False)
             for _ in payloads:
                 await connection.read_response()  # raises on an error reply
-        except BaseException:
+        except BaseException as exc:
             # A reply may be left unread: this connection's state is unknown, drop it.
             await connection.disconnect(nowait=True)
+            moved_or_gone = isinstance(exc, AskError | RedisConnectionError | OSError)
+            if moved_or_gone and isinstance(self._redis, RedisCluster):
+                await self._follow_slot_move()
             raise
         self._idle_connections.append(connection)
+
+    async def _follow_slot_move(self) -> None:
+        """The stream's hash slot moved to another primary (resharding, failover): forget the
+        connections to the old one, and let the cluster client learn the new owner by sending one
+        command for the stream through it (redis-py follows the redirect and updates its map).
+        The failed batch is spooled meanwhile and replayed to the new owner."""
+        for connection in self._idle_connections:
+            await connection.disconnect(nowait=True)
+        self._idle_connections.clear()
+        with contextlib.suppress(*REDIS_UNAVAILABLE):
+            await self._redis.xlen(self._stream)
 
     def _mark_redis(self, ok: bool, exc: BaseException | None = None) -> None:
         if ok != self.redis_ok:
@@ -216,7 +231,7 @@ class EventBuffer:
                 self._mark_redis(True)
                 if files:
                     await self._spool.replay(self._replay_batch)
-            except (RedisError, OSError, TimeoutError):
+            except REDIS_UNAVAILABLE:
                 continue
 
     async def _replay_batch(self, payloads: list[bytes]) -> None:

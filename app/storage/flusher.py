@@ -22,11 +22,11 @@ from typing import Any
 
 import asyncpg
 import orjson
-from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from app import metrics
 from app.events import EVENTS_FIELD
+from app.storage.redis_client import REDIS_UNAVAILABLE, RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Batch:
 class Flusher:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         dsn: str,
         sink: Sink,
         *,
@@ -223,13 +223,13 @@ class Flusher:
             try:
                 await self.ensure_group()
                 break
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_UNAVAILABLE as exc:
                 log.error("redis unreachable, waiting", extra={"error": repr(exc)})
                 await asyncio.sleep(0.5)
         while not stop.is_set():
             try:
                 n = await self.flush_once(block=not burst)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_UNAVAILABLE as exc:
                 metrics.errors.labels("flusher_redis").inc()
                 log.error("redis read failed, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(0.5)

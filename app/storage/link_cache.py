@@ -18,10 +18,9 @@ from typing import Any
 
 import asyncpg
 import orjson
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from app.storage import links as links_repo
+from app.storage.redis_client import REDIS_UNAVAILABLE, RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +62,22 @@ def build_target(record: dict[str, Any], click_id_param: str, shard: int = 0) ->
     )
 
 
-async def publish_link(redis: Redis, code: str, record: dict[str, Any]) -> None:
-    """Write a link's record through to Redis and tell every API process to drop its copy."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.set(_redis_key(code), orjson.dumps(record))
-        pipe.publish(INVALIDATION_CHANNEL, code)
-        await pipe.execute()
+async def publish_link(redis: RedisClient, code: str, record: dict[str, Any]) -> None:
+    """Write a link's record through to Redis and tell every API process to drop its copy.
+
+    Two commands, not one transaction: a cluster refuses PUBLISH inside a pipeline. Should the
+    PUBLISH be lost, the other processes' copies still expire within the cache's `ttl`."""
+    await redis.set(_redis_key(code), orjson.dumps(record))
+    await redis.publish(INVALIDATION_CHANNEL, code)
 
 
 class LinkCache:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         pool: asyncpg.Pool,
         *,
-        listen_redis: Redis,
+        listen_redis: RedisClient,
         click_id_param: str,
         shards: int = 1,
         ttl: float = 60.0,
@@ -109,12 +109,12 @@ class LinkCache:
             raw = await self._redis.get(_redis_key(code))
             if raw is not None:
                 record = orjson.loads(raw)
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_UNAVAILABLE:
             redis_ok = False
         if record is None:
             record = await links_repo.redirect_record(self._pool, code)
             if record is not None and redis_ok:
-                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                with contextlib.suppress(*REDIS_UNAVAILABLE):
                     await self._redis.set(_redis_key(code), orjson.dumps(record))
         target = build_target(record, self._param, shard_of(code, self._shards)) if record else None
         self._remember(code, target)
@@ -143,6 +143,7 @@ class LinkCache:
     async def _listen(self) -> None:
         while True:
             try:
+                await self._listen_redis.initialize()  # a cluster client must know its slots
                 async with self._listen_redis.pubsub() as pubsub:
                     await pubsub.subscribe(INVALIDATION_CHANNEL)
                     # Anything published while we were not subscribed may be missed: drop all.
@@ -151,5 +152,5 @@ class LinkCache:
                         if message["type"] == "message":
                             data = message["data"]
                             self.forget(data.decode() if isinstance(data, bytes) else data)
-            except (RedisError, OSError, TimeoutError):
+            except REDIS_UNAVAILABLE:
                 await asyncio.sleep(1.0)

@@ -7,16 +7,17 @@ import logging
 import signal
 
 from prometheus_client import start_http_server
-from redis.asyncio import Redis
 
 from app.settings import Settings
 from app.storage import clicks, conversions
 from app.storage.flusher import Flusher, Sink
+from app.storage.redis_client import RedisClient
+from app.storage.redis_client import connect as connect_redis
 
 log = logging.getLogger(__name__)
 
 
-def sinks(settings: Settings, redis: Redis) -> list[Sink]:
+def sinks(settings: Settings, redis: RedisClient) -> list[Sink]:
     """One sink per click stream shard, and the conversions."""
     out = []
     for stream in settings.click_streams:
@@ -40,7 +41,7 @@ def sinks(settings: Settings, redis: Redis) -> list[Sink]:
     return out
 
 
-def build_flushers(settings: Settings, redis: Redis) -> list[Flusher]:
+def build_flushers(settings: Settings, redis: RedisClient) -> list[Flusher]:
     return [
         Flusher(
             redis,
@@ -57,8 +58,8 @@ def build_flushers(settings: Settings, redis: Redis) -> list[Flusher]:
 
 async def run(settings: Settings, *, burst: bool = False) -> None:
     # The blocking read waits up to flush_max_wait_ms, so the socket timeout must be longer.
-    redis = Redis.from_url(
-        settings.redis_url,
+    redis = connect_redis(
+        settings,
         socket_timeout=settings.flush_max_wait_ms / 1000 + 10,
         socket_connect_timeout=2,
     )
