@@ -55,6 +55,21 @@ async def _migrate() -> None:
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
 
 
+async def _rebuild_visitor_counts() -> int:
+    from app.storage.db import create_pool
+    from app.storage.redis_client import connect
+    from app.storage.visitors import rebuild_visitor_counts
+
+    settings = load_settings()
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    redis = connect(settings)
+    try:
+        return await rebuild_visitor_counts(pool, redis)
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
 async def _create_merchant(name: str) -> None:
     from app.storage.db import create_pool
     from app.storage.merchants import create_merchant
@@ -113,6 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     key.add_argument("merchant_id", type=UUID)
     key.add_argument("--label", default="")
 
+    sub.add_parser(
+        "rebuild-visitor-counts",
+        help="recompute the programs' unique-visitor HyperLogLogs in Redis from PostgreSQL",
+    )
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         _serve(args)
@@ -137,6 +157,9 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(_create_merchant(args.name))
     elif args.command == "add-api-key":
         asyncio.run(_add_api_key(args.merchant_id, args.label))
+    elif args.command == "rebuild-visitor-counts":
+        programs = asyncio.run(_rebuild_visitor_counts())
+        print(f"programs rebuilt: {programs}")
     else:  # pragma: no cover - argparse enforces the choices
         sys.exit(2)
 

@@ -222,7 +222,10 @@ class RulesView(BaseModel):
 class Funnel(BaseModel):
     clicks: int = Field(description="Human clicks (bots excluded).")
     bot_clicks: int
-    unique_visitors: int
+    unique_visitors: int | None = Field(
+        description="Distinct browsers among the human clicks. For a program: estimated within "
+        "about 1 % (a HyperLogLog), null while Redis is unreachable; for an advocate: exact."
+    )
     signups: int
     purchases: int
     refunds: int

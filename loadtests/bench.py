@@ -38,6 +38,8 @@ from app.events import EVENTS_FIELD, new_click_and_visitor_ids  # noqa: E402
 from app.storage.clicks import CLICK_COLUMNS, click_record  # noqa: E402
 from app.storage.db import migrate  # noqa: E402
 from app.storage.merchants import create_merchant  # noqa: E402
+from app.storage.stats import advocate_funnel, program_funnel  # noqa: E402
+from app.storage.visitors import rebuild_visitor_counts  # noqa: E402
 
 SERVER_CPU = os.environ.get("SERVER_CPU", "0")
 LOAD_CPU = os.environ.get("LOAD_CPU", "1")
@@ -483,43 +485,47 @@ async def report_database(dsn: str, rows: int) -> str:
                 """,
                 start, min(start + chunk, rows) - 1, rows,
             )  # fmt: skip
+        # Generated straight into the table, so the flusher's daily counts are taken afterwards.
+        await conn.execute(
+            "TRUNCATE program_click_counts;"
+            " INSERT INTO program_click_counts (program_id, day, merchant_id, human, bot)"
+            " SELECT program_id, (clicked_at AT TIME ZONE 'UTC')::date, merchant_id,"
+            " count(*) FILTER (WHERE NOT is_bot), count(*) FILTER (WHERE is_bot)"
+            " FROM clicks GROUP BY 1, 2, 3"
+        )
         await conn.execute("ANALYZE clicks")
     finally:
         await conn.close()
     return report_dsn
 
 
-async def report_query(dsn: str, rows: int) -> list[Row]:
-    """Report queries against a clicks table of `rows` rows."""
+async def report_query(dsn: str, redis_url: str, rows: int) -> list[Row]:
+    """The statistics endpoints' queries against a clicks table of `rows` rows, all in one
+    program of 5,000 advocates (the worst case for a program's statistics)."""
     report_dsn = await report_database(dsn, rows)
-    conn = await asyncpg.connect(report_dsn, command_timeout=600)
+    pool = await asyncpg.create_pool(report_dsn, min_size=1, max_size=2, command_timeout=600)
+    redis = Redis.from_url(redis_url)
     try:
-        link = await conn.fetchrow("SELECT merchant_id, program_id, advocate_id FROM links LIMIT 1")
-        total = await conn.fetchval("SELECT count(*) FROM clicks")
+        link = await pool.fetchrow("SELECT merchant_id, program_id, advocate_id FROM links LIMIT 1")
+        total = await pool.fetchval("SELECT count(*) FROM clicks")
+        if not await redis.exists(f"program-visitors:{link['program_id']}"):
+            print("  report database: counting its visitors into Redis", flush=True)
+            await rebuild_visitor_counts(pool, redis)
+        merchant_id = link["merchant_id"]
         queries = {
-            "report: one advocate's daily clicks and visitors, 30 days": (
-                """SELECT date_trunc('day', clicked_at) AS day,
-                          count(*) FILTER (WHERE NOT is_bot) AS clicks,
-                          count(DISTINCT visitor_id) AS visitors
-                   FROM clicks WHERE merchant_id = $1 AND advocate_id = $2
-                     AND clicked_at >= now() - interval '30 days'
-                   GROUP BY 1 ORDER BY 1""",
-                (link["merchant_id"], link["advocate_id"]),
+            "report: a program's statistics (GET /v1/programs/{id}/stats)": lambda: program_funnel(
+                pool, redis, merchant_id, link["program_id"]
             ),
-            "report: a program's top 10 advocates, last 24 h": (
-                """SELECT advocate_id, count(*) FROM clicks
-                   WHERE merchant_id = $1 AND program_id = $2
-                     AND clicked_at >= now() - interval '24 hours' AND NOT is_bot
-                   GROUP BY 1 ORDER BY 2 DESC LIMIT 10""",
-                (link["merchant_id"], link["program_id"]),
+            "report: an advocate's statistics (GET /v1/advocates/{id}/stats)": lambda: (
+                advocate_funnel(pool, merchant_id, link["advocate_id"])
             ),
         }
         out = []
-        for name, (sql, params) in queries.items():
+        for name, query in queries.items():
             timings = []
             for _ in range(5):
                 started = time.perf_counter()
-                await conn.fetch(sql, *params)
+                await query()
                 timings.append(time.perf_counter() - started)
             median = sorted(timings)[2]
             out.append(
@@ -528,7 +534,8 @@ async def report_query(dsn: str, rows: int) -> list[Row]:
             )  # fmt: skip
         return out
     finally:
-        await conn.close()
+        await redis.aclose()
+        await pool.close()
 
 
 # -- The run ---------------------------------------------------------------------------------
@@ -688,7 +695,7 @@ def main() -> None:
         accounting["lost"] += len(events) - flushed
 
     if args.report_rows:
-        rows += asyncio.run(report_query(dsn, args.report_rows))
+        rows += asyncio.run(report_query(dsn, redis_url, args.report_rows))
 
     print_table(rows, accounting)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,14 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
+from redis.asyncio import Redis
 
+from app.events import EVENTS_FIELD
 from app.security import advocate_token
 from app.settings import Settings
 from app.storage.merchants import CreatedMerchant
+from app.storage.visitors import rebuild_visitor_counts
 from tests.conftest import BROWSER_UA, auth, flush, make_advocate, make_program
 from tests.test_conversions import RULES, click, post
 
@@ -96,3 +100,45 @@ async def test_stats_of_another_merchants_advocate_are_404(
         f"/v1/advocates/{anna['id']}/dashboard-token", headers=auth(other_merchant)
     )
     assert token.status_code == 404
+
+
+async def test_program_stats_read_the_daily_counts_and_equal_the_click_log(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool,
+    redis: Redis,
+) -> None:  # fmt: skip
+    program = await make_program(client, merchant)
+    links = [(await make_advocate(client, merchant, program, f"c{n}"))["links"][0] for n in (1, 2)]
+    browser = {"user-agent": BROWSER_UA}
+    for n in range(12):  # twelve browsers, each visiting both advocates (with its cookie)
+        client.cookies.clear()
+        await client.get(f"/r/{links[0]['code']}", headers=browser)
+        await client.get(f"/r/{links[1]['code']}", headers=browser)
+        if n % 4 == 0:
+            await client.get(f"/r/{links[1]['code']}", headers={"user-agent": "Googlebot/2.1"})
+    await flush(settings)
+    # Everything delivered again, with one new click: the slow path stores and counts the new
+    # click only.
+    replay = [
+        [r["click_id"].hex, str(r["link_id"]), r["visitor_id"].hex, None, None, r["user_agent"],
+         None, None, "G"]
+        for r in await db.fetch("SELECT * FROM clicks")
+    ]  # fmt: skip
+    client.cookies.clear()
+    await client.get(f"/r/{links[0]['code']}", headers=browser)
+    await redis.xadd(settings.click_stream, {EVENTS_FIELD: orjson.dumps(replay)})
+    await flush(settings)
+
+    truth = await db.fetchrow(
+        "SELECT count(*) FILTER (WHERE NOT is_bot) AS human, count(*) FILTER (WHERE is_bot) AS bot,"
+        " count(DISTINCT visitor_id) FILTER (WHERE NOT is_bot) AS visitors FROM clicks"
+    )
+    assert tuple(truth) == (25, 3, 13)
+    url = f"/v1/programs/{program['id']}/stats"
+    stats = (await client.get(url, headers=auth(merchant))).json()
+    assert (stats["clicks"], stats["bot_clicks"], stats["unique_visitors"]) == (25, 3, 13)
+
+    # Redis lost the visitor counts: they are rebuilt from the click log.
+    await redis.flushdb()
+    assert (await client.get(url, headers=auth(merchant))).json()["unique_visitors"] == 0
+    assert await rebuild_visitor_counts(db, redis) == 1
+    assert (await client.get(url, headers=auth(merchant))).json()["unique_visitors"] == 13

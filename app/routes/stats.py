@@ -9,28 +9,32 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 
 from app.errors import NotFound, Unauthorized
-from app.routes.deps import AppSettings, CurrentMerchant, Pool
+from app.routes.deps import AppSettings, CurrentMerchant, Pool, RedisClient
 from app.schemas import AdvocateToken, Funnel
 from app.security import InvalidToken, advocate_token, read_advocate_token
 from app.storage import advocates as advocates_repo
 from app.storage import programs as programs_repo
-from app.storage.stats import funnel
+from app.storage.stats import advocate_funnel, program_funnel
 
 router = APIRouter(tags=["statistics"])
 
 
 @router.get("/v1/programs/{program_id}/stats", response_model=Funnel)
-async def program_stats(program_id: UUID, merchant: CurrentMerchant, pool: Pool) -> Any:
+async def program_stats(
+    program_id: UUID, merchant: CurrentMerchant, pool: Pool, redis: RedisClient
+) -> Any:
+    """The program's funnel; `unique_visitors` is estimated (within about 1 %), and null while
+    Redis is unreachable."""
     if await programs_repo.get_program(pool, merchant.id, program_id) is None:
         raise NotFound("program not found", field="program_id")
-    return await funnel(pool, merchant.id, program_id=program_id)
+    return await program_funnel(pool, redis, merchant.id, program_id)
 
 
 @router.get("/v1/advocates/{advocate_id}/stats", response_model=Funnel)
 async def advocate_stats(advocate_id: UUID, merchant: CurrentMerchant, pool: Pool) -> Any:
     if await advocates_repo.get_advocate(pool, merchant.id, advocate_id) is None:
         raise NotFound("advocate not found", field="advocate_id")
-    return await funnel(pool, merchant.id, advocate_id=advocate_id)
+    return await advocate_funnel(pool, merchant.id, advocate_id)
 
 
 @router.post("/v1/advocates/{advocate_id}/dashboard-token", response_model=AdvocateToken)
@@ -61,4 +65,4 @@ async def my_stats(
         )
     except InvalidToken as exc:
         raise Unauthorized(f"invalid dashboard token: {exc}", field="query.token") from None
-    return await funnel(pool, merchant_id, advocate_id=advocate_id)
+    return await advocate_funnel(pool, merchant_id, advocate_id)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 
@@ -22,6 +21,7 @@ from app.events import (
     VISITOR_ID,
     click_time,
 )
+from app.storage.visitors import VisitorsByProgram, add_visitors
 
 _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS click_staging (
@@ -36,11 +36,36 @@ CLICK_COLUMNS = (
     "referer", "method", "is_bot", "bot_reason", "merchant_id", "program_id", "advocate_id",
 )  # fmt: skip
 
-# The slow, always-safe path: a click delivered twice hits the primary key and is skipped.
+_RECORD = {name: i for i, name in enumerate(CLICK_COLUMNS)}
+_CLICKED_AT, _VISITOR, _IS_BOT = _RECORD["clicked_at"], _RECORD["visitor_id"], _RECORD["is_bot"]
+_MERCHANT, _PROGRAM = _RECORD["merchant_id"], _RECORD["program_id"]
+
+_ADD_COUNTS = """
+ON CONFLICT (program_id, day) DO UPDATE
+SET human = program_click_counts.human + excluded.human,
+    bot = program_click_counts.bot + excluded.bot
+"""
+# A program's daily counts grow by the clicks of a batch, in the batch's transaction.
+_ADD_BATCH_COUNTS = f"""
+INSERT INTO program_click_counts (program_id, day, merchant_id, human, bot)
+SELECT * FROM unnest($1::uuid[], $2::date[], $3::uuid[], $4::bigint[], $5::bigint[])
+{_ADD_COUNTS}"""
+# The slow, always-safe path: a click delivered twice hits the primary key and is skipped, and
+# only the clicks stored now are counted. Returns how many were stored.
 _INSERT_FROM_STAGING = f"""
-INSERT INTO clicks ({", ".join(CLICK_COLUMNS)})
-SELECT {", ".join(CLICK_COLUMNS)} FROM click_staging
-ON CONFLICT DO NOTHING
+WITH stored AS (
+    INSERT INTO clicks ({", ".join(CLICK_COLUMNS)})
+    SELECT {", ".join(CLICK_COLUMNS)} FROM click_staging
+    ON CONFLICT DO NOTHING
+    RETURNING program_id, clicked_at, merchant_id, is_bot
+), counted AS (
+    INSERT INTO program_click_counts (program_id, day, merchant_id, human, bot)
+    SELECT program_id, (clicked_at AT TIME ZONE 'UTC')::date, merchant_id,
+           count(*) FILTER (WHERE NOT is_bot), count(*) FILTER (WHERE is_bot)
+    FROM stored GROUP BY 1, 2, 3
+    {_ADD_COUNTS}
+)
+SELECT count(*) FROM stored
 """
 
 Owner = tuple[UUID, UUID, UUID]  # merchant, program, advocate of a link
@@ -80,6 +105,7 @@ class ClickStore:
 
     def __init__(self) -> None:
         self._owners: dict[str, Owner | None] = {}
+        self._visitors: VisitorsByProgram = {}  # of the batch stored last, until acknowledged
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
         await conn.execute(_STAGING_DDL)
@@ -112,18 +138,48 @@ class ClickStore:
         ]
         if not records:
             return 0
+        counts, visitors = _tally(records)
         # A re-delivered click fails the fast path on the primary key; then the slow path below.
         # (The flusher counts what it skips in referral_events_duplicate_total.)
-        with contextlib.suppress(asyncpg.UniqueViolationError):
+        try:
             async with conn.transaction():
                 await conn.copy_records_to_table("clicks", records=records, columns=CLICK_COLUMNS)
-            return len(records)
-        async with conn.transaction():
-            await conn.copy_records_to_table(
-                "click_staging", records=records, columns=CLICK_COLUMNS
-            )
-            status = await conn.execute(_INSERT_FROM_STAGING)
-        return int(status.rsplit(" ", 1)[-1])
+                await conn.execute(_ADD_BATCH_COUNTS, *zip(*counts, strict=True))
+            stored = len(records)
+        except asyncpg.UniqueViolationError:
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    "click_staging", records=records, columns=CLICK_COLUMNS
+                )
+                stored = await conn.fetchval(_INSERT_FROM_STAGING)
+        # All of the batch's visitors, new clicks or not: adding one twice changes nothing.
+        self._visitors = visitors
+        return stored
+
+    def before_ack(self, pipe: Any) -> None:
+        """Adds the stored batch's visitors to the programs' HyperLogLogs, in the pipeline that
+        acknowledges the batch (after the commit)."""
+        add_visitors(pipe, self._visitors)
+        self._visitors = {}
+
+
+def _tally(
+    records: list[tuple[Any, ...]],
+) -> tuple[list[tuple[UUID, date, UUID, int, int]], VisitorsByProgram]:
+    """Per program and UTC day, (program, day, merchant, human clicks, bot clicks); and per
+    program, the visitor ids of the human clicks."""
+    counts: dict[tuple[UUID, date, UUID], list[int]] = {}
+    visitors: VisitorsByProgram = {}
+    for r in records:
+        key = (r[_PROGRAM], r[_CLICKED_AT].date(), r[_MERCHANT])
+        tally = counts.get(key) or counts.setdefault(key, [0, 0])
+        if r[_IS_BOT]:
+            tally[1] += 1
+            continue
+        tally[0] += 1
+        if r[_VISITOR]:
+            visitors.setdefault(r[_PROGRAM], []).append(r[_VISITOR])
+    return [(*key, human, bot) for key, (human, bot) in counts.items()], visitors
 
 
 async def count_link_clicks(pool: asyncpg.Pool, merchant_id: UUID, link_id: UUID) -> dict[str, int]:

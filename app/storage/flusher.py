@@ -48,6 +48,8 @@ class Sink:
     prepare: Callable[[asyncpg.Connection], Awaitable[None]]
     store: Callable[[asyncpg.Connection, list[list[Any]]], Awaitable[int]]
     maintain: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
+    # Adds Redis commands to the pipeline that acknowledges a stored batch.
+    before_ack: Callable[[Any], None] | None = None
 
 
 @dataclass(slots=True)
@@ -148,6 +150,8 @@ class Flusher:
 
     async def acknowledge(self, batch: Batch) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
+            if self.sink.before_ack is not None:
+                self.sink.before_ack(pipe)
             pipe.xack(self.sink.stream, self.group, *batch.entry_ids)
             pipe.xdel(self.sink.stream, *batch.entry_ids)
             await pipe.execute()

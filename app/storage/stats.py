@@ -1,6 +1,9 @@
 """Statistics: clicks → signups → purchases → revenue → rewards, per program or per advocate.
 
-Reward amounts come from the ledger (reward_balances), so the statistics always equal it.
+A program's clicks come from the daily counts the flusher keeps (`program_click_counts`) and its
+unique visitors from a HyperLogLog (`app.storage.visitors`), so a program of millions of clicks
+answers in milliseconds; an advocate's from their own clicks. Reward amounts come from the
+ledger (reward_balances), so the statistics always equal it.
 """
 
 from __future__ import annotations
@@ -10,26 +13,51 @@ from uuid import UUID
 
 import asyncpg
 
+from app.storage.redis_client import RedisClient
 from app.storage.rewards import STATES
+from app.storage.visitors import count_visitors
 
 
-async def funnel(
-    pool: asyncpg.Pool,
-    merchant_id: UUID,
-    *,
-    program_id: UUID | None = None,
-    advocate_id: UUID | None = None,
+async def program_funnel(
+    pool: asyncpg.Pool, redis: RedisClient, merchant_id: UUID, program_id: UUID
 ) -> dict[str, Any]:
-    scope = "merchant_id = $1 AND ($2::uuid IS NULL OR program_id = $2)" \
-            " AND ($3::uuid IS NULL OR advocate_id = $3)"  # fmt: skip
-    args = (merchant_id, program_id, advocate_id)
+    """A program's funnel without reading its clicks: the daily counts the flusher keeps, and
+    its visitors' HyperLogLog (None while Redis is unreachable)."""
+    clicks = await pool.fetchrow(
+        "SELECT coalesce(sum(human), 0) AS human, coalesce(sum(bot), 0) AS bot"
+        " FROM program_click_counts WHERE merchant_id = $1 AND program_id = $2",
+        merchant_id,
+        program_id,
+    )
+    visitors = await count_visitors(redis, program_id)
+    rest = await _conversions_and_rewards(pool, merchant_id, program_id, None)
+    return {"clicks": clicks["human"], "bot_clicks": clicks["bot"], "unique_visitors": visitors,
+            **rest}  # fmt: skip
+
+
+async def advocate_funnel(
+    pool: asyncpg.Pool, merchant_id: UUID, advocate_id: UUID
+) -> dict[str, Any]:
+    """An advocate's funnel, from their own clicks (an index range: milliseconds)."""
     clicks = await pool.fetchrow(
         "SELECT count(*) FILTER (WHERE NOT is_bot) AS human,"
         " count(*) FILTER (WHERE is_bot) AS bot,"
         " count(DISTINCT visitor_id) FILTER (WHERE NOT is_bot) AS visitors"
-        f" FROM clicks WHERE {scope}",
-        *args,
+        " FROM clicks WHERE merchant_id = $1 AND advocate_id = $2",
+        merchant_id,
+        advocate_id,
     )
+    rest = await _conversions_and_rewards(pool, merchant_id, None, advocate_id)
+    return {"clicks": clicks["human"], "bot_clicks": clicks["bot"],
+            "unique_visitors": clicks["visitors"], **rest}  # fmt: skip
+
+
+async def _conversions_and_rewards(
+    pool: asyncpg.Pool, merchant_id: UUID, program_id: UUID | None, advocate_id: UUID | None
+) -> dict[str, Any]:
+    scope = "merchant_id = $1 AND ($2::uuid IS NULL OR program_id = $2)" \
+            " AND ($3::uuid IS NULL OR advocate_id = $3)"  # fmt: skip
+    args = (merchant_id, program_id, advocate_id)
     conversions = await pool.fetch(
         "SELECT type, currency, count(*) AS n, sum(amount_minor) AS amount FROM conversions"
         f" WHERE {scope} AND state IN ('attributed', 'refunded') GROUP BY type, currency",
@@ -52,9 +80,6 @@ async def funnel(
         bucket = by_currency.setdefault(row["currency"].strip(), dict.fromkeys(STATES, 0))
         bucket[row["state"]] += int(row["amount"])
     return {
-        "clicks": clicks["human"],
-        "bot_clicks": clicks["bot"],
-        "unique_visitors": clicks["visitors"],
         "signups": counts["signup"],
         "purchases": counts["purchase"],
         "refunds": counts["refund"],

@@ -28,6 +28,7 @@ def sinks(settings: Settings, redis: RedisClient) -> list[Sink]:
                 prepare=click_store.prepare,
                 store=click_store.store,
                 maintain=click_store.maintain,
+                before_ack=click_store.before_ack,
             )
         )
     conversion_store = conversions.ConversionStore(redis, settings.click_streams)
