@@ -382,7 +382,7 @@ def burst_flusher_seconds() -> float:
 
 def drain() -> None:
     sh("taskset", "-c", LOAD_CPU, sys.executable, "-m", "app.cli", "flusher", "--burst", cwd=ROOT,
-       env={**os.environ, "FLUSHER_METRICS_PORT": "0"})  # fmt: skip
+       env={**os.environ, "FLUSHER_METRICS_PORT": "0", "LOG_LEVEL": "WARNING"})  # fmt: skip
 
 
 async def fill_stream(
