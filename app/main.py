@@ -154,6 +154,7 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
             write_timeout=settings.redis_write_timeout_seconds,
             replay_interval=settings.spool_replay_interval_seconds,
             writers=1,
+            behind=click_buffers,  # a conversion is attributed only once its click is stored
         )
         for buffer in click_buffers:
             buffer.start()

@@ -18,8 +18,18 @@ from app.settings import Settings
 from app.storage.event_buffer import EventBuffer
 from app.storage.link_cache import publish_link
 from app.storage.links import redirect_record
+from app.storage.merchants import CreatedMerchant
 from app.storage.spool import Spool
-from tests.conftest import BROWSER_UA, RedisServer, flush, make_settings, start_app
+from tests.conftest import (
+    BROWSER_UA,
+    RedisServer,
+    flush,
+    make_advocate,
+    make_program,
+    make_settings,
+    start_app,
+)
+from tests.test_conversions import RULES, click, post, read
 
 
 @contextlib.asynccontextmanager
@@ -118,3 +128,42 @@ async def test_one_cancelled_request_does_not_fail_the_others_in_its_batch(
     assert [r for i, r in enumerate(results) if i != 3] == [None] * 9
     entries = await redis.xrange("cancel-test")
     assert sum(len(orjson.loads(fields[b"e"])) for _, fields in entries) == 10
+
+
+async def test_a_conversion_posted_while_its_click_is_spooled_is_attributed_to_it(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, db: asyncpg.Pool, database_url: str,
+    redis_server: RedisServer, tmp_path: Path,
+) -> None:  # fmt: skip
+    settings = make_settings(database_url, redis_server.url, tmp_path)
+    program = await make_program(client, merchant, rules=RULES)  # on the suite's own app
+    link = (await make_advocate(client, merchant, program, "cust-anna"))["links"][0]
+    app, lifespan = await start_app(settings)
+    transport = httpx.ASGITransport(app=app, client=("198.51.100.20", 1))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="https://go.test") as api:
+            redis_server.kill()
+            click_id = await click(api, link)  # spooled
+            response = await post(api, merchant, {
+                "event_id": "o-1", "type": "purchase", "order_id": "1", "amount_minor": 5000,
+                "currency": "EUR", "click_id": click_id, "customer_id": "cust-ben"})  # fmt: skip
+            assert response.status_code == 202, response.text
+            redis_server.start()
+            spool = app.api.state.event_buffers
+            for _ in range(100):
+                if not any(b.spool_files() for b in spool):
+                    break
+                await asyncio.sleep(0.05)
+            assert not any(b.spool_files() for b in spool), "spool not replayed"
+    finally:
+        await lifespan.__aexit__(None, None, None)
+
+    # The conversion re-entered Redis after its click, so the flusher waits for the click.
+    private = Redis.from_url(redis_server.url)
+    [(click_entry, _)] = await private.xrange(settings.click_stream)
+    [(conversion_entry, _)] = await private.xrange(settings.conversion_stream)
+    await private.aclose()
+    assert int(conversion_entry.split(b"-")[0]) >= int(click_entry.split(b"-")[0])
+    await flush(settings)
+    conversion = await read(client, merchant, response.json()["id"])
+    assert conversion["attribution_method"] == "click_id"
+    assert conversion["advocate_id"] == link["advocate_id"]

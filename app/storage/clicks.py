@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
@@ -22,6 +22,9 @@ from app.events import (
     click_time,
 )
 from app.storage.visitors import VisitorsByProgram, add_visitors
+
+if TYPE_CHECKING:
+    from app.storage.flusher import Batch
 
 _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS click_staging (
@@ -124,8 +127,9 @@ class ClickStore:
         for r in rows:
             self._owners[r["id"]] = (r["merchant_id"], r["program_id"], r["advocate_id"])
 
-    async def store(self, conn: asyncpg.Connection, events: list[list[Any]]) -> int:
+    async def store(self, conn: asyncpg.Connection, batch: Batch) -> int:
         """Store a batch in one transaction. Returns how many clicks were new."""
+        events: list[list[Any]] = batch.events
         owners = self._owners
         unknown = {e[LINK_ID] for e in events if e[LINK_ID] not in owners}
         if unknown:

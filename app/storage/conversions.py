@@ -3,8 +3,10 @@
 Each conversion is processed in its own transaction: stored once (its id is derived from the
 merchant's event id, so a re-delivery is a no-op), attributed from the evidence in PostgreSQL,
 and its rewards (or refund reversals) written to the ledger. Before a batch is processed, the
-flusher waits until every click older than the batch has left the Redis click stream, so a
-conversion posted a millisecond after its click still finds it.
+flusher waits until every click that entered the Redis click streams before the batch's
+conversions entered theirs has been stored, so a conversion posted a millisecond after its click
+still finds it. (Both times are Redis's, from the entry ids. The API keeps the order when Redis
+fails: while clicks wait in its spool, conversions are spooled behind them.)
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from app.attribution.rules import ProgramRules
 from app.codes import normalize_referral_code
 from app.events import EVENTS_FIELD, click_time
 from app.storage import rewards as rewards_repo
-from app.storage.flusher import RetryLater
+from app.storage.flusher import Batch, RetryLater
 from app.storage.redis_client import RedisClient
 from app.storage.rules import current_rules
 
@@ -77,21 +79,22 @@ class ConversionStore:
     async def prepare(self, conn: asyncpg.Connection) -> None:
         return None
 
-    async def _clicks_flushed_until(self, received_ms: int) -> None:
-        """Wait until the click stream holds nothing older than `received_ms` (acknowledged
-        clicks are deleted from it, so its first entry is the oldest click not yet stored)."""
+    async def _clicks_flushed_until(self, entered_ms: int) -> None:
+        """Wait until the click streams hold nothing that entered them by `entered_ms`
+        (acknowledged clicks are deleted, so a stream's first entry is its oldest click not yet
+        stored)."""
         deadline = time.monotonic() + self._wait_seconds
         while True:
             heads = [await self._redis.xrange(s, count=1) for s in self._click_streams]
-            if all(not h or int(h[0][0].split(b"-")[0]) > received_ms for h in heads):
+            if all(not h or int(h[0][0].split(b"-")[0]) > entered_ms for h in heads):
                 return
             if time.monotonic() > deadline:
                 raise RetryLater("clicks older than these conversions are not stored yet")
             await asyncio.sleep(0.02)
 
-    async def store(self, conn: asyncpg.Connection, events: list[dict[str, Any]]) -> int:
-        newest = max(datetime.fromisoformat(e["received_at"]) for e in events)
-        await self._clicks_flushed_until(int(newest.timestamp() * 1000))
+    async def store(self, conn: asyncpg.Connection, batch: Batch) -> int:
+        events: list[dict[str, Any]] = batch.events
+        await self._clicks_flushed_until(batch.entered_until_ms())
         stored = 0
         for event in events:
             try:

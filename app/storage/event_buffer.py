@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,13 @@ class EventBuffer:
         write_timeout: float = 0.5,
         replay_interval: float = 1.0,
         writers: int = 2,
+        behind: Sequence[EventBuffer] = (),
     ) -> None:
         self._redis = redis
+        # Events of this buffer never overtake those spooled by `behind` (conversions behind the
+        # clicks they may refer to): while one of those has spool files, this one spools too,
+        # and replays only after they have replayed.
+        self._behind = behind
         self._stream = stream
         # "XADD <stream> * e", framed in RESP once: each entry then only adds its payload.
         self._xadd_head = b"*5\r\n" + b"".join(
@@ -110,6 +116,9 @@ class EventBuffer:
     def spool_files(self) -> list[Path]:
         return self._spool.files()
 
+    def _waiting_behind(self) -> bool:
+        return any(buffer.spool_files() for buffer in self._behind)
+
     def add(self, event: Any) -> asyncio.Future[None]:
         """Queues the event; the future resolves once it is in Redis (or, when Redis is down,
         fsync'd in the spool). A plain method returning the batch's future, not a coroutine:
@@ -152,6 +161,10 @@ class EventBuffer:
                 # Degraded: do not make every shopper wait for a timeout; the replay loop probes
                 # Redis and switches back as soon as it answers.
                 raise ConnectionError("redis marked unreachable")
+            if self._waiting_behind():
+                await self._spool.append(payloads)
+                self._spooled.inc(len(events))
+                return
             async with asyncio.timeout(self._write_timeout):
                 await self.deliver(payloads)
         except REDIS_UNAVAILABLE as exc:
@@ -224,6 +237,8 @@ class EventBuffer:
             files = self._spool.files()
             metrics.spool_pending.set(len(files))
             if self.redis_ok and not files:
+                continue
+            if files and self._waiting_behind():
                 continue
             try:
                 async with asyncio.timeout(self._write_timeout):

@@ -46,7 +46,7 @@ class Sink:
 
     stream: str
     prepare: Callable[[asyncpg.Connection], Awaitable[None]]
-    store: Callable[[asyncpg.Connection, list[list[Any]]], Awaitable[int]]
+    store: Callable[[asyncpg.Connection, Batch], Awaitable[int]]
     maintain: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
     # Adds Redis commands to the pipeline that acknowledges a stored batch.
     before_ack: Callable[[Any], None] | None = None
@@ -55,7 +55,11 @@ class Sink:
 @dataclass(slots=True)
 class Batch:
     entry_ids: list[bytes]
-    events: list[list[Any]]
+    events: list[Any]
+
+    def entered_until_ms(self) -> int:
+        """When the newest of its entries entered the stream (Redis's clock, from the id)."""
+        return max(int(entry_id.split(b"-")[0]) for entry_id in self.entry_ids)
 
 
 class Flusher:
@@ -177,7 +181,7 @@ class Flusher:
         while True:
             try:
                 conn = await self._connection()
-                return await self.sink.store(conn, batch.events)
+                return await self.sink.store(conn, batch)
             except (asyncpg.DataError, ValueError, TypeError, KeyError, IndexError) as exc:
                 metrics.errors.labels("flusher_dead_letter").inc()
                 log.error("malformed batch moved to dead letters", extra={"error": repr(exc)})
