@@ -24,7 +24,7 @@ async def program_funnel(
     """A program's funnel without reading its clicks: the daily counts the flusher keeps, and
     its visitors' HyperLogLog (None while Redis is unreachable)."""
     clicks = await pool.fetchrow(
-        "SELECT coalesce(sum(human), 0) AS human, coalesce(sum(bot), 0) AS bot"
+        "SELECT coalesce(sum(human), 0)::bigint AS human, coalesce(sum(bot), 0)::bigint AS bot"
         " FROM program_click_counts WHERE merchant_id = $1 AND program_id = $2",
         merchant_id,
         program_id,
