@@ -100,7 +100,9 @@ event_write_batch = Histogram(
 degraded = Gauge(
     "referral_degraded", "1 while Redis is unreachable and events go to the local spool."
 )
-spool_pending = Gauge("referral_spool_pending_files", "Spool files waiting for replay.")
+spool_pending = Gauge(
+    "referral_spool_pending_files", "Spool files waiting for replay, per stream.", ["stream"]
+)
 stream_length = Gauge("referral_stream_length", "Entries in the event stream.", ["stream"])
 stream_pending = Gauge(
     "referral_stream_pending",

@@ -72,6 +72,7 @@ class EventBuffer:
         self._lost = metrics.events_lost.labels(stream)
         self._batch_sizes = metrics.event_write_batch.labels(stream)
         self._replayed = metrics.events_replayed.labels(stream)
+        self._spool_pending = metrics.spool_pending.labels(stream)
         self._spool = spool
         self._max_batch = max_batch
         self._write_timeout = write_timeout
@@ -235,7 +236,7 @@ class EventBuffer:
         while True:
             await asyncio.sleep(self._replay_interval)
             files = self._spool.files()
-            metrics.spool_pending.set(len(files))
+            self._spool_pending.set(len(files))
             if self.redis_ok and not files:
                 continue
             if files and self._waiting_behind():
