@@ -26,8 +26,7 @@ class _Entropy:
     DRAW = 128 * 26  # bytes: 20 + 32 hex digits per click
 
     def __init__(self) -> None:
-        self.digits = ""
-        self.used = 0
+        self.reset()
 
     def take52(self) -> str:
         used = self.used

@@ -7,6 +7,7 @@ their own: `redis_server` starts a private redis-server, so killing it touches n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -109,6 +110,20 @@ async def start_app(settings: Settings) -> tuple[TrackingApp, Any]:
     lifespan = app.api.router.lifespan_context(app.api)
     await lifespan.__aenter__()
     return app, lifespan
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    settings: Settings, client_address: tuple[str, int] = ("203.0.113.7", 50000)
+) -> AsyncIterator[tuple[TrackingApp, httpx.AsyncClient]]:
+    """An app of its own (its lifespan run) and an HTTP client for it."""
+    app, lifespan = await start_app(settings)
+    transport = httpx.ASGITransport(app=app, client=client_address)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="https://go.test") as client:
+            yield app, client
+    finally:
+        await lifespan.__aexit__(None, None, None)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from app.main import TrackingApp
 from app.settings import Settings
 from app.storage.event_buffer import EventBuffer
+from app.storage.flusher import entry_ms
 from app.storage.link_cache import publish_link
 from app.storage.links import redirect_record
 from app.storage.merchants import CreatedMerchant
@@ -27,6 +28,7 @@ from tests.conftest import (
     make_advocate,
     make_program,
     make_settings,
+    serving,
     start_app,
 )
 from tests.test_conversions import RULES, click, post, read
@@ -137,32 +139,27 @@ async def test_a_conversion_posted_while_its_click_is_spooled_is_attributed_to_i
     settings = make_settings(database_url, redis_server.url, tmp_path)
     program = await make_program(client, merchant, rules=RULES)  # on the suite's own app
     link = (await make_advocate(client, merchant, program, "cust-anna"))["links"][0]
-    app, lifespan = await start_app(settings)
-    transport = httpx.ASGITransport(app=app, client=("198.51.100.20", 1))
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="https://go.test") as api:
-            redis_server.kill()
-            click_id = await click(api, link)  # spooled
-            response = await post(api, merchant, {
-                "event_id": "o-1", "type": "purchase", "order_id": "1", "amount_minor": 5000,
-                "currency": "EUR", "click_id": click_id, "customer_id": "cust-ben"})  # fmt: skip
-            assert response.status_code == 202, response.text
-            redis_server.start()
-            spool = app.api.state.event_buffers
-            for _ in range(100):
-                if not any(b.spool_files() for b in spool):
-                    break
-                await asyncio.sleep(0.05)
-            assert not any(b.spool_files() for b in spool), "spool not replayed"
-    finally:
-        await lifespan.__aexit__(None, None, None)
+    async with serving(settings) as (app, api):
+        redis_server.kill()
+        click_id = await click(api, link)  # spooled
+        response = await post(api, merchant, {
+            "event_id": "o-1", "type": "purchase", "order_id": "1", "amount_minor": 5000,
+            "currency": "EUR", "click_id": click_id, "customer_id": "cust-ben"})  # fmt: skip
+        assert response.status_code == 202, response.text
+        redis_server.start()
+        spool = app.api.state.event_buffers
+        for _ in range(100):
+            if not any(b.spool_files() for b in spool):
+                break
+            await asyncio.sleep(0.05)
+        assert not any(b.spool_files() for b in spool), "spool not replayed"
 
     # The conversion re-entered Redis after its click, so the flusher waits for the click.
     private = Redis.from_url(redis_server.url)
     [(click_entry, _)] = await private.xrange(settings.click_stream)
     [(conversion_entry, _)] = await private.xrange(settings.conversion_stream)
     await private.aclose()
-    assert int(conversion_entry.split(b"-")[0]) >= int(click_entry.split(b"-")[0])
+    assert entry_ms(conversion_entry) >= entry_ms(click_entry)
     await flush(settings)
     conversion = await read(client, merchant, response.json()["id"])
     assert conversion["attribution_method"] == "click_id"

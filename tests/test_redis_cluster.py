@@ -19,10 +19,9 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 
-from app.main import TrackingApp
 from app.settings import Settings
 from app.storage.merchants import CreatedMerchant, create_merchant
-from tests.conftest import auth, flush, make_advocate, make_program, make_settings, start_app
+from tests.conftest import auth, flush, make_advocate, make_program, make_settings, serving
 from tests.test_conversions import RULES, click, post, read
 from tests.test_flusher import _click, _stored
 
@@ -45,27 +44,14 @@ def cluster_settings(database_url: str, tmp_path: Path, **overrides: Any) -> Set
     return make_settings(database_url, url, tmp_path, redis_cluster=True, **overrides)
 
 
-async def running(settings: Settings) -> AsyncIterator[tuple[TrackingApp, httpx.AsyncClient]]:
-    app, lifespan = await start_app(settings)
-    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="https://go.test") as client:
-            yield app, client
-    finally:
-        await lifespan.__aexit__(None, None, None)
-
-
 async def test_clicks_links_and_conversions_on_a_cluster(
     cluster: RedisCluster, database_url: str, db: asyncpg.Pool, tmp_path: Path
 ) -> None:
     settings = cluster_settings(database_url, tmp_path, click_stream_shards=3)
     merchant = await create_merchant(db, "Cluster Shop")
     sent: set[str] = set()
-    two = running(settings)
-    one = running(settings)
-    _, api = await anext(one)
-    _, other_api = await anext(two)  # a second API process: it must hear of link changes
-    try:
+    # A second API process beside the first: it must hear of link changes.
+    async with serving(settings) as (_, api), serving(settings) as (_, other_api):
         program = await make_program(api, merchant, rules=RULES)
         advocates = [await make_advocate(api, merchant, program, f"c{n}") for n in range(9)]
         links = [a["links"][0] for a in advocates]
@@ -107,9 +93,6 @@ async def test_clicks_links_and_conversions_on_a_cluster(
         ready = await api.get("/readyz")
         assert ready.json()["status"] == "ok", ready.text
         assert "referral_stream_length" in (await api.get("/metrics")).text
-    finally:
-        for running_app in (one, two):
-            await running_app.aclose()
 
     assert sorted(await _stored(db)) == sorted(sent)  # every click once
     for stream in settings.click_streams:
@@ -151,9 +134,7 @@ async def test_a_stream_moved_to_another_primary_loses_and_doubles_nothing(
     settings = cluster_settings(database_url, tmp_path)
     merchant: CreatedMerchant = await create_merchant(db, "Resharded Shop")
     sent: set[str] = set()
-    session = running(settings)
-    app, api = await anext(session)
-    try:
+    async with serving(settings) as (app, api):
         program = await make_program(api, merchant)
         link = (await make_advocate(api, merchant, program, "anna"))["links"][0]
         sent |= await _click(api, link, 20)
@@ -177,8 +158,6 @@ async def test_a_stream_moved_to_another_primary_loses_and_doubles_nothing(
             if not any(b.spool_files() for b in app.api.state.event_buffers):
                 break
             await asyncio.sleep(0.1)
-    finally:
-        await session.aclose()
 
     await flush(settings)
     assert sorted(await _stored(db)) == sorted(sent)

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app import metrics
 from app.routes.deps import CurrentMerchant
 from app.schemas import MerchantInfo
+from app.storage.flusher import entry_ms
 from app.storage.redis_client import REDIS_UNAVAILABLE
 
 router = APIRouter(tags=["ops"])
@@ -77,8 +78,7 @@ async def _refresh_stream_gauges(request: Request) -> None:
         metrics.stream_pending.labels(stream).set(pending_count)
         age = 0.0
         if isinstance(first, list) and first:
-            first_ms = int(first[0][0].split(b"-")[0])
-            age = max(time.time() - first_ms / 1000, 0.0)
+            age = max(time.time() - entry_ms(first[0][0]) / 1000, 0.0)
         metrics.oldest_unflushed_age.labels(stream).set(age)
 
 

@@ -35,7 +35,7 @@ from app.attribution.rules import ProgramRules
 from app.codes import normalize_referral_code
 from app.events import EVENTS_FIELD, click_time
 from app.storage import rewards as rewards_repo
-from app.storage.flusher import Batch, RetryLater
+from app.storage.flusher import Batch, RetryLater, entry_ms
 from app.storage.redis_client import RedisClient
 from app.storage.rules import current_rules
 
@@ -86,7 +86,7 @@ class ConversionStore:
         deadline = time.monotonic() + self._wait_seconds
         while True:
             heads = [await self._redis.xrange(s, count=1) for s in self._click_streams]
-            if all(not h or int(h[0][0].split(b"-")[0]) > entered_ms for h in heads):
+            if all(not h or entry_ms(h[0][0]) > entered_ms for h in heads):
                 return
             if time.monotonic() > deadline:
                 raise RetryLater("clicks older than these conversions are not stored yet")

@@ -157,29 +157,31 @@ class EventBuffer:
         step = self._max_batch
         payloads = [orjson.dumps(events[i : i + step]) for i in range(0, len(events), step)]
         self._batch_sizes.observe(len(events))
+        if self._waiting_behind():
+            await self._to_spool(payloads, len(events))
+            return
         try:
             if not self.redis_ok:
                 # Degraded: do not make every shopper wait for a timeout; the replay loop probes
                 # Redis and switches back as soon as it answers.
                 raise ConnectionError("redis marked unreachable")
-            if self._waiting_behind():
-                await self._spool.append(payloads)
-                self._spooled.inc(len(events))
-                return
             async with asyncio.timeout(self._write_timeout):
                 await self.deliver(payloads)
         except REDIS_UNAVAILABLE as exc:
             self._mark_redis(False, exc)
-            try:
-                await self._spool.append(payloads)
-            except OSError:
-                self._lost.inc(len(events))
-                log.exception("spool write failed: events lost", extra={"n": len(events)})
-            else:
-                self._spooled.inc(len(events))
+            await self._to_spool(payloads, len(events))
         else:
             self._mark_redis(True)
             self._buffered.inc(len(events))
+
+    async def _to_spool(self, payloads: list[bytes], n: int) -> None:
+        try:
+            await self._spool.append(payloads)
+        except OSError:
+            self._lost.inc(n)
+            log.exception("spool write failed: events lost", extra={"n": n})
+        else:
+            self._spooled.inc(n)
 
     async def deliver(self, payloads: list[bytes]) -> None:
         """XADD each payload as one stream entry, all in one round trip.

@@ -52,6 +52,11 @@ class Sink:
     before_ack: Callable[[Any], None] | None = None
 
 
+def entry_ms(entry_id: bytes) -> int:
+    """When an entry entered its stream: the milliseconds part of its id (Redis's clock)."""
+    return int(entry_id.split(b"-")[0])
+
+
 @dataclass(slots=True)
 class Batch:
     entry_ids: list[bytes]
@@ -59,7 +64,7 @@ class Batch:
 
     def entered_until_ms(self) -> int:
         """When the newest of its entries entered the stream (Redis's clock, from the id)."""
-        return max(int(entry_id.split(b"-")[0]) for entry_id in self.entry_ids)
+        return max(entry_ms(entry_id) for entry_id in self.entry_ids)
 
 
 class Flusher:
