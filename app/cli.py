@@ -103,6 +103,41 @@ async def _add_api_key(merchant_id: UUID, label: str) -> None:
         await pool.close()
 
 
+async def _dead_letters(args: argparse.Namespace) -> None:
+    from app.services import dead_letters
+    from app.storage.db import create_pool
+    from app.storage.redis_client import connect
+
+    settings = load_settings()
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        if args.command == "dead-letters":
+            for row in await dead_letters.list_dead_letters(pool, args.stream, args.limit):
+                print(
+                    orjson.dumps(
+                        {
+                            "id": row["id"],
+                            "stream": row["stream"],
+                            "events": row["events"],
+                            "error": row["error"],
+                            "created_at": row["created_at"].isoformat(),
+                            "payload": bytes(row["payload"]).decode(errors="replace")[:2000],
+                        }
+                    ).decode()
+                )
+            return
+        redis = connect(settings)
+        try:
+            replayed = await dead_letters.replay_dead_letters(
+                pool, redis, stream=args.stream, ids=args.id or None
+            )
+        finally:
+            await redis.aclose()
+        print(f"dead letters replayed: {replayed}")
+    finally:
+        await pool.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="referral", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +168,17 @@ def main(argv: list[str] | None = None) -> None:
         help="recompute the programs' unique-visitor HyperLogLogs in Redis from PostgreSQL",
     )
 
+    listing = sub.add_parser(
+        "dead-letters", help="list events the flusher set aside (JSON lines, with the error)"
+    )
+    listing.add_argument("--stream", default=None)
+    listing.add_argument("--limit", type=int, default=100)
+    replay = sub.add_parser(
+        "replay-dead-letters", help="put dead letters back on their streams to be stored again"
+    )
+    replay.add_argument("--stream", default=None)
+    replay.add_argument("--id", type=int, action="append", help="only this row (repeatable)")
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         _serve(args)
@@ -157,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(_create_merchant(args.name))
     elif args.command == "add-api-key":
         asyncio.run(_add_api_key(args.merchant_id, args.label))
+    elif args.command in ("dead-letters", "replay-dead-letters"):
+        asyncio.run(_dead_letters(args))
     elif args.command == "rebuild-visitor-counts":
         programs = asyncio.run(_rebuild_visitor_counts())
         print(f"programs rebuilt: {programs}")

@@ -49,6 +49,13 @@ class Conflict(AppError):
     code = "conflict"
 
 
+class Unavailable(AppError):
+    """A promise we cannot make now (the event could not be made durable): retry shortly."""
+
+    status_code = 503
+    code = "unavailable"
+
+
 class InvalidInput(AppError):
     status_code = 422
     code = "validation_error"
@@ -62,6 +69,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(_: Request, exc: AppError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        if exc.status_code == 503:
+            headers = {"Retry-After": "2"}
         return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)

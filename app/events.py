@@ -67,6 +67,19 @@ def click_time(click_id: str) -> datetime:
 _HEX_DIGITS = "0123456789abcdefABCDEF"
 
 
+def parse_click_id(value: str, now: datetime, earliest: datetime, skew: timedelta) -> str:
+    """A click id as the shop passed it back (dashes and case tolerated), as 32 lower-case hex
+    digits, or ValueError: not our shape, or a time inside it that no click of ours can have
+    (before `earliest`, or beyond `now + skew`), which PostgreSQL could not store either."""
+    compact = value.replace("-", "").lower()
+    if not is_click_id(compact):
+        raise ValueError("must be the 32 hex digit click id from the rcid parameter")
+    millis = int(compact[:12], 16)
+    if not earliest.timestamp() * 1000 <= millis <= (now + skew).timestamp() * 1000:
+        raise ValueError("is not a click id of ours: the time inside it is out of range")
+    return compact
+
+
 def is_click_id(value: str) -> bool:
     """32 hex digits, the shape of our click and visitor ids; nothing else (int(…, 16) would also
     take a sign, underscores, spaces and a 0x prefix)."""

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 from uuid import UUID
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
-    EmailStr,
     Field,
     IPvAnyAddress,
     StrictInt,
@@ -19,7 +17,19 @@ from pydantic import (
 )
 
 from app.attribution.rules import ProgramRules
+from app.bounds import (
+    EARLIEST_CLICK,
+    FUTURE_SKEW,
+    MAX_AMOUNT_MINOR,
+    Email,
+    OccurredAt,
+    Text,
+)
 from app.destinations import InvalidDestination, normalize_domain, normalize_url
+from app.events import parse_click_id
+
+# Stated in the OpenAPI document, so that clients (and fuzzers) know what a destination is.
+_URL_SCHEMA = {"format": "uri", "pattern": r"^https?://"}
 
 Channel = Literal[
     "default", "email", "whatsapp", "sms", "qr", "facebook", "x", "instagram", "linkedin", "other"
@@ -38,11 +48,14 @@ def _url(value: str) -> str:
 
 
 class ProgramCreate(_Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
     destination_url: str = Field(
-        max_length=2048, description="Where links send shoppers by default (the shop's page)."
+        max_length=2048,
+        description="Where links send shoppers by default (the shop's page): an absolute http(s) "
+        "URL, parsed as browsers parse it (WHATWG URL standard).",
+        json_schema_extra=_URL_SCHEMA,
     )
-    allowed_domains: list[str] | None = Field(
+    allowed_domains: list[Text] | None = Field(
         None,
         max_length=50,
         description="Domains links may redirect to (subdomains included). "
@@ -78,19 +91,21 @@ class Program(BaseModel):
 
 
 class AdvocateCreate(_Strict):
-    external_id: str = Field(
+    external_id: Text = Field(
         min_length=1, max_length=200, description="Your customer id for this person."
     )
-    name: str = Field("", max_length=200)
-    email: EmailStr | None = Field(
-        None, description="Stored only as a hash (self-referral checks)."
-    )
+    name: Text = Field("", max_length=200)
+    email: Email | None = Field(None, description="Stored only as a hash (self-referral checks).")
 
 
 class LinkCreate(_Strict):
     channel: Channel = "default"
     destination: str | None = Field(
-        None, max_length=2048, description="Default: the program's destination_url."
+        None,
+        max_length=2048,
+        description="An absolute http(s) URL on one of the program's allowed_domains. "
+        "Default: the program's destination_url.",
+        json_schema_extra=_URL_SCHEMA,
     )
 
     @field_validator("destination")
@@ -137,35 +152,46 @@ class MerchantInfo(BaseModel):
 class ConversionIn(_Strict):
     """A conversion postback from the merchant's backend. Money is integer minor units."""
 
-    event_id: str = Field(
-        min_length=1, max_length=200, description="Your id for this event: retries reuse it."
+    event_id: Text = Field(
+        min_length=1,
+        max_length=200,
+        description="Your id for this event: retries reuse it.",
     )
     type: Literal["signup", "purchase", "refund"]
-    occurred_at: AwareDatetime | None = Field(None, description="Default: when we receive it.")
-    order_id: str | None = Field(None, max_length=200, description="Required for purchases.")
-    refund_of: str | None = Field(
-        None, max_length=200, description="For a refund: the order_id of the purchase."
+    occurred_at: OccurredAt | None = Field(None, description="Default: when we receive it.")
+    order_id: Text | None = Field(
+        None, min_length=1, max_length=200, description="Required for purchases."
     )
-    customer_id: str | None = Field(None, max_length=200)
-    customer_email: EmailStr | None = Field(None, description="Stored only as a hash.")
+    refund_of: Text | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="For a refund: the order_id of the purchase.",
+    )
+    customer_id: Text | None = Field(None, min_length=1, max_length=200)
+    customer_email: Email | None = Field(None, description="Stored only as a hash.")
     amount_minor: StrictInt | None = Field(
-        None, ge=0, description="Order total (refund: amount refunded; omit for a full refund)."
+        None,
+        ge=0,
+        le=MAX_AMOUNT_MINOR,
+        description="Order total in minor units (refund: amount refunded; omit for a full refund).",
     )
     currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
-    click_id: str | None = Field(None, description="The rcid parameter the shop received.")
-    referral_code: str | None = Field(None, max_length=64)
+    click_id: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F-]{32,40}$",
+        description="The rcid parameter the shop received (32 hex digits).",
+    )
+    referral_code: Text | None = Field(None, min_length=1, max_length=64)
     ip: IPvAnyAddress | None = None
-    user_agent: str | None = Field(None, max_length=512)
+    user_agent: Text | None = Field(None, max_length=512)
 
     @field_validator("click_id")
     @classmethod
     def _click_id(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        compact = value.replace("-", "").lower()
-        if len(compact) != 32 or any(c not in "0123456789abcdef" for c in compact):
-            raise ValueError("must be the 32 hex digit click id from the rcid parameter")
-        return compact
+        return parse_click_id(value, datetime.now(UTC), EARLIEST_CLICK, FUTURE_SKEW)
 
     @model_validator(mode="after")
     def _by_type(self) -> ConversionIn:

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from datetime import datetime, timedelta
 
 TOLERANCE = timedelta(minutes=5)
 HEADER = "X-Referral-Signature"
+# Only what a signature can be is parsed: anything else (a 400-digit timestamp, non-ASCII, a
+# signature of the wrong length) is a malformed header, never an arithmetic or encoding error.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
+MAX_HEADER_LENGTH = 1024
 
 
 class InvalidSignature(ValueError):
@@ -30,12 +36,12 @@ def verify(secret: str, header: str | None, body: bytes, now: datetime) -> str:
     """Check the signature header; returns the signature (for replay detection)."""
     if not header:
         raise InvalidSignature(f"missing {HEADER} header")
-    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
-    try:
-        timestamp = int(parts["t"])
-        signatures = [v for k, v in parts.items() if k == "v1"]
-    except (KeyError, ValueError) as exc:
-        raise InvalidSignature(f"malformed {HEADER} header: expected t=<unix>,v1=<hex>") from exc
+    pairs = [p.strip().split("=", 1) for p in header[:MAX_HEADER_LENGTH].split(",") if "=" in p]
+    stamps = [v for k, v in pairs if k == "t" and _TIMESTAMP.fullmatch(v)]
+    signatures = [v for k, v in pairs if k == "v1" and _SIGNATURE.fullmatch(v)]
+    if len(header) > MAX_HEADER_LENGTH or len(stamps) != 1 or not signatures:
+        raise InvalidSignature(f"malformed {HEADER} header: expected t=<unix>,v1=<64 hex digits>")
+    timestamp = int(stamps[0])
     if abs(now.timestamp() - timestamp) > TOLERANCE.total_seconds():
         raise InvalidSignature("timestamp outside the 5 minute tolerance (stale or clock skew)")
     expected = sign(secret, timestamp, body).split("v1=", 1)[1]

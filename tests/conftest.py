@@ -36,7 +36,10 @@ BROWSER_UA = (
     "Chrome/126.0 Safari/537.36"
 )
 
-_TABLES = ["clicks", "links", "advocates", "programs", "api_keys", "merchants"]
+_TABLES = [
+    "clicks", "links", "advocates", "programs", "api_keys", "merchants", "dead_letters",
+    "link_outbox",
+]  # fmt: skip
 
 
 def _require_env(name: str) -> str:

@@ -11,11 +11,12 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
+import pytest
 from redis.asyncio import Redis
 
 from app.main import TrackingApp
 from app.settings import Settings
-from app.storage.event_buffer import EventBuffer
+from app.storage.event_buffer import EventBuffer, EventsLost
 from app.storage.flusher import entry_ms
 from app.storage.link_cache import publish_link
 from app.storage.links import redirect_record
@@ -25,6 +26,7 @@ from tests.conftest import (
     BROWSER_UA,
     RedisServer,
     flush,
+    free_port,
     make_advocate,
     make_program,
     make_settings,
@@ -103,13 +105,36 @@ async def test_redis_down_spools_clicks_and_replays_them_when_it_returns(
     assert sorted(r["id"] for r in rows) == sorted(sent)
 
 
-async def test_a_failing_write_never_stops_the_writer(
-    settings: Settings, redis: Redis, tmp_path: Path
+async def test_a_batch_that_could_not_be_written_is_never_reported_written(
+    settings: Settings, redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with running_buffer(redis, "buffer-test", tmp_path) as buffer:
-        await asyncio.wait_for(buffer.add({"not serialisable": {1, 2}}), 2)  # orjson refuses a set
-        await asyncio.wait_for(buffer.add(["fine"]), 2)  # the writer is still alive
+        deliver = buffer.deliver
+
+        async def broken(payloads: list[bytes]) -> None:
+            raise RuntimeError("a bug in the writer")
+
+        monkeypatch.setattr(buffer, "deliver", broken)
+        with pytest.raises(EventsLost):
+            await asyncio.wait_for(buffer.add(b'"lost"'), 2)
+        monkeypatch.setattr(buffer, "deliver", deliver)
+        await asyncio.wait_for(buffer.add(b'"fine"'), 2)  # the writer is still alive
     assert await redis.xlen("buffer-test") == 1
+
+
+async def test_a_spool_that_fails_too_fails_the_waiters(settings: Settings, tmp_path: Path) -> None:
+    down = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.1)
+    spool_dir = tmp_path / "not-a-dir"
+    spool_dir.write_text("a file where the spool directory should be")
+    buffer = EventBuffer(down, "nowhere", Spool(spool_dir / "spool"))
+    buffer.start()
+    try:
+        with pytest.raises(EventsLost):
+            await asyncio.wait_for(buffer.add(b'"click"'), 5)
+    finally:
+        with contextlib.suppress(OSError):
+            await buffer.stop()
+        await down.aclose()
 
 
 async def test_one_cancelled_request_does_not_fail_the_others_in_its_batch(
@@ -120,7 +145,7 @@ async def test_one_cancelled_request_does_not_fail_the_others_in_its_batch(
     async with running_buffer(redis, "cancel-test", tmp_path) as buffer:
 
         async def click(n: int) -> None:
-            await buffer.add([f"click-{n}"])
+            await buffer.add(b'"click-%d"' % n)
 
         tasks = [asyncio.create_task(click(n)) for n in range(10)]
         await asyncio.sleep(0)  # all ten are waiting on one batch

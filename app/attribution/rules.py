@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.bounds import MAX_AMOUNT_MINOR, MAX_COUNT
+
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, e.g. EUR")]
 
 
@@ -21,18 +23,24 @@ class _Rule(BaseModel):
 
 class FixedReward(_Rule):
     kind: Literal["fixed"] = "fixed"
-    amount_minor: int = Field(gt=0, description="In minor units of the program currency.")
+    amount_minor: int = Field(
+        gt=0, le=MAX_AMOUNT_MINOR, description="In minor units of the program currency."
+    )
 
 
 class PercentReward(_Rule):
     kind: Literal["percent"] = "percent"
     percent: Decimal = Field(gt=0, le=100, max_digits=6, decimal_places=3)
-    cap_minor: int | None = Field(None, gt=0, description="At most this much per conversion.")
+    cap_minor: int | None = Field(
+        None, gt=0, le=MAX_AMOUNT_MINOR, description="At most this much per conversion."
+    )
 
 
 class Tier(_Rule):
-    min_referrals: int = Field(ge=0, description="Successful referrals before this one.")
-    amount_minor: int = Field(gt=0)
+    min_referrals: int = Field(
+        ge=0, le=MAX_COUNT, description="Successful referrals before this one."
+    )
+    amount_minor: int = Field(gt=0, le=MAX_AMOUNT_MINOR)
 
 
 class TieredReward(_Rule):
@@ -55,9 +63,12 @@ class ProgramRules(_Rule):
     attribution_model: Literal["last_click", "first_click"] = "last_click"
     reward_event: Literal["signup", "first_purchase", "every_purchase"] = "first_purchase"
     max_rewarded_purchases: int | None = Field(
-        None, ge=1, description="With every_purchase: reward at most this many per customer."
+        None,
+        ge=1,
+        le=MAX_COUNT,
+        description="With every_purchase: reward at most this many per customer.",
     )
-    min_order_minor: int = Field(0, ge=0)
+    min_order_minor: int = Field(0, ge=0, le=MAX_AMOUNT_MINOR)
     hold_days: int = Field(14, ge=0, le=365, description="Pending this long before approval.")
     currency: Currency = "EUR"
     advocate_reward: Reward | None = FixedReward(amount_minor=1000)

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
+import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from app.bounds import MAX_AMOUNT_MINOR, NO_CONTROL_CHARACTERS
 from app.errors import NotFound
 from app.events import is_click_id
 from app.routes.deps import CurrentMerchant, Pool, RedisClient
 from app.schemas import ConversionAccepted, ConversionIn, ConversionView
 from app.services import conversions as service
 from app.storage.conversions import get_conversion
+from app.storage.event_buffer import EventsLost
 
 router = APIRouter(tags=["conversions"])
 
@@ -86,8 +90,8 @@ _PIXEL = (
 async def order_pixel(
     request: Request,
     m: Annotated[UUID, Query(description="Your merchant id")],
-    order_id: Annotated[str, Query(min_length=1, max_length=200)],
-    amount_minor: Annotated[int | None, Query(ge=0)] = None,
+    order_id: Annotated[str, Query(min_length=1, max_length=200, pattern=NO_CONTROL_CHARACTERS)],
+    amount_minor: Annotated[int | None, Query(ge=0, le=MAX_AMOUNT_MINOR)] = None,
     currency: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
 ) -> Response:
     """For the order-confirmation page: `<img src="https://go.yourshop.com/t/pixel.gif?m=…&order_id=…">`.
@@ -101,9 +105,9 @@ async def order_pixel(
         raise NotFound("unknown merchant", field="query.m")
     visitor = request.cookies.get(state.settings.cookie_name, "")
     if is_click_id(visitor):
-        await state.conversion_buffer.add(
+        pixel = orjson.dumps(
             {
-                "id": str(service.conversion_id(m, f"pixel:{order_id}")),
+                "id": str(service.pixel_conversion_id(m, order_id)),
                 "type": "pixel",
                 "merchant_id": str(m),
                 "order_id": order_id,
@@ -113,4 +117,6 @@ async def order_pixel(
                 "received_at": datetime.now(UTC).isoformat(),
             }
         )
+        with contextlib.suppress(EventsLost):  # counted by the buffer; the image is shown
+            await state.conversion_buffer.add(pixel)
     return Response(_PIXEL, media_type="image/gif", headers={"cache-control": "no-store"})

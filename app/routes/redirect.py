@@ -13,15 +13,19 @@ Awaits per click: `EventBuffer.add` (always), `LinkCache.load` (only on a cache 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
+from urllib.parse import unquote_plus
+
+from orjson import dumps
 
 from app import metrics
 from app.codes import LINK_CODE_PATTERN
 from app.events import is_click_id, new_click_and_visitor_ids
 from app.security import IpAnonymizer
 from app.settings import Settings
-from app.storage.event_buffer import EventBuffer
+from app.storage.event_buffer import EventBuffer, EventsLost
 from app.storage.link_cache import LinkCache
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,8 @@ _UNAVAILABLE = (
     b'{"error":{"code":"unavailable","message":"link lookup unavailable, retry shortly",'
     b'"field":null}}'
 )
+# The most of the click URL's own query carried on to the shop (whole parameters only).
+MAX_PASSTHROUGH = 1024
 _METHOD_NOT_ALLOWED = b'{"error":{"code":"method_not_allowed","message":"use GET","field":null}}'
 
 
@@ -48,7 +54,8 @@ class RedirectEndpoint:
         self._buffers = buffers  # one per click stream shard
         self._anonymize = IpAnonymizer(settings.secret_bytes)
         self._param = settings.click_id_param
-        self._param_in_query = (settings.click_id_param + "=").encode()
+        self._param_in_query = settings.click_id_param.lower().encode()
+        self._param_lower = settings.click_id_param.lower()
         self._cookie_name = settings.cookie_name
         self._cookie_prefix = settings.cookie_name + "="
         self._cookie_flags = "; Path=/; SameSite=Lax; HttpOnly" + (
@@ -106,14 +113,18 @@ class RedirectEndpoint:
             ip = client[0] if client else ""
         ip_hash, ip_prefix = self._anonymize(ip)
 
-        await self._buffers[target.shard].add(
-            (click_id, target.link_id, visitor_id, ip_hash, ip_prefix, user_agent, referer,
-             purpose, "H" if method == "HEAD" else "G")
-        )  # fmt: skip
+        try:  # noqa: SIM105 (try costs nothing here; contextlib.suppress builds an object)
+            await self._buffers[target.shard].add(
+                dumps((click_id, target.link_id, visitor_id, ip_hash, ip_prefix, user_agent,
+                       referer, purpose, "H" if method == "HEAD" else "G"))
+            )  # fmt: skip
+        except EventsLost:
+            pass  # counted and logged by the buffer; the shopper is redirected regardless
 
         query: bytes = scope["query_string"]
-        if query:
-            location = f"{target.location_head}{click_id}&{self._passthrough(query)}"
+        passthrough = self._passthrough(query) if query else ""
+        if passthrough:
+            location = f"{target.location_head}{click_id}&{passthrough}"
         else:
             location = target.location_head + click_id
         tail = self._cookie_tails.get(target.max_age) or self._cookie_tail(target.max_age)
@@ -151,11 +162,21 @@ class RedirectEndpoint:
         return value if is_click_id(value) else None
 
     def _passthrough(self, query: bytes) -> str:
-        """The click URL's own query (utm tags an advocate added), minus any forged click id."""
+        """The click URL's own query (utm tags an advocate added), bounded, minus any forged
+        click id — whatever its spelling: names are compared decoded (`%72cid`), and `;`
+        separates parameters too (some shop frameworks split on it)."""
+        if len(query) > MAX_PASSTHROUGH:
+            # Whole parameters only, and never more than a bounded Location header.
+            query = query[: max(query.rfind(b"&", 0, MAX_PASSTHROUGH + 1), 0)]
         text = query.decode("latin-1")
-        if self._param_in_query not in query:
-            return text
-        return "&".join(p for p in text.split("&") if not p.startswith(self._param + "="))
+        if b"%" not in query and b";" not in query and self._param_in_query not in query.lower():
+            return text  # the common case, checked without splitting
+        kept = []
+        for part in re.split("[&;]", text):
+            name = unquote_plus(part.partition("=")[0]).strip().lower()
+            if part and name != self._param_lower:
+                kept.append(part)
+        return "&".join(kept)
 
 
 def _read_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, ...]:

@@ -17,20 +17,29 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 
 from app import webhooks
-from app.errors import Conflict, Unauthorized
+from app.errors import Conflict, InvalidInput, Unauthorized, Unavailable
 from app.schemas import ConversionIn
 from app.security import IpAnonymizer, hash_email
-from app.storage.event_buffer import EventBuffer
+from app.storage.event_buffer import EventBuffer, EventsLost
 from app.storage.redis_client import REDIS_UNAVAILABLE, RedisClient
 
 CONVERSION_NAMESPACE = uuid.UUID("6f1c1b9e-7d0e-4b8a-9a43-0c6e2d5f8a11")
+# Pixels have ids of their own kind: no postback's event id can map to a pixel's conversion.
+PIXEL_NAMESPACE = uuid.UUID("0b6f3f0e-55a4-4c4e-9d0f-7c1e2a9b8d33")
+# Event ids a postback may not use: the pixel's conversion rows carry them.
+RESERVED_EVENT_ID_PREFIX = "pixel:"
 IDEMPOTENCY_TTL_SECONDS = 7 * 86_400
 
 
 def conversion_id(merchant_id: UUID, event_id: str) -> UUID:
     return uuid.uuid5(CONVERSION_NAMESPACE, f"{merchant_id}:{event_id}")
+
+
+def pixel_conversion_id(merchant_id: UUID, order_id: str) -> UUID:
+    return uuid.uuid5(PIXEL_NAMESPACE, f"{merchant_id}:{order_id}")
 
 
 class SignatureRejected(Unauthorized):
@@ -128,7 +137,13 @@ async def accept_conversion(
     now: datetime,
 ) -> tuple[UUID, bool]:
     """Make the conversion durable (once). Returns (conversion id, duplicate)."""
+    if body.event_id.startswith(RESERVED_EVENT_ID_PREFIX):
+        raise InvalidInput(
+            f"event_id must not start with {RESERVED_EVENT_ID_PREFIX!r} (reserved for the pixel)",
+            field="body.event_id",
+        )
     event = conversion_event(merchant_id, body, anonymize, now)
+    encoded = orjson.dumps(event)  # before we answer: the writer only joins encoded events
     digest = hashlib.sha256(body.model_dump_json(exclude={"occurred_at"}).encode()).hexdigest()
     key = f"conversion-event:{merchant_id}:{body.event_id}"
     try:
@@ -141,7 +156,10 @@ async def accept_conversion(
                 "event_id was already used for a different conversion", field="body.event_id"
             )
         return UUID(event["id"]), True
-    await buffer.add(event)  # durable (Redis, or the fsync'd spool) before we answer
+    try:
+        await buffer.add(encoded)  # durable (Redis, or the fsync'd spool) before we answer
+    except EventsLost:
+        raise Unavailable("the conversion could not be stored: retry shortly") from None
     try:
         async with redis.pipeline(transaction=False) as pipe:
             pipe.set(key, digest, ex=IDEMPOTENCY_TTL_SECONDS)

@@ -87,12 +87,19 @@ def click_record(event: list[Any], owner: Owner, times: dict[str, datetime]) -> 
     if clicked_at is None:
         clicked_at = times[millis] = click_time(click_id)
     method = "HEAD" if event[METHOD] == "H" else "GET"
-    reason = bot_reason(event[USER_AGENT], event[PURPOSE], method)
+    user_agent, referer = event[USER_AGENT], event[REFERER]
+    # Headers are taken as bytes; PostgreSQL's text cannot hold a NUL, and one such header
+    # must not make the batch's COPY fail.
+    if user_agent and "\x00" in user_agent:
+        user_agent = user_agent.replace("\x00", "")
+    if referer and "\x00" in referer:
+        referer = referer.replace("\x00", "")
+    reason = bot_reason(user_agent, event[PURPOSE], method)
     ip_hash = event[IP_HASH]
     return (
         click_id, clicked_at, event[LINK_ID], event[VISITOR_ID],
-        bytes.fromhex(ip_hash) if ip_hash else None, event[IP_PREFIX], event[USER_AGENT],
-        event[REFERER], method, reason is not None, reason, *owner,
+        bytes.fromhex(ip_hash) if ip_hash else None, event[IP_PREFIX], user_agent,
+        referer, method, reason is not None, reason, *owner,
     )  # fmt: skip
 
 

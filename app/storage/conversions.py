@@ -19,7 +19,6 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-import orjson
 
 from app.attribution.model import (
     Advocate,
@@ -33,23 +32,15 @@ from app.attribution.model import (
 from app.attribution.rewards import NoReward, Sale, compute_rewards, reversal_amount
 from app.attribution.rules import ProgramRules
 from app.codes import normalize_referral_code
-from app.events import EVENTS_FIELD, click_time
+from app.events import click_time
+from app.storage import dead_letters
 from app.storage import rewards as rewards_repo
+from app.storage.db import is_transient
 from app.storage.flusher import Batch, RetryLater, entry_ms
 from app.storage.redis_client import RedisClient
 from app.storage.rules import current_rules
 
 log = logging.getLogger(__name__)
-
-_RETRYABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,  # a connection left mid-operation by an outage
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-)
 
 # How far back the browser's clicks are looked up (the longest window a program may have).
 _LOOKBACK = timedelta(days=366)
@@ -69,12 +60,16 @@ def _click(row: asyncpg.Record) -> Click:
 
 class ConversionStore:
     def __init__(
-        self, redis: RedisClient, click_streams: list[str], wait_seconds: float = 10.0
+        self,
+        redis: RedisClient,
+        click_streams: list[str],
+        wait_seconds: float = 10.0,
+        stream: str = "conversions",
     ) -> None:
         self._redis = redis
         self._click_streams = click_streams
         self._wait_seconds = wait_seconds
-        self._dead_letters = "conversions:dead"
+        self._stream = stream
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
         return None
@@ -100,16 +95,13 @@ class ConversionStore:
             try:
                 async with conn.transaction():
                     stored += await process_conversion(conn, event)
-            except _RETRYABLE:
-                raise  # PostgreSQL went away: the flusher retries the batch
             except Exception as exc:
+                if is_transient(exc):
+                    raise  # outage, deadlock, failover: the flusher retries the batch
                 # One conversion that cannot be processed must not hold back the others: it is
-                # set aside, with the error, for a person to look at.
-                log.exception("conversion moved to dead letters", extra={"id": event["id"]})
-                await self._redis.xadd(
-                    self._dead_letters,
-                    {EVENTS_FIELD: orjson.dumps([event]), b"error": repr(exc)},
-                )
+                # set aside, with the error, for a person to look at and replay.
+                log.exception("conversion moved to dead letters", extra={"id": event.get("id")})
+                await dead_letters.add(conn, self._stream, [event], repr(exc))
         return stored
 
 

@@ -50,3 +50,24 @@ async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
         await conn.close()
     return applied_now
+
+
+# SQLSTATE classes that say "try again" rather than "this value is wrong": connection exceptions,
+# transaction rollbacks (serialization failure, deadlock), insufficient resources (disk full, too
+# many connections), lock not available, operator intervention (shutdown, cannot connect now),
+# system errors.
+_TRANSIENT_CLASSES = frozenset({"08", "40", "53", "55", "57", "58"})
+_READ_ONLY_TRANSACTION = "25006"  # after a failover, until the new primary is found
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An error that goes away by itself (outage, failover, deadlock, disk full): retry the
+    batch. Anything else is about the event itself, and retrying would block the stream."""
+    if isinstance(
+        exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError
+    ):
+        return True  # InternalClientError: a connection left mid-operation by an outage
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        return state[:2] in _TRANSIENT_CLASSES or state == _READ_ONLY_TRANSACTION
+    return False

@@ -7,8 +7,12 @@ once per batch, not once per click, and no request is answered before its click 
 
 When Redis cannot take a batch (down, timing out, or out of memory), the batch is appended to the
 local spool and fsync'd instead; a background task replays the spool into the stream once Redis
-answers again. Only if the disk fails too is a click lost, and that is counted
-(`referral_events_lost_total`) and logged: the shopper is redirected regardless.
+answers again. Only if the disk fails too is an event lost; that is counted
+(`referral_events_lost_total`) and logged, and the batch's future fails with `EventsLost`, so no
+caller can take it for written (the redirect still sends the shopper on; a postback answers 503).
+
+Events arrive encoded (one JSON value each, made by the caller before it waits): a batch is only
+joined, so one event can never make the write of its neighbours fail.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ from app.storage.redis_client import REDIS_UNAVAILABLE, RedisClient, new_connect
 from app.storage.spool import Spool
 
 log = logging.getLogger(__name__)
+
+
+class EventsLost(Exception):
+    """The batch could be written neither to Redis nor to the spool."""
 
 
 class _BatchWritten(asyncio.Future[None]):
@@ -78,7 +86,7 @@ class EventBuffer:
         self._write_timeout = write_timeout
         self._replay_interval = replay_interval
         self._writers = writers
-        self._events: list[Any] = []
+        self._events: list[bytes] = []
         self._done: _BatchWritten | None = None
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -120,10 +128,11 @@ class EventBuffer:
     def _waiting_behind(self) -> bool:
         return any(buffer.spool_files() for buffer in self._behind)
 
-    def add(self, event: Any) -> asyncio.Future[None]:
-        """Queues the event; the future resolves once it is in Redis (or, when Redis is down,
-        fsync'd in the spool). A plain method returning the batch's future, not a coroutine:
-        one coroutine less per click."""
+    def add(self, event: bytes) -> asyncio.Future[None]:
+        """Queues one encoded event (a JSON value); the future resolves once it is in Redis (or,
+        when Redis is down, fsync'd in the spool), and fails with EventsLost when neither took
+        it. A plain method returning the batch's future, not a coroutine: one coroutine less
+        per click."""
         done = self._done
         if done is None:
             # The loop passed in, not looked up: asyncio's lookup makes a getpid() system call.
@@ -140,22 +149,31 @@ class EventBuffer:
             while self._events:
                 events, done = self._events, self._done
                 self._events, self._done = [], None
+                outcome: BaseException | None = None
                 try:
                     await self._write(events)
-                except Exception:
+                except EventsLost as exc:
+                    outcome = exc
+                except Exception as exc:
                     # A bug, not an outage (those are handled in _write). The writer must live
                     # on, or every later request would wait forever.
                     self._lost.inc(len(events))
                     log.exception("event write failed: events lost", extra={"n": len(events)})
+                    outcome = EventsLost(repr(exc))
                 finally:
                     if done is not None and not done.done():
-                        done.set_result(None)
+                        if outcome is None:
+                            done.set_result(None)
+                        else:
+                            done.set_exception(outcome)
             if self._stopping:
                 return
 
-    async def _write(self, events: list[Any]) -> None:
+    async def _write(self, events: list[bytes]) -> None:
         step = self._max_batch
-        payloads = [orjson.dumps(events[i : i + step]) for i in range(0, len(events), step)]
+        payloads = [
+            b"[" + b",".join(events[i : i + step]) + b"]" for i in range(0, len(events), step)
+        ]
         self._batch_sizes.observe(len(events))
         if self._waiting_behind():
             await self._to_spool(payloads, len(events))
@@ -177,11 +195,11 @@ class EventBuffer:
     async def _to_spool(self, payloads: list[bytes], n: int) -> None:
         try:
             await self._spool.append(payloads)
-        except OSError:
+        except OSError as exc:
             self._lost.inc(n)
             log.exception("spool write failed: events lost", extra={"n": n})
-        else:
-            self._spooled.inc(n)
+            raise EventsLost(repr(exc)) from exc
+        self._spooled.inc(n)
 
     async def deliver(self, payloads: list[bytes]) -> None:
         """XADD each payload as one stream entry, all in one round trip.

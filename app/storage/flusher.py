@@ -26,6 +26,8 @@ from redis.exceptions import ResponseError
 
 from app import metrics
 from app.events import EVENTS_FIELD
+from app.storage import dead_letters
+from app.storage.db import is_transient
 from app.storage.redis_client import REDIS_UNAVAILABLE, RedisClient
 
 log = logging.getLogger(__name__)
@@ -179,30 +181,32 @@ class Flusher:
     async def store(self, batch: Batch) -> int:
         """Write the batch, retrying until PostgreSQL takes it. Returns the events newly stored.
 
-        A batch PostgreSQL rejects as malformed would block the stream forever, so it is moved to
-        the dead-letter stream `<stream>:dead` for a person to look at, and acknowledged.
+        Transient failures (PostgreSQL gone, failover to read-only, disk full, deadlock,
+        serialization failure) are retried on a fresh connection: the batch is still ours,
+        unacknowledged. A batch refused for what it holds would block the stream forever, so it
+        is set aside in `dead_letters` (PostgreSQL) with the error, for a person to look at and
+        replay, and acknowledged. (Sinks that can refuse one event alone do so themselves.)
         """
         delay = 0.1
+        refused: BaseException | None = None
         while True:
             try:
                 conn = await self._connection()
+                if refused is not None:
+                    await dead_letters.add(conn, self.sink.stream, batch.events, repr(refused))
+                    return 0
                 return await self.sink.store(conn, batch)
-            except (asyncpg.DataError, ValueError, TypeError, KeyError, IndexError) as exc:
-                metrics.errors.labels("flusher_dead_letter").inc()
-                log.error("malformed batch moved to dead letters", extra={"error": repr(exc)})
-                await self.redis.xadd(
-                    self.sink.stream + ":dead",
-                    {EVENTS_FIELD: orjson.dumps(batch.events, default=str), b"error": repr(exc)},
-                )
-                return 0
             except RetryLater as exc:
                 log.info("batch not ready, retrying", extra={"reason": str(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             except Exception as exc:
-                # PostgreSQL gone, a connection left mid-operation by an outage
-                # (InternalClientError), or anything unforeseen: a flusher must not die of it.
-                # Start again on a fresh connection; the batch is still ours, unacknowledged.
+                if refused is None and not is_transient(exc):
+                    metrics.errors.labels("flusher_dead_letter").inc()
+                    log.error("batch refused: moved to dead letters", extra={"error": repr(exc)})
+                    refused = exc
+                    continue
+                # A flusher must not die of an outage: start again on a fresh connection.
                 metrics.errors.labels("flusher_postgres").inc()
                 log.error("postgres write failed, retrying", extra={"error": repr(exc)})
                 if self._conn is not None:

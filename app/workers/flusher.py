@@ -31,7 +31,9 @@ def sinks(settings: Settings, redis: RedisClient) -> list[Sink]:
                 before_ack=click_store.before_ack,
             )
         )
-    conversion_store = conversions.ConversionStore(redis, settings.click_streams)
+    conversion_store = conversions.ConversionStore(
+        redis, settings.click_streams, stream=settings.conversion_stream
+    )
     out.append(
         Sink(
             stream=settings.conversion_stream,
