@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import email_validator
-from pydantic import AfterValidator, AwareDatetime, Field
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field
 
 # 10^15 - 1 minor units: ten trillion euros, far above any order, far below 2^63 (PostgreSQL's
 # bigint) even when a million of them are summed in Python or as numeric in SQL.
@@ -29,11 +29,16 @@ FUTURE_SKEW = timedelta(days=1)
 # Click ids carry their click's time: ours were all made after this.
 EARLIEST_CLICK = datetime(2020, 1, 1, tzinfo=UTC)
 
-AmountMinor = Annotated[
-    int, Field(ge=0, le=MAX_AMOUNT_MINOR, description="Integer minor units (cents).")
-]
-PositiveAmountMinor = Annotated[int, Field(gt=0, le=MAX_AMOUNT_MINOR)]
-Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+
+def _not_a_boolean(value: object) -> object:
+    # JSON's true is not 1, although Python's is: a schema's integer is a number.
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    return value
+
+
+# An integer as JSON Schema means it: any number without a fraction (5000 or 5000.0), no boolean.
+Int = Annotated[int, BeforeValidator(_not_a_boolean)]
 Text = Annotated[str, Field(pattern=NO_CONTROL_CHARACTERS)]
 
 

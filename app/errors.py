@@ -15,8 +15,28 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisClusterException, RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
+
+
+# What "a backing service (PostgreSQL, Redis) is unavailable" looks like: answered 503.
+BACKEND_UNAVAILABLE: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    RedisError,
+    RedisClusterException,
+)
+UNAVAILABLE_BODY = {
+    "error": {
+        "code": "unavailable",
+        "message": "a backing service is unavailable, retry shortly",
+        "field": None,
+    }
+}
 
 
 class AppError(Exception):
@@ -92,30 +112,35 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def unavailable(_: Request, exc: Exception) -> JSONResponse:
         log.error("dependency unavailable", extra={"error": repr(exc)})
-        body = {
-            "error": {
-                "code": "unavailable",
-                "message": "a backing service is unavailable, retry shortly",
-                "field": None,
-            }
-        }
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+        return JSONResponse(UNAVAILABLE_BODY, status_code=503, headers={"Retry-After": "2"})
 
-    for exc_type in (
-        OSError,
-        TimeoutError,
-        asyncpg.PostgresConnectionError,
-        asyncpg.CannotConnectNowError,
-        asyncpg.InterfaceError,
-        RedisError,
-        RedisClusterException,
-    ):
+    for exc_type in BACKEND_UNAVAILABLE:
         app.add_exception_handler(exc_type, unavailable)  # type: ignore[arg-type]
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it cannot decode (not UTF-8, not JSON): a 422 like any
+            # other invalid input, naming the body.
+            message = "the body is not valid JSON in UTF-8"
+            body = {"error": {"code": "validation_error", "message": message, "field": "body"}}
+            return JSONResponse(body, status_code=422)
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
             exc.status_code, "http_error"
         )
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {"Allow": _allowed_methods(app, request.scope)}
         body = {"error": {"code": code, "message": str(exc.detail), "field": None}}
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+def _allowed_methods(app: FastAPI, scope: dict[str, Any]) -> str:
+    """Every method of every route on this path (one route per method here, and Starlette's
+    own Allow names only the first route's)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))

@@ -8,6 +8,7 @@ them in reverse order.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -19,8 +20,11 @@ import asyncpg
 from fastapi import FastAPI
 
 from app import metrics
+from app.edge import EdgeGuard, GuardRuntime
 from app.errors import install_error_handlers
 from app.logs import configure_logging, correlation_id
+from app.openapi import complete_openapi
+from app.ratelimits import RateLimits
 from app.routes import conversions, links, ops, programs, rewards, stats
 from app.routes.redirect import RedirectEndpoint
 from app.security import IpAnonymizer
@@ -90,10 +94,11 @@ class ObserveRequests:
 class TrackingApp:
     """Routes /r/… to the hot path and everything else to the FastAPI app."""
 
-    def __init__(self, api: FastAPI) -> None:
+    def __init__(self, api: FastAPI, max_body_bytes: int) -> None:
         self.api = api
         self.redirect: RedirectEndpoint | None = None
-        self._observed = ObserveRequests(api)
+        self.guard = EdgeGuard(api, max_body_bytes)
+        self._observed = ObserveRequests(self.guard)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         redirect = self.redirect
@@ -166,9 +171,14 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
         api.state.event_buffers = [*click_buffers, conversion_buffer]
         api.state.link_cache = link_cache
         api.state.conversion_buffer = conversion_buffer
-        api.state.webhook_secrets = SecretCache(pool)
+        # Lookups that anyone can cause (unknown codes, keys, merchant ids) take at most half the
+        # pool, so a flood of them cannot starve /readyz or authenticated work.
+        lookups = asyncio.Semaphore(max(1, settings.db_pool_max // 2))
+        rate_limits = RateLimits(settings)
+        api.state.webhook_secrets = SecretCache(pool, lookups)
         api.state.anonymize_ip = IpAnonymizer(settings.secret_bytes)
         app.redirect = RedirectEndpoint(link_cache, click_buffers, settings)
+        app.guard.runtime = GuardRuntime(pool, rate_limits, lookups, settings.trust_forwarded_for)
         try:
             # Probe Redis once so that the first clicks after a start without Redis go to the
             # spool directly.
@@ -180,6 +190,7 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
             yield
         finally:
             app.redirect = None
+            app.guard.runtime = None
             await link_cache.stop()
             for buffer in api.state.event_buffers:
                 await buffer.stop()
@@ -194,6 +205,7 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
         description="Tracked referral links, click capture, attribution and rewards.",
         lifespan=lifespan,
     )
+    api.openapi = lambda: complete_openapi(api)  # type: ignore[method-assign]
     install_error_handlers(api)
     api.include_router(ops.router)
     api.include_router(programs.router)
@@ -201,5 +213,5 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
     api.include_router(conversions.router)
     api.include_router(stats.router)
     api.include_router(rewards.router)
-    app = TrackingApp(api)
+    app = TrackingApp(api, settings.max_body_bytes)
     return app

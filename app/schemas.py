@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -11,7 +11,7 @@ from pydantic import (
     ConfigDict,
     Field,
     IPvAnyAddress,
-    StrictInt,
+    StrictBool,
     field_validator,
     model_validator,
 )
@@ -22,14 +22,27 @@ from app.bounds import (
     FUTURE_SKEW,
     MAX_AMOUNT_MINOR,
     Email,
+    Int,
     OccurredAt,
     Text,
 )
 from app.destinations import InvalidDestination, normalize_domain, normalize_url
 from app.events import parse_click_id
 
+# A domain name, or "*." and one; letters of any script (IDNA), digits, hyphens and dots.
+Domain = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        # The last label has no digit only: a browser would read "…​.00" as an IPv4 address.
+        pattern=r"^(\*\.)?([\w-]{1,63}\.)+([^\W\d_]{2,63}|xn--[\w-]{1,59})\.?$",
+        description="A domain, e.g. shop.example.com (its subdomains are included).",
+    ),
+]
+
 # Stated in the OpenAPI document, so that clients (and fuzzers) know what a destination is.
-_URL_SCHEMA = {"format": "uri", "pattern": r"^https?://"}
+_URL_SCHEMA = {"format": "iri", "pattern": r"^https?://"}  # IRIs: hosts in any script (IDNA)
 
 Channel = Literal[
     "default", "email", "whatsapp", "sms", "qr", "facebook", "x", "instagram", "linkedin", "other"
@@ -55,13 +68,13 @@ class ProgramCreate(_Strict):
         "URL, parsed as browsers parse it (WHATWG URL standard).",
         json_schema_extra=_URL_SCHEMA,
     )
-    allowed_domains: list[Text] | None = Field(
+    allowed_domains: list[Domain] | None = Field(
         None,
         max_length=50,
         description="Domains links may redirect to (subdomains included). "
         "Default: the destination's host.",
     )
-    attribution_window_days: int = Field(30, ge=1, le=365)
+    attribution_window_days: Int = Field(30, ge=1, le=365)
     rules: ProgramRules | None = Field(
         None,
         description="Reward rules (version 1). Default: 10.00 to the advocate per first purchase.",
@@ -115,7 +128,7 @@ class LinkCreate(_Strict):
 
 
 class LinkUpdate(_Strict):
-    active: bool
+    active: StrictBool
 
 
 class Link(BaseModel):
@@ -170,7 +183,7 @@ class ConversionIn(_Strict):
     )
     customer_id: Text | None = Field(None, min_length=1, max_length=200)
     customer_email: Email | None = Field(None, description="Stored only as a hash.")
-    amount_minor: StrictInt | None = Field(
+    amount_minor: Int | None = Field(
         None,
         ge=0,
         le=MAX_AMOUNT_MINOR,

@@ -70,6 +70,18 @@ class Settings(BaseSettings):
     db_pool_min: int = 0
     db_pool_max: int = 10
 
+    # Limits at the edge (see app/ratelimits.py): "<n>/<second|minute|hour>", as `limits` reads.
+    max_body_bytes: int = Field(
+        65_536, ge=1024, description="Largest request body; larger ones are 413 before reading."
+    )
+    rate_limit_api_key: str = "1200/minute"
+    rate_limit_postbacks: str = Field("60000/minute", description="Per merchant.")
+    rate_limit_pixels_per_merchant: str = "30000/minute"
+    rate_limit_pixels_per_ip: str = "60/minute"
+    rate_limit_auth_failures_per_ip: str = Field(
+        "30/minute", description="Unknown keys, bad signatures and unknown merchants, per IP."
+    )
+
     log_level: str = "INFO"
 
     @cached_property

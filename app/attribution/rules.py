@@ -10,9 +10,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from app.bounds import MAX_AMOUNT_MINOR, MAX_COUNT
+from app.bounds import MAX_AMOUNT_MINOR, MAX_COUNT, Int
 
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, e.g. EUR")]
 
@@ -23,24 +23,36 @@ class _Rule(BaseModel):
 
 class FixedReward(_Rule):
     kind: Literal["fixed"] = "fixed"
-    amount_minor: int = Field(
+    amount_minor: Int = Field(
         gt=0, le=MAX_AMOUNT_MINOR, description="In minor units of the program currency."
     )
 
 
 class PercentReward(_Rule):
     kind: Literal["percent"] = "percent"
-    percent: Decimal = Field(gt=0, le=100, max_digits=6, decimal_places=3)
-    cap_minor: int | None = Field(
+    percent: Annotated[
+        Decimal,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "number", "exclusiveMinimum": 0, "maximum": 100, "multipleOf": 0.001},
+                    {"type": "string", "pattern": r"^(100(\.0{1,3})?|[0-9]{1,2}(\.[0-9]{1,3})?)$"},
+                ],
+                "description": "Above 0, at most 100, three decimals at most (a string keeps it "
+                "exact).",
+            }
+        ),
+    ] = Field(gt=0, le=100, max_digits=6, decimal_places=3)
+    cap_minor: Int | None = Field(
         None, gt=0, le=MAX_AMOUNT_MINOR, description="At most this much per conversion."
     )
 
 
 class Tier(_Rule):
-    min_referrals: int = Field(
+    min_referrals: Int = Field(
         ge=0, le=MAX_COUNT, description="Successful referrals before this one."
     )
-    amount_minor: int = Field(gt=0, le=MAX_AMOUNT_MINOR)
+    amount_minor: Int = Field(gt=0, le=MAX_AMOUNT_MINOR)
 
 
 class TieredReward(_Rule):
@@ -59,17 +71,17 @@ Reward = Annotated[FixedReward | PercentReward | TieredReward, Field(discriminat
 
 
 class ProgramRules(_Rule):
-    attribution_window_days: int = Field(30, ge=1, le=365)
+    attribution_window_days: Int = Field(30, ge=1, le=365)
     attribution_model: Literal["last_click", "first_click"] = "last_click"
     reward_event: Literal["signup", "first_purchase", "every_purchase"] = "first_purchase"
-    max_rewarded_purchases: int | None = Field(
+    max_rewarded_purchases: Int | None = Field(
         None,
         ge=1,
         le=MAX_COUNT,
         description="With every_purchase: reward at most this many per customer.",
     )
-    min_order_minor: int = Field(0, ge=0, le=MAX_AMOUNT_MINOR)
-    hold_days: int = Field(14, ge=0, le=365, description="Pending this long before approval.")
+    min_order_minor: Int = Field(0, ge=0, le=MAX_AMOUNT_MINOR)
+    hold_days: Int = Field(14, ge=0, le=365, description="Pending this long before approval.")
     currency: Currency = "EUR"
     advocate_reward: Reward | None = FixedReward(amount_minor=1000)
     friend_reward: Reward | None = None

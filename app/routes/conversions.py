@@ -46,12 +46,14 @@ async def post_conversion(
 ) -> Any:
     """Signed with your webhook secret; idempotent on `event_id`. Answers once the conversion is
     durable; attribution and rewards follow within moments (see GET /v1/conversions/{id})."""
+    state = request.app.state
+    # Who claims to send it, before the body is read (the edge bounds its size).
+    merchant_id, secret = await service.postback_merchant(
+        state.webhook_secrets, x_referral_merchant
+    )
     body = await request.body()
     now = datetime.now(UTC)
-    state = request.app.state
-    merchant_id = await service.verify_postback(
-        state.webhook_secrets, redis, x_referral_merchant, x_referral_signature, body, now
-    )
+    await service.verify_postback(redis, secret, x_referral_signature, body, now)
     try:
         conversion = ConversionIn.model_validate_json(body)
     except ValidationError as exc:

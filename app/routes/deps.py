@@ -31,9 +31,14 @@ async def _settings(request: Request) -> Settings:
 
 
 async def _merchant(
+    request: Request,
     pool: Annotated[asyncpg.Pool, Depends(_pool)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Merchant:
+    # Authenticated at the edge (app/edge.py), before the body was read.
+    known: Merchant | None = getattr(request.state, "merchant", None)
+    if known is not None:
+        return known
     if credentials is None:
         raise Unauthorized(
             "missing API key: send 'Authorization: Bearer <key>'", field="authorization"

@@ -8,9 +8,11 @@ so a retry gets the same id without any lookup, and PostgreSQL's unique key stor
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -48,31 +50,40 @@ class SignatureRejected(Unauthorized):
 
 @dataclass
 class SecretCache:
-    """Webhook secrets by merchant, cached a minute so a postback costs no query."""
+    """Webhook secrets by merchant, cached a minute so a postback costs no query. Unknown
+    merchant ids are cached too (as None), and the cache is bounded: a flood of made-up ids
+    costs one query each at most, and no memory beyond `max_entries`."""
 
     pool: asyncpg.Pool
-    entries: dict[UUID, tuple[float, str | None]] = field(default_factory=dict)
+    lookups: asyncio.Semaphore | None = None  # bounds the queries untrusted input can cause
+    max_entries: int = 50_000
+    entries: OrderedDict[UUID, tuple[float, str | None]] = field(default_factory=OrderedDict)
 
     async def get(self, merchant_id: UUID) -> str | None:
         hit = self.entries.get(merchant_id)
         if hit and hit[0] > time.monotonic():
             return hit[1]
-        secret = await self.pool.fetchval(
+        if self.lookups is None:
+            secret = await self._fetch(merchant_id)
+        else:
+            async with self.lookups:
+                secret = await self._fetch(merchant_id)
+        self.entries[merchant_id] = (time.monotonic() + 60, secret)
+        self.entries.move_to_end(merchant_id)
+        while len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+        return secret
+
+    async def _fetch(self, merchant_id: UUID) -> str | None:
+        secret: str | None = await self.pool.fetchval(
             "SELECT webhook_secret FROM merchants WHERE id = $1", merchant_id
         )
-        self.entries[merchant_id] = (time.monotonic() + 60, secret)
         return secret
 
 
-async def verify_postback(
-    secrets: SecretCache,
-    redis: RedisClient,
-    merchant_header: str | None,
-    signature_header: str | None,
-    body: bytes,
-    now: datetime,
-) -> UUID:
-    """The merchant whose secret signed this body, or SignatureRejected with the reason."""
+async def postback_merchant(secrets: SecretCache, merchant_header: str | None) -> tuple[UUID, str]:
+    """The merchant a postback claims to come from, and its secret — known before the body is
+    read. SignatureRejected when the header is malformed or names no merchant."""
     try:
         merchant_id = UUID(merchant_header or "")
     except ValueError:
@@ -82,6 +93,14 @@ async def verify_postback(
     secret = await secrets.get(merchant_id)
     if secret is None:
         raise SignatureRejected("unknown merchant", field="x-referral-merchant")
+    return merchant_id, secret
+
+
+async def verify_postback(
+    redis: RedisClient, secret: str, signature_header: str | None, body: bytes, now: datetime
+) -> None:
+    """SignatureRejected with the reason, unless the merchant's secret signed this body just
+    now, for the first time."""
     try:
         signature = webhooks.verify(secret, signature_header, body, now)
     except webhooks.InvalidSignature as exc:
@@ -97,7 +116,6 @@ async def verify_postback(
             "this signature was already used (replay): sign each delivery anew",
             field="x-referral-signature",
         )
-    return merchant_id
 
 
 def conversion_event(

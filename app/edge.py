@@ -1,0 +1,252 @@
+"""The management API's front door, before FastAPI reads anything: body size, API key, limits.
+
+FastAPI parses a request's body before it resolves dependencies, so an unauthenticated request
+used to be read in full (8 MiB before a 401) and validated (a 422 instead of a 401). Here, as
+plain ASGI in front of FastAPI:
+1. a body larger than `MAX_BODY_BYTES` is refused with 413 — from its Content-Length before
+   it is read, or as soon as a chunked body grows past it;
+2. management requests (`/v1/…` with an API key) are authenticated from the header alone; the
+   merchant is handed to the route in `request.state.merchant`. Unknown keys are remembered in
+   a bounded negative cache, so repeating one costs no query;
+3. rate limits (app/ratelimits.py): per API key, per merchant for postbacks and pixels, per IP
+   for pixels and for failed authentication; 429 with Retry-After and RateLimit-* headers.
+The redirect (/r/…) never comes here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from app.errors import BACKEND_UNAVAILABLE, UNAVAILABLE_BODY
+from app.ratelimits import RateLimits, Verdict
+from app.security import hash_api_key
+from app.storage.merchants import Merchant, merchant_for_api_key
+
+log = logging.getLogger(__name__)
+
+# Paths under /v1/ that do not take an API key: the signed postback and the advocate's token.
+_POSTBACK = "/v1/conversions"
+_ADVOCATE_PREFIX = "/v1/advocate/"
+_PIXEL = "/t/pixel.gif"
+
+
+def _error(code: str, message: str, field: str | None) -> bytes:
+    return orjson.dumps({"error": {"code": code, "message": message, "field": field}})
+
+
+_TOO_LARGE = _error("body_too_large", "the request body is too large", "body")
+_NO_KEY = _error(
+    "unauthorized", "missing API key: send 'Authorization: Bearer <key>'", "authorization"
+)
+_BAD_KEY = _error("unauthorized", "invalid or revoked API key", "authorization")
+_UNAVAILABLE = orjson.dumps(UNAVAILABLE_BODY)
+_TOO_MANY = _error("rate_limited", "too many requests: slow down (see Retry-After)", None)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class NegativeCache:
+    """Recently seen unknown values (keys, merchant ids), bounded, each for `ttl` seconds."""
+
+    def __init__(self, max_entries: int = 50_000, ttl: float = 60.0) -> None:
+        self._entries: OrderedDict[Any, float] = OrderedDict()
+        self._max = max_entries
+        self._ttl = ttl
+
+    def __contains__(self, value: Any) -> bool:
+        until = self._entries.get(value)
+        if until is None:
+            return False
+        if until < time.monotonic():
+            del self._entries[value]
+            return False
+        return True
+
+    def add(self, value: Any) -> None:
+        self._entries[value] = time.monotonic() + self._ttl
+        self._entries.move_to_end(value)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def discard(self, value: Any) -> None:
+        self._entries.pop(value, None)
+
+
+@dataclass
+class GuardRuntime:
+    pool: asyncpg.Pool
+    limits: RateLimits
+    lookups: asyncio.Semaphore  # PostgreSQL lookups that untrusted input can cause, bounded
+    trust_forwarded_for: bool
+
+
+class EdgeGuard:
+    def __init__(self, app: Any, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.runtime: GuardRuntime | None = None  # set by the lifespan
+        self.unknown_keys = NegativeCache()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        runtime = self.runtime
+        if scope["type"] != "http" or runtime is None:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_body_bytes:
+            await _respond(send, 413, _TOO_LARGE)
+            return
+        path: str = scope["path"]
+        ip = self._client_ip(scope, headers)
+        verdict: Verdict | None = None
+        if path.startswith("/v1/") or path == _PIXEL:
+            if (refused := runtime.limits.blocked(ip)) is not None:
+                await _respond(send, 429, _TOO_MANY, refused.headers())
+                return
+            if path == _POSTBACK and scope["method"] == "POST":
+                verdict = await self._limit_postback(runtime, headers)
+            elif path == _PIXEL:
+                verdict = await self._limit_pixel(runtime, scope, ip)
+            elif not path.startswith(_ADVOCATE_PREFIX):
+                outcome = await self._authenticate(runtime, headers, ip)
+                if outcome is _UNAVAILABLE:
+                    await _respond(send, 503, outcome, [(b"retry-after", b"2")])
+                    return
+                if isinstance(outcome, bytes):
+                    await _respond(send, 401, outcome, [(b"www-authenticate", b"Bearer")])
+                    return
+                merchant, key_hash = outcome
+                scope.setdefault("state", {})["merchant"] = merchant
+                verdict = await runtime.limits.hit(runtime.limits.api_key, "key", key_hash.hex())
+            if verdict is not None and not verdict.allowed:
+                await _respond(send, 429, _TOO_MANY, verdict.headers())
+                return
+        await self._forward(scope, receive, send, runtime, ip, verdict)
+
+    async def _forward(
+        self, scope: dict[str, Any], receive: Any, send: Any, runtime: GuardRuntime, ip: str,
+        verdict: Verdict | None,
+    ) -> None:  # fmt: skip
+        received = 0
+        overflowed = False
+        status = 0
+
+        async def bounded_receive() -> Any:
+            nonlocal received, overflowed
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    overflowed = True
+                    raise _BodyTooLarge
+            return message
+
+        async def observed_send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if overflowed:
+                # FastAPI turns any error while reading the body into its own 400: answer
+                # 413 in its place, once.
+                if message["type"] == "http.response.start":
+                    status = 413
+                    await _respond(send, 413, _TOO_LARGE)
+                return
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if verdict is not None and verdict.limit:
+                    message["headers"] = [*message.get("headers", []), *verdict.headers()]
+            await send(message)
+
+        try:
+            await self.app(scope, bounded_receive, observed_send)
+        except _BodyTooLarge:
+            if status:
+                return
+            await _respond(send, 413, _TOO_LARGE)
+            return
+        if status == 401:
+            # A bad signature, an unknown merchant, a bad advocate token: guessing is limited.
+            await runtime.limits.failed_authentication(ip)
+
+    async def _authenticate(
+        self, runtime: GuardRuntime, headers: dict[bytes, bytes], ip: str
+    ) -> tuple[Merchant, bytes] | bytes:
+        """(merchant, key hash) of the request's API key, or the 401 body."""
+        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return _NO_KEY
+        key_hash = hash_api_key(token)
+        if key_hash in self.unknown_keys:
+            await runtime.limits.failed_authentication(ip)
+            return _BAD_KEY
+        async with runtime.lookups:
+            try:
+                merchant = await merchant_for_api_key(runtime.pool, token)
+            except BACKEND_UNAVAILABLE:
+                log.exception("api key lookup failed")
+                return _UNAVAILABLE
+        if merchant is None:
+            self.unknown_keys.add(key_hash)
+            await runtime.limits.failed_authentication(ip)
+            return _BAD_KEY
+        return merchant, key_hash
+
+    async def _limit_postback(
+        self, runtime: GuardRuntime, headers: dict[bytes, bytes]
+    ) -> Verdict | None:
+        merchant = _uuid(headers.get(b"x-referral-merchant", b"").decode("latin-1"))
+        if merchant is None:
+            return None  # the route answers 401 for it (and that counts as a failure)
+        return await runtime.limits.hit(runtime.limits.postbacks, "postbacks", str(merchant))
+
+    async def _limit_pixel(
+        self, runtime: GuardRuntime, scope: dict[str, Any], ip: str
+    ) -> Verdict | None:
+        per_ip = await runtime.limits.hit(runtime.limits.pixels_per_ip, "pixels-ip", ip)
+        if not per_ip.allowed:
+            return per_ip
+        query = scope.get("query_string", b"").decode("latin-1")
+        merchant = next((_uuid(p[2:]) for p in query.split("&") if p.startswith("m=")), None)
+        if merchant is None:
+            return per_ip
+        limits = runtime.limits
+        return await limits.hit(limits.pixels_per_merchant, "pixels", str(merchant))
+
+    def _client_ip(self, scope: dict[str, Any], headers: dict[bytes, bytes]) -> str:
+        runtime = self.runtime
+        forwarded = headers.get(b"x-forwarded-for")
+        if forwarded and runtime is not None and runtime.trust_forwarded_for:
+            return forwarded.decode("latin-1").rsplit(",", 1)[-1].strip()[:64]
+        client = scope.get("client")
+        return str(client[0]) if client else ""
+
+
+def _uuid(value: str) -> UUID | None:
+    try:
+        return UUID(value)
+    except ValueError:
+        return None
+
+
+async def _respond(
+    send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(extra or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
