@@ -268,6 +268,10 @@ class Funnel(BaseModel):
     signups: int
     purchases: int
     refunds: int
+    unverified_orders: int = Field(
+        description="Orders known only from the anonymous order pixel (no signed postback): "
+        "attributed by cookie, never counted as purchases or revenue, never rewarded."
+    )
     revenue_minor: dict[str, int] = Field(description="Attributed purchases minus refunds.")
     rewards_minor: dict[str, dict[str, int]] = Field(
         description="Per currency, the amount in each state (from the ledger)."

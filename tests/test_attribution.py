@@ -19,7 +19,8 @@ from app.attribution.model import (
     ProgramTerms,
     attribute,
 )
-from app.attribution.rewards import NoReward, Sale, compute_rewards, reversal_amount
+from app.attribution.refunds import reversal_amount
+from app.attribution.rewards import NoReward, Sale, compute_rewards
 from app.attribution.rules import ProgramRules
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -163,7 +163,8 @@ async def test_retried_postback_creates_nothing_new(
     db: asyncpg.Pool,
 ) -> None:  # fmt: skip
     body = {"event_id": "o-4", "type": "purchase", "order_id": "4", "amount_minor": 5000,
-            "currency": "EUR", "referral_code": referral["advocate"]["referral_code"]}  # fmt: skip
+            "currency": "EUR", "referral_code": referral["advocate"]["referral_code"],
+            "customer_id": "cust-ben"}  # fmt: skip
     # Three distinct signatures by construction: offsets from one clock reading (read again
     # after a slow flush, "now - 2" could equal the first post's timestamp: a replay).
     now = int(time.time())
@@ -270,7 +271,8 @@ async def test_rewards_are_approved_after_the_hold_and_never_twice(
     advocate = await make_advocate(client, merchant, program, "cust-anna")
     response = await post(client, merchant, {
         "event_id": "o-5", "type": "purchase", "order_id": "5", "amount_minor": 5000,
-        "currency": "EUR", "referral_code": advocate["referral_code"]})  # fmt: skip
+        "currency": "EUR", "referral_code": advocate["referral_code"],
+        "customer_id": "cust-ben"})  # fmt: skip
     await flush(settings)
 
     assert await scheduler.run(settings, once=True) == 2
@@ -372,7 +374,8 @@ async def test_approved_rewards_are_paid_and_fraud_is_rejected_with_a_reason(
     advocate = await make_advocate(client, merchant, program, "cust-anna")
     response = await post(client, merchant, {
         "event_id": "o-8", "type": "purchase", "order_id": "8", "amount_minor": 5000,
-        "currency": "EUR", "referral_code": advocate["referral_code"]})  # fmt: skip
+        "currency": "EUR", "referral_code": advocate["referral_code"],
+        "customer_id": "cust-ben"})  # fmt: skip
     await flush(settings)
     await scheduler.run(settings, once=True)
     rewards = {

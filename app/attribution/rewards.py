@@ -1,5 +1,6 @@
-"""Reward amounts: what the advocate and the referred friend earn for one attributed conversion,
-and what a refund takes back. Pure functions, integer minor units, Decimal percentages."""
+"""Reward amounts: what the advocate and the referred friend earn for one attributed conversion
+(what a refund takes back: app/attribution/refunds.py). Pure functions, integer minor units,
+Decimal percentages."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ class Sale:
     occurred_at: datetime
     prior_rewarded_purchases: int  # this customer's earlier purchases rewarded in the program
     advocate_successful_referrals: int  # the advocate's earlier rewarded referrals
+    # Whether the conversion names its customer (id or email): without, "first purchase" and
+    # "at most N per customer" cannot be known, and are not guessed.
+    customer_known: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,14 @@ def eligibility(rules: ProgramRules, sale: Sale) -> str | None:
         return f"order currency {sale.currency} is not the program currency {rules.currency}"
     if sale.amount_minor < rules.min_order_minor:
         return f"order below the minimum of {rules.min_order_minor} minor units"
+    counts_per_customer = (
+        rules.reward_event == "first_purchase" or rules.max_rewarded_purchases is not None
+    )
+    if counts_per_customer and not sale.customer_known:
+        return (
+            "the program rewards a customer's first purchases, and this purchase names no "
+            "customer (send customer_id or customer_email)"
+        )
     if rules.reward_event == "first_purchase" and sale.prior_rewarded_purchases > 0:
         return "only the customer's first purchase is rewarded"
     limit = rules.max_rewarded_purchases
@@ -82,17 +94,3 @@ def compute_rewards(rules: ProgramRules, sale: Sale) -> list[RewardDraft] | NoRe
         if amount > 0:
             drafts.append(RewardDraft(beneficiary, amount, rules.currency, hold_until))  # type: ignore[arg-type]
     return drafts or NoReward("the rules define no reward")
-
-
-def reversal_amount(
-    reward_minor: int, already_reversed_minor: int, order_minor: int, refunded_minor: int
-) -> int:
-    """How much more of a reward a refund takes back: the refunded share of the order, of the
-    original reward, minus what earlier refunds already took (never more than what is left)."""
-    if order_minor <= 0:
-        return reward_minor - already_reversed_minor
-    share = min(Decimal(refunded_minor) / Decimal(order_minor), Decimal(1))
-    due = int((Decimal(reward_minor) * share).to_integral_value(ROUND_DOWN))
-    if refunded_minor >= order_minor:
-        due = reward_minor
-    return max(0, min(due - already_reversed_minor, reward_minor - already_reversed_minor))

@@ -26,10 +26,13 @@ from app.attribution.model import (
     Click,
     Customer,
     Evidence,
+    NotAttributed,
     ProgramTerms,
     attribute,
 )
-from app.attribution.rewards import NoReward, Sale, compute_rewards, reversal_amount
+from app.attribution.pixels import PixelClaim, pixel_evidence
+from app.attribution.refunds import reversal_amount, settle_refund
+from app.attribution.rewards import NoReward, Sale, compute_rewards
 from app.attribution.rules import ProgramRules
 from app.codes import normalize_referral_code
 from app.events import click_time
@@ -105,71 +108,101 @@ class ConversionStore:
         return stored
 
 
+async def _lock(conn: asyncpg.Connection, *keys: str) -> None:
+    """Transaction-scoped advisory locks. Conversions of one order, and rewards counted per
+    customer or per advocate, are decided one at a time however many flushers run: without,
+    two first purchases of one customer processed at once would both be "first", and a refund
+    processed beside its purchase would find no purchase while the purchase found no refund.
+    Keys are taken sorted, and an order's key always first (by the caller), so two transactions
+    never wait on each other in a circle."""
+    for key in sorted(set(keys)):
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+
+
+def _order_key(merchant: UUID, order_id: str) -> str:
+    return f"order:{merchant}:{order_id}"
+
+
 async def process_conversion(conn: asyncpg.Connection, e: dict[str, Any]) -> int:
     """Store, attribute and reward one conversion; 0 when it was already stored."""
     if e["type"] == "pixel":
         return await _record_pixel(conn, e)
+    merchant = UUID(e["merchant_id"])
+    order_id = e["refund_of"] if e["type"] == "refund" else e["order_id"]
+    if order_id:
+        await _lock(conn, _order_key(merchant, order_id))
     inserted = await conn.fetchval(
         """
         INSERT INTO conversions (id, merchant_id, event_id, type, order_id, refund_of,
             customer_id, customer_email_hash, amount_minor, currency, click_id, referral_code,
-            ip_hash, ip_prefix, user_agent, occurred_at, received_at, state)
+            ip_hash, ip_prefix, user_agent, occurred_at, received_at, state,
+            requested_amount_minor)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                'unattributed')
+                'unattributed', $18)
         ON CONFLICT DO NOTHING RETURNING id
         """,
-        UUID(e["id"]), UUID(e["merchant_id"]), e["event_id"], e["type"], e["order_id"],
+        UUID(e["id"]), merchant, e["event_id"], e["type"], e["order_id"],
         e["refund_of"], e["customer_id"],
         bytes.fromhex(e["customer_email_hash"]) if e["customer_email_hash"] else None,
         e["amount_minor"] or 0, e["currency"], e["click_id"], e["referral_code"],
         bytes.fromhex(e["ip_hash"]) if e["ip_hash"] else None, e["ip_prefix"], e["user_agent"],
         datetime.fromisoformat(e["occurred_at"]), datetime.fromisoformat(e["received_at"]),
+        e["amount_minor"] if e["type"] == "refund" else None,
     )  # fmt: skip
     if inserted is None:
         return 0
     if e["type"] == "refund":
-        await _apply_refund(conn, e)
-    else:
-        await _attribute_and_reward(conn, e)
-        if e["order_id"]:
-            await conn.execute(
-                "UPDATE conversions SET state = 'superseded',"
-                " reason = 'a signed postback for this order arrived' WHERE merchant_id = $1"
-                " AND order_id = $2 AND NOT verified AND state <> 'superseded'",
-                UUID(e["merchant_id"]),
-                e["order_id"],
-            )
+        await _apply_refund(
+            conn, merchant, UUID(e["id"]), e["refund_of"], e["amount_minor"], e["currency"]
+        )
+        return 1
+    await _attribute_and_reward(conn, e)
+    if e["order_id"]:
+        await conn.execute(
+            "UPDATE conversions SET state = 'superseded',"
+            " reason = 'a signed postback for this order arrived' WHERE merchant_id = $1"
+            " AND order_id = $2 AND NOT verified AND state <> 'superseded'",
+            merchant,
+            e["order_id"],
+        )
+        if e["type"] == "purchase":
+            await _apply_waiting_refunds(conn, merchant, e["order_id"])
     return 1
 
 
+async def _pixel_claims(
+    conn: asyncpg.Connection, merchant: UUID, order_id: str
+) -> list[PixelClaim]:
+    rows = await conn.fetch(
+        "SELECT visitor_id, seen_at FROM order_pixels WHERE merchant_id = $1 AND order_id = $2"
+        " ORDER BY seen_at",
+        merchant,
+        order_id,
+    )
+    return [PixelClaim(r["visitor_id"], r["seen_at"]) for r in rows]
+
+
 async def _record_pixel(conn: asyncpg.Connection, e: dict[str, Any]) -> int:
-    """Keep the pixel's browser for this order; without a postback yet, record an unverified
-    conversion (attributed for statistics, no reward)."""
-    merchant = UUID(e["merchant_id"])
+    """Keep the browser's claim on this order; without a signed postback yet, show the order as
+    an unverified conversion: attributed by cookie for the statistics (apart from purchases and
+    revenue), never rewarded, and only while exactly one browser claims it."""
+    merchant, order_id = UUID(e["merchant_id"]), e["order_id"]
+    await _lock(conn, _order_key(merchant, order_id))
+    seen_at = datetime.fromisoformat(e["received_at"])
     stored = await conn.fetchval(
         "INSERT INTO order_pixels (merchant_id, order_id, visitor_id, amount_minor, currency,"
         " seen_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING order_id",
-        merchant, e["order_id"], UUID(e["visitor_id"]), e["amount_minor"], e["currency"],
-        datetime.fromisoformat(e["received_at"]),
+        merchant, order_id, UUID(e["visitor_id"]), e["amount_minor"], e["currency"], seen_at,
     )  # fmt: skip
     if stored is None:
         return 0
     postback = await conn.fetchval(
         "SELECT 1 FROM conversions WHERE merchant_id = $1 AND order_id = $2 AND verified",
         merchant,
-        e["order_id"],
+        order_id,
     )
     if postback:
-        return 1
-    unverified = {
-        **e,
-        **dict.fromkeys(("refund_of", "customer_id", "customer_email_hash", "click_id",
-                         "referral_code", "ip_hash", "ip_prefix", "user_agent")),
-        "type": "purchase",
-        "event_id": f"pixel:{e['order_id']}",
-        "occurred_at": e["received_at"],
-        "amount_minor": e["amount_minor"] or 0,
-    }  # fmt: skip
+        return 1  # the postback was decided on its own evidence; the claim stays on record
     await conn.execute(
         """
         INSERT INTO conversions (id, merchant_id, event_id, type, order_id, amount_minor, currency,
@@ -177,62 +210,73 @@ async def _record_pixel(conn: asyncpg.Connection, e: dict[str, Any]) -> int:
         VALUES ($1, $2, $3, 'purchase', $4, $5, $6, $7, $8, $8, 'unattributed', false)
         ON CONFLICT DO NOTHING
         """,
-        UUID(e["id"]), merchant, unverified["event_id"], e["order_id"], unverified["amount_minor"],
-        e["currency"], UUID(e["visitor_id"]), datetime.fromisoformat(e["received_at"]),
+        UUID(e["id"]), merchant, f"pixel:{order_id}", order_id, e["amount_minor"] or 0,
+        e["currency"], UUID(e["visitor_id"]), seen_at,
     )  # fmt: skip
-    evidence = await _evidence(conn, unverified, merchant)
-    _, terms = await _program_terms(conn, evidence)
-    result = attribute(evidence, terms)
+    claims = await _pixel_claims(conn, merchant, order_id)
+    first = claims[0]
+    verdict = pixel_evidence(claims, first.seen_at)
+    result: Attributed | NotAttributed = NotAttributed(verdict.reason)
+    if verdict.visitor_id is not None:
+        evidence = await _evidence(
+            conn, merchant, first.seen_at, Customer(None, None), None, None, verdict.visitor_id
+        )
+        _, terms = await _program_terms(conn, evidence)
+        result = attribute(evidence, terms)
     if isinstance(result, Attributed):
         await conn.execute(
-            "UPDATE conversions SET state = 'attributed', program_id = $2, advocate_id = $3,"
-            " attributed_click_id = $4, attribution_method = 'cookie', reason = $5 WHERE id = $1",
-            UUID(e["id"]), result.advocate.program_id, result.advocate.id,
+            "UPDATE conversions SET state = 'attributed', program_id = $1, advocate_id = $2,"
+            " attributed_click_id = $3, attribution_method = 'cookie', reason = $4"
+            " WHERE merchant_id = $5 AND order_id = $6 AND NOT verified",
+            result.advocate.program_id, result.advocate.id,
             result.click.click_id if result.click else None,
             "unverified (pixel only): attributed by cookie, no reward until a signed postback",
+            merchant, order_id,
         )  # fmt: skip
     else:
         await conn.execute(
-            "UPDATE conversions SET reason = $2 WHERE id = $1",
-            UUID(e["id"]), f"unverified (pixel only): {result.reason}",
+            "UPDATE conversions SET state = 'unattributed', program_id = NULL,"
+            " advocate_id = NULL, attributed_click_id = NULL, attribution_method = NULL,"
+            " reason = $1 WHERE merchant_id = $2 AND order_id = $3 AND NOT verified",
+            f"unverified (pixel only): {result.reason}", merchant, order_id,
         )  # fmt: skip
     return 1
 
 
-async def _evidence(conn: asyncpg.Connection, e: dict[str, Any], merchant: UUID) -> Evidence:
-    occurred_at = datetime.fromisoformat(e["occurred_at"])
+async def _evidence(
+    conn: asyncpg.Connection,
+    merchant: UUID,
+    occurred_at: datetime,
+    customer: Customer,
+    referral_code: str | None,
+    click_id: str | None,
+    visitor: UUID | None,
+) -> Evidence:
+    """What PostgreSQL knows that points at an advocate: the typed code's owner, the click the
+    click id names, and every click of the browser (from the click, or the given visitor)."""
     code_advocate = None
-    if e["referral_code"]:
+    if referral_code:
         row = await conn.fetchrow(
             "SELECT id, program_id, external_id, email_hash FROM advocates"
             " WHERE merchant_id = $1 AND referral_code = $2",
             merchant,
-            normalize_referral_code(e["referral_code"]),
+            normalize_referral_code(referral_code),
         )
         if row:
             code_advocate = Advocate(
                 row["id"], row["program_id"], row["external_id"], row["email_hash"]
             )
     click = None
-    visitor = None
-    if e["click_id"]:
+    if click_id:
         row = await conn.fetchrow(
             f"SELECT {_CLICK_COLUMNS} FROM clicks c JOIN advocates a ON a.id = c.advocate_id"
             " WHERE c.merchant_id = $1 AND c.click_id = $2 AND c.clicked_at = $3",
             merchant,
-            UUID(e["click_id"]),
-            click_time(e["click_id"]),
+            UUID(click_id),
+            click_time(click_id),
         )
         if row:
             click, visitor = _click(row), row["visitor_id"]
-    if visitor is None and e.get("visitor_id"):
-        visitor = UUID(e["visitor_id"])
-    if visitor is None and e["order_id"] and e["type"] != "refund":
-        visitor = await conn.fetchval(
-            "SELECT visitor_id FROM order_pixels WHERE merchant_id = $1 AND order_id = $2",
-            merchant,
-            e["order_id"],
-        )
     browser: tuple[Click, ...] = ()
     if visitor is not None:
         rows = await conn.fetch(
@@ -244,10 +288,6 @@ async def _evidence(conn: asyncpg.Connection, e: dict[str, Any], merchant: UUID)
             occurred_at - _LOOKBACK,
         )
         browser = tuple(_click(r) for r in rows)
-    customer = Customer(
-        e["customer_id"],
-        bytes.fromhex(e["customer_email_hash"]) if e["customer_email_hash"] else None,
-    )
     return Evidence(occurred_at, customer, code_advocate, click, browser)
 
 
@@ -268,23 +308,43 @@ async def _program_terms(
 
 async def _attribute_and_reward(conn: asyncpg.Connection, e: dict[str, Any]) -> None:
     merchant = UUID(e["merchant_id"])
-    evidence = await _evidence(conn, e, merchant)
+    occurred_at = datetime.fromisoformat(e["occurred_at"])
+    email_hash = bytes.fromhex(e["customer_email_hash"]) if e["customer_email_hash"] else None
+    customer = Customer(e["customer_id"], email_hash)
+    # The pixel's browser is evidence only when the postback brings none of its own.
+    visitor, pixel_reason = None, ""
+    if not e["click_id"] and not e["referral_code"] and e["order_id"]:
+        claims = await _pixel_claims(conn, merchant, e["order_id"])
+        if claims:
+            verdict = pixel_evidence(claims, occurred_at)
+            visitor, pixel_reason = verdict.visitor_id, verdict.reason
+    evidence = await _evidence(
+        conn, merchant, occurred_at, customer, e["referral_code"], e["click_id"], visitor
+    )
     rules, terms = await _program_terms(conn, evidence)
     result = attribute(evidence, terms)
     if not isinstance(result, Attributed):
         await conn.execute(
-            "UPDATE conversions SET reason = $2 WHERE id = $1", UUID(e["id"]), result.reason
+            "UPDATE conversions SET reason = $2 WHERE id = $1",
+            UUID(e["id"]),
+            pixel_reason or result.reason,
         )
         return
 
     advocate = result.advocate
     version, program_rules = rules[advocate.program_id]
+    # Counted per customer and per advocate: decided one conversion at a time.
+    keys = [f"advocate:{advocate.id}"]
+    if e["customer_id"]:
+        keys.append(f"customer:{advocate.program_id}:{e['customer_id']}")
+    if email_hash:
+        keys.append(f"email:{advocate.program_id}:{email_hash.hex()}")
+    await _lock(conn, *keys)
     prior = await conn.fetchval(
         "SELECT count(DISTINCT c.id) FROM conversions c JOIN rewards r ON r.conversion_id = c.id"
         " WHERE c.merchant_id = $1 AND c.program_id = $2 AND c.type = 'purchase' AND c.id <> $3"
         " AND (c.customer_id = $4 OR c.customer_email_hash = $5)",
-        merchant, advocate.program_id, UUID(e["id"]), e["customer_id"],
-        bytes.fromhex(e["customer_email_hash"]) if e["customer_email_hash"] else None,
+        merchant, advocate.program_id, UUID(e["id"]), e["customer_id"], email_hash,
     )  # fmt: skip
     referrals = await conn.fetchval(
         "SELECT count(*) FROM rewards WHERE merchant_id = $1 AND advocate_id = $2"
@@ -299,10 +359,13 @@ async def _attribute_and_reward(conn: asyncpg.Connection, e: dict[str, Any]) -> 
         occurred_at=evidence.occurred_at,
         prior_rewarded_purchases=prior,
         advocate_successful_referrals=referrals,
+        customer_known=bool(e["customer_id"] or email_hash),
     )
     drafts = compute_rewards(program_rules, sale)
     how = {"referral_code": "referral code", "click_id": "click id", "cookie": "cookie"}
     reason = f"attributed by {how[result.method]}"
+    if result.method == "cookie" and visitor is not None:
+        reason = "attributed by cookie (the order pixel's browser)"
     if isinstance(drafts, NoReward):
         reason += f"; no reward: {drafts.reason}"
     else:
@@ -327,40 +390,74 @@ async def _attribute_and_reward(conn: asyncpg.Connection, e: dict[str, Any]) -> 
     )  # fmt: skip
 
 
-async def _apply_refund(conn: asyncpg.Connection, e: dict[str, Any]) -> None:
-    merchant, refund_id = UUID(e["merchant_id"]), UUID(e["id"])
+async def _apply_waiting_refunds(conn: asyncpg.Connection, merchant: UUID, order_id: str) -> None:
+    """Refunds of this order that arrived before its purchase: applied now, oldest first."""
+    waiting = await conn.fetch(
+        "SELECT id, requested_amount_minor, currency FROM conversions WHERE merchant_id = $1"
+        " AND refund_of = $2 AND type = 'refund' AND state = 'refund_unmatched'"
+        " ORDER BY received_at, id",
+        merchant,
+        order_id,
+    )
+    for refund in waiting:
+        await _apply_refund(
+            conn, merchant, refund["id"], order_id, refund["requested_amount_minor"],
+            refund["currency"].strip() if refund["currency"] else None,
+        )  # fmt: skip
+
+
+async def _apply_refund(
+    conn: asyncpg.Connection,
+    merchant: UUID,
+    refund_id: UUID,
+    refund_of: str,
+    requested_minor: int | None,
+    currency: str | None,
+) -> None:
+    """Match the refund to its verified purchase, cap it at what is left of the order, and
+    reverse that share of the order's rewards. (The caller holds the order's lock.)"""
     original = await conn.fetchrow(
         "SELECT id, amount_minor, currency, program_id, advocate_id FROM conversions"
-        " WHERE merchant_id = $1 AND order_id = $2 AND type = 'purchase'"
-        " ORDER BY received_at LIMIT 1 FOR UPDATE",
+        " WHERE merchant_id = $1 AND order_id = $2 AND type = 'purchase' AND verified"
+        " ORDER BY received_at LIMIT 1",
         merchant,
-        e["refund_of"],
+        refund_of,
     )
     if original is None:
         await conn.execute(
             "UPDATE conversions SET state = 'refund_unmatched', reason = $2 WHERE id = $1",
             refund_id,
-            f"no purchase with order_id {e['refund_of']!r} has been received",
+            f"no signed purchase with order_id {refund_of!r} has been received yet: the refund"
+            " is applied when it arrives",
         )
         return
-    if e["currency"] and e["currency"] != original["currency"]:
+    order_currency = original["currency"].strip()
+    if currency and currency != order_currency:
         await conn.execute(
             "UPDATE conversions SET state = 'refund_unmatched', reason = $2 WHERE id = $1",
             refund_id,
-            f"refund currency {e['currency']} is not the order currency {original['currency']}",
+            f"refund currency {currency} is not the order currency {order_currency}",
         )
         return
     earlier = await conn.fetchval(
         "SELECT coalesce(sum(amount_minor), 0) FROM conversions WHERE merchant_id = $1"
         " AND refund_of = $2 AND type = 'refund' AND state = 'refunded' AND id <> $3",
         merchant,
-        e["refund_of"],
+        refund_of,
         refund_id,
     )
     order = original["amount_minor"]
-    amount = e["amount_minor"] if e["amount_minor"] is not None else max(order - earlier, 0)
-    refunded_total = earlier + amount
-    rewards = await rewards_repo.rewards_of_conversion(conn, merchant, original["id"])
+    settlement = settle_refund(order, earlier, requested_minor, refund_of)
+    if settlement.applied_minor == 0:
+        await conn.execute(
+            "UPDATE conversions SET state = 'refund_refused', amount_minor = 0, currency = $2,"
+            " program_id = $3, advocate_id = $4, reason = $5 WHERE id = $1",
+            refund_id, order_currency, original["program_id"], original["advocate_id"],
+            settlement.reason,
+        )  # fmt: skip
+        return
+    refunded_total = earlier + settlement.applied_minor
+    rewards = await rewards_repo.rewards_of_conversion(conn, merchant, original["id"], lock=True)
     reversed_now = 0
     for reward in rewards:
         already = reward["balances"]["reversed"]
@@ -368,15 +465,14 @@ async def _apply_refund(conn: asyncpg.Connection, e: dict[str, Any]) -> None:
         if due:
             await rewards_repo.reverse(
                 conn, reward["id"], merchant, due, reward["balances"],
-                f"refund of {amount} of order {e['refund_of']}", refund_id,
+                f"refund of {settlement.applied_minor} of order {refund_of}", refund_id,
             )  # fmt: skip
             reversed_now += due
     await conn.execute(
         "UPDATE conversions SET state = 'refunded', amount_minor = $2, currency = $3,"
         " program_id = $4, advocate_id = $5, reason = $6 WHERE id = $1",
-        refund_id, amount, original["currency"], original["program_id"], original["advocate_id"],
-        f"refund of {amount} of {order} on order {e['refund_of']}: "
-        f"{reversed_now} of rewards reversed",
+        refund_id, settlement.applied_minor, order_currency, original["program_id"],
+        original["advocate_id"], f"{settlement.reason}: {reversed_now} of rewards reversed",
     )  # fmt: skip
 
 

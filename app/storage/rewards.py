@@ -93,25 +93,52 @@ async def reverse(
             break
 
 
-async def approve_due(pool: asyncpg.Pool, now: datetime) -> int:
-    """Approve every pending amount whose hold period has passed. Returns rewards approved."""
-    status = await pool.execute(
+async def lock_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[UUID]:
+    """Lock (in id order) up to `limit` rewards whose hold is over and that still hold a pending
+    amount. Waits for anyone moving them now (a refund, a rejection, another scheduler)."""
+    rows = await conn.fetch(
+        "SELECT r.id FROM rewards r WHERE r.hold_until <= $1 AND EXISTS ("
+        " SELECT 1 FROM reward_balances b WHERE b.reward_id = r.id AND b.state = 'pending'"
+        " AND b.amount_minor > 0) ORDER BY r.id LIMIT $2 FOR UPDATE OF r",
+        now,
+        limit,
+    )
+    return [r["id"] for r in rows]
+
+
+async def approve_pending(conn: asyncpg.Connection, reward_ids: list[UUID]) -> int:
+    """Move what the (locked) rewards hold in pending to approved; read after the lock, so
+    what another transaction moved meanwhile is not moved twice. Returns rewards approved."""
+    status = await conn.execute(
         """
         INSERT INTO reward_entries (reward_id, merchant_id, from_state, to_state, amount_minor,
                                     reason)
         SELECT b.reward_id, b.merchant_id, 'pending', 'approved', b.amount_minor,
                'hold period over'
-        FROM reward_balances b JOIN rewards r ON r.id = b.reward_id
-        WHERE b.state = 'pending' AND b.amount_minor > 0 AND r.hold_until <= $1
+        FROM reward_balances b
+        WHERE b.reward_id = ANY($1::uuid[]) AND b.state = 'pending' AND b.amount_minor > 0
         """,
-        now,
+        reward_ids,
     )
     return int(status.rsplit(" ", 1)[-1])
 
 
 async def rewards_of_conversion(
-    conn: asyncpg.Connection | asyncpg.Pool, merchant_id: UUID, conversion_id: UUID
+    conn: asyncpg.Connection | asyncpg.Pool,
+    merchant_id: UUID,
+    conversion_id: UUID,
+    *,
+    lock: bool = False,
 ) -> list[dict[str, Any]]:
+    """The conversion's rewards with their balances. With `lock` (inside a transaction), the
+    rewards are locked first, in id order, so the balances read are the ones moved from."""
+    if lock:
+        await conn.execute(
+            "SELECT 1 FROM rewards WHERE merchant_id = $1 AND conversion_id = $2"
+            " ORDER BY id FOR UPDATE",
+            merchant_id,
+            conversion_id,
+        )
     rows = await conn.fetch(
         "SELECT id, beneficiary, amount_minor, currency, hold_until FROM rewards"
         " WHERE merchant_id = $1 AND conversion_id = $2 ORDER BY beneficiary",

@@ -58,9 +58,12 @@ async def _conversions_and_rewards(
     scope = "merchant_id = $1 AND ($2::uuid IS NULL OR program_id = $2)" \
             " AND ($3::uuid IS NULL OR advocate_id = $3)"  # fmt: skip
     args = (merchant_id, program_id, advocate_id)
+    # Verified conversions only: an order known from the anonymous pixel alone is counted apart
+    # (unverified_orders), never as a purchase or revenue.
     conversions = await pool.fetch(
-        "SELECT type, currency, count(*) AS n, sum(amount_minor) AS amount FROM conversions"
-        f" WHERE {scope} AND state IN ('attributed', 'refunded') GROUP BY type, currency",
+        "SELECT type, currency, verified, count(*) AS n, sum(amount_minor) AS amount"
+        f" FROM conversions WHERE {scope} AND state IN ('attributed', 'refunded')"
+        " GROUP BY type, currency, verified",
         *args,
     )
     rewards = await pool.fetch(
@@ -70,7 +73,11 @@ async def _conversions_and_rewards(
     )
     counts = {"signup": 0, "purchase": 0, "refund": 0}
     revenue: dict[str, int] = {}
+    unverified = 0
     for row in conversions:
+        if not row["verified"]:
+            unverified += row["n"]
+            continue
         counts[row["type"]] += row["n"]
         if row["currency"] and row["type"] in ("purchase", "refund"):
             sign = 1 if row["type"] == "purchase" else -1
@@ -83,6 +90,7 @@ async def _conversions_and_rewards(
         "signups": counts["signup"],
         "purchases": counts["purchase"],
         "refunds": counts["refund"],
+        "unverified_orders": unverified,
         "revenue_minor": revenue,
         "rewards_minor": by_currency,
     }

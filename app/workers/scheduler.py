@@ -1,7 +1,7 @@
 """Scheduled jobs: approve rewards whose hold period has passed (every minute by default).
 
-Approval appends ledger entries in one statement, so running it twice, or on two machines at
-once, approves nothing twice: a second run finds no pending amount left.
+Approval locks the due rewards before it reads their balances (app/services/rewards.py), so
+running it twice, or on two machines at once, approves nothing twice.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import logging
 import signal
 from datetime import UTC, datetime
 
+from app.services.rewards import approve_due
 from app.settings import Settings
 from app.storage.db import create_pool
-from app.storage.rewards import approve_due
 
 log = logging.getLogger(__name__)
 
