@@ -21,13 +21,14 @@ from fastapi import FastAPI
 
 from app import metrics
 from app.edge import EdgeGuard, GuardRuntime
-from app.errors import install_error_handlers
+from app.errors import BACKEND_UNAVAILABLE, install_error_handlers
 from app.logs import configure_logging, correlation_id
 from app.openapi import complete_openapi
 from app.ratelimits import RateLimits
 from app.routes import conversions, links, ops, programs, rewards, stats
 from app.routes.redirect import RedirectEndpoint
 from app.security import IpAnonymizer
+from app.services import links as links_service
 from app.services.conversions import SecretCache
 from app.settings import Settings, load_settings
 from app.storage.db import create_pool
@@ -120,6 +121,16 @@ def _redis_clients(settings: Settings) -> tuple[RedisClient, RedisClient]:
     return redis, listener
 
 
+async def _relay_link_changes(pool: asyncpg.Pool, redis: RedisClient) -> None:
+    """Write through link changes Redis refused at first (app/storage/link_outbox.py)."""
+    while True:
+        await asyncio.sleep(links_service.RELAY_INTERVAL_SECONDS)
+        try:
+            await links_service.relay_link_changes(pool, redis)
+        except BACKEND_UNAVAILABLE as exc:
+            log.warning("link outbox relay: backend unavailable", extra={"error": repr(exc)})
+
+
 def create_app(settings: Settings | None = None) -> TrackingApp:
     settings = settings or load_settings()
     configure_logging(settings.log_level)
@@ -165,6 +176,7 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
             buffer.start()
         conversion_buffer.start()
         link_cache.start()
+        relay = asyncio.create_task(_relay_link_changes(pool, redis), name="link-outbox-relay")
         api.state.settings = settings
         api.state.pool = pool
         api.state.redis = redis
@@ -191,6 +203,9 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
         finally:
             app.redirect = None
             app.guard.runtime = None
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
             await link_cache.stop()
             for buffer in api.state.event_buffers:
                 await buffer.stop()

@@ -114,6 +114,12 @@ oldest_unflushed_age = Gauge(
     "Age of the oldest event still in the stream (0 when empty).",
     ["stream"],
 )
+redis_used_memory = Gauge(
+    "referral_redis_used_memory_bytes", "Memory Redis uses (INFO memory used_memory)."
+)
+redis_max_memory = Gauge(
+    "referral_redis_maxmemory_bytes", "Redis' maxmemory (0: no limit): at it, events are spooled."
+)
 errors = Counter("referral_errors_total", "Errors by component.", ["component"])
 
 # Flusher

@@ -69,6 +69,18 @@ async def _refresh_stream_gauges(request: Request) -> None:
     except REDIS_UNAVAILABLE:
         metrics.errors.labels("metrics_redis").inc()
         return
+    try:
+        async with asyncio.timeout(0.5):
+            memory = await state.redis.info("memory")
+    except REDIS_UNAVAILABLE:
+        memory = {}
+    # A cluster client answers per node: the gauges then show the node that uses the most.
+    nodes = [v for v in memory.values() if isinstance(v, dict)] or [memory]
+    used = [n for n in nodes if "used_memory" in n]
+    if used:
+        fullest = max(used, key=lambda n: int(n["used_memory"]))
+        metrics.redis_used_memory.set(int(fullest["used_memory"]))
+        metrics.redis_max_memory.set(int(fullest.get("maxmemory", 0)))
     for n, stream in enumerate(streams):
         length, first, pending = replies[3 * n : 3 * n + 3]
         if isinstance(length, int):

@@ -25,6 +25,7 @@ from app import webhooks
 from app.errors import Conflict, InvalidInput, Unauthorized, Unavailable
 from app.schemas import ConversionIn
 from app.security import IpAnonymizer, hash_email
+from app.storage import redis_keys
 from app.storage.event_buffer import EventBuffer, EventsLost
 from app.storage.redis_client import REDIS_UNAVAILABLE, RedisClient
 
@@ -33,7 +34,9 @@ CONVERSION_NAMESPACE = uuid.UUID("6f1c1b9e-7d0e-4b8a-9a43-0c6e2d5f8a11")
 PIXEL_NAMESPACE = uuid.UUID("0b6f3f0e-55a4-4c4e-9d0f-7c1e2a9b8d33")
 # Event ids a postback may not use: the pixel's conversion rows carry them.
 RESERVED_EVENT_ID_PREFIX = "pixel:"
-IDEMPOTENCY_TTL_SECONDS = 7 * 86_400
+# How long Redis remembers a postback (its body's digest, and that it is queued): retries come
+# within hours; later ones are still stored once by PostgreSQL's unique key.
+IDEMPOTENCY_TTL_SECONDS = redis_keys.CONVERSION_TTL_SECONDS
 
 
 def conversion_id(merchant_id: UUID, event_id: str) -> UUID:
@@ -162,8 +165,8 @@ async def accept_conversion(
         )
     event = conversion_event(merchant_id, body, anonymize, now)
     encoded = orjson.dumps(event)  # before we answer: the writer only joins encoded events
-    digest = hashlib.sha256(body.model_dump_json(exclude={"occurred_at"}).encode()).hexdigest()
-    key = f"conversion-event:{merchant_id}:{body.event_id}"
+    digest = hashlib.sha256(body.model_dump_json(exclude={"occurred_at"}).encode()).hexdigest()[:32]
+    key = redis_keys.conversion_digest(event["id"])  # the id is derived from (merchant, event id)
     try:
         seen = await redis.get(key)
     except REDIS_UNAVAILABLE:
@@ -182,7 +185,9 @@ async def accept_conversion(
         async with redis.pipeline(transaction=False) as pipe:
             pipe.set(key, digest, ex=IDEMPOTENCY_TTL_SECONDS)
             pipe.set(
-                f"conversion-queued:{event['id']}", str(merchant_id), ex=IDEMPOTENCY_TTL_SECONDS
+                redis_keys.conversion_queued(event["id"]),
+                str(merchant_id),
+                ex=IDEMPOTENCY_TTL_SECONDS,
             )
             await pipe.execute()
     except REDIS_UNAVAILABLE:
@@ -192,7 +197,7 @@ async def accept_conversion(
 
 async def is_queued(redis: RedisClient, merchant_id: UUID, conversion: UUID) -> bool:
     try:
-        owner = await redis.get(f"conversion-queued:{conversion}")
+        owner = await redis.get(redis_keys.conversion_queued(conversion))
     except REDIS_UNAVAILABLE:
         return False
     return owner is not None and owner.decode() == str(merchant_id)

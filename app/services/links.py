@@ -1,7 +1,10 @@
-"""Enrolling advocates and issuing their tracked links."""
+"""Enrolling advocates and issuing their tracked links, and writing link changes through to
+Redis (where the redirect reads them) via the outbox in app/storage/link_outbox.py."""
 
 from __future__ import annotations
 
+import logging
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -11,16 +14,45 @@ from app.destinations import is_allowed
 from app.errors import InvalidInput, NotFound
 from app.security import hash_email
 from app.storage import advocates as advocates_repo
+from app.storage import link_outbox
 from app.storage import links as links_repo
 from app.storage import programs as programs_repo
 from app.storage.link_cache import publish_link
-from app.storage.redis_client import RedisClient
+from app.storage.redis_client import REDIS_UNAVAILABLE, RedisClient
+
+log = logging.getLogger(__name__)
+
+# How often each API process retries link changes Redis has not taken yet.
+RELAY_INTERVAL_SECONDS = 2.0
 
 
-async def _publish(pool: asyncpg.Pool, redis: RedisClient, link: dict[str, Any]) -> None:
-    record = await links_repo.redirect_record(pool, link["code"])
-    if record is not None:
-        await publish_link(redis, link["code"], record)
+async def _deliver(
+    pool: asyncpg.Pool, redis: RedisClient, codes: list[str], queued_at: datetime
+) -> None:
+    """Write committed link changes through to Redis; what Redis refuses stays in the outbox
+    for the relay (the change itself is committed: the caller is not failed for it)."""
+    for code in codes:
+        try:
+            record = await links_repo.redirect_record(pool, code)
+            if record is not None:
+                await publish_link(redis, code, record)
+        except REDIS_UNAVAILABLE as exc:
+            log.warning("link change queued for redis", extra={"code": code, "error": repr(exc)})
+            return
+        await link_outbox.done(pool, code, queued_at)
+
+
+async def relay_link_changes(pool: asyncpg.Pool, redis: RedisClient, limit: int = 500) -> int:
+    """Write through what the outbox holds (changes Redis refused at first). Returns how many
+    were delivered. Idempotent: several replicas relaying the same change write it twice."""
+    delivered = 0
+    for code, queued_at in await link_outbox.pending(pool, limit):
+        record = await links_repo.redirect_record(pool, code)
+        if record is not None:
+            await publish_link(redis, code, record)  # raises while Redis is down: retried later
+        await link_outbox.done(pool, code, queued_at)
+        delivered += 1
+    return delivered
 
 
 async def enroll_advocate(
@@ -49,7 +81,7 @@ async def enroll_advocate(
                 email_hash=hash_email(email) if email else None,
             )
             if created:
-                await links_repo.create_link(
+                link = await links_repo.create_link(
                     conn,
                     merchant_id,
                     program_id=program_id,
@@ -57,10 +89,10 @@ async def enroll_advocate(
                     destination=program["destination_url"],
                     channel="default",
                 )
+                queued_at = await link_outbox.queue(conn, [link["code"]])
         links = await links_repo.list_advocate_links(conn, merchant_id, advocate["id"])
     if created:
-        for link in links:
-            await _publish(pool, redis, link)
+        await _deliver(pool, redis, [link["code"] for link in links], queued_at)
     return advocate, links, created
 
 
@@ -86,29 +118,41 @@ async def issue_link(
                 f"({', '.join(program['allowed_domains'])})",
                 field="body.destination",
             )
-        link = await links_repo.create_link(
-            conn,
-            merchant_id,
-            program_id=advocate["program_id"],
-            advocate_id=advocate_id,
-            destination=target,
-            channel=channel,
-        )
-    await _publish(pool, redis, link)
+        async with conn.transaction():
+            link = await links_repo.create_link(
+                conn,
+                merchant_id,
+                program_id=advocate["program_id"],
+                advocate_id=advocate_id,
+                destination=target,
+                channel=channel,
+            )
+            queued_at = await link_outbox.queue(conn, [link["code"]])
+    await _deliver(pool, redis, [link["code"]], queued_at)
     return link
 
 
 async def set_link_active(
     pool: asyncpg.Pool, redis: RedisClient, merchant_id: UUID, link_id: UUID, active: bool
 ) -> dict[str, Any]:
-    link = await links_repo.set_link_active(pool, merchant_id, link_id, active)
-    if link is None:
-        raise NotFound("link not found", field="link_id")
-    await _publish(pool, redis, link)
+    """Switch a link on or off. Committed with its outbox row; every API process stops (or
+    starts) redirecting it at once when Redis takes the write-through, within the relay's
+    interval after Redis recovers when it does not, and within the in-process cache's TTL for
+    a process that missed the invalidation message."""
+    async with pool.acquire() as conn, conn.transaction():
+        link = await links_repo.set_link_active(conn, merchant_id, link_id, active)
+        if link is None:
+            raise NotFound("link not found", field="link_id")
+        queued_at = await link_outbox.queue(conn, [link["code"]])
+    await _deliver(pool, redis, [link["code"]], queued_at)
     return link
 
 
 async def republish_program_links(pool: asyncpg.Pool, redis: RedisClient, program_id: UUID) -> None:
-    codes = await pool.fetch("SELECT code FROM links WHERE program_id = $1", program_id)
-    for row in codes:
-        await _publish(pool, redis, {"code": row["code"]})
+    async with pool.acquire() as conn, conn.transaction():
+        codes = [
+            r["code"]
+            for r in await conn.fetch("SELECT code FROM links WHERE program_id = $1", program_id)
+        ]
+        queued_at = await link_outbox.queue(conn, codes)
+    await _deliver(pool, redis, codes, queued_at)

@@ -36,7 +36,7 @@ from app.attribution.rewards import NoReward, Sale, compute_rewards
 from app.attribution.rules import ProgramRules
 from app.codes import normalize_referral_code
 from app.events import click_time
-from app.storage import dead_letters
+from app.storage import dead_letters, redis_keys
 from app.storage import rewards as rewards_repo
 from app.storage.db import is_transient
 from app.storage.flusher import Batch, RetryLater, entry_ms
@@ -73,6 +73,7 @@ class ConversionStore:
         self._click_streams = click_streams
         self._wait_seconds = wait_seconds
         self._stream = stream
+        self._processed: list[str] = []
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
         return None
@@ -90,8 +91,16 @@ class ConversionStore:
                 raise RetryLater("clicks older than these conversions are not stored yet")
             await asyncio.sleep(0.02)
 
+    def before_ack(self, pipe: Any) -> None:
+        """Processed conversions are in PostgreSQL now: drop their "queued" marks (one DEL per
+        key: on a cluster, keys of several slots cannot share one command)."""
+        for conversion_id in self._processed:
+            pipe.delete(redis_keys.conversion_queued(conversion_id))
+        self._processed = []
+
     async def store(self, conn: asyncpg.Connection, batch: Batch) -> int:
         events: list[dict[str, Any]] = batch.events
+        self._processed = [e["id"] for e in events if e.get("type") != "pixel"]
         await self._clicks_flushed_until(batch.entered_until_ms())
         stored = 0
         for event in events:

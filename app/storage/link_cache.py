@@ -31,6 +31,11 @@ def _redis_key(code: str) -> str:
     return f"link:{code}"
 
 
+# A link's record lives this long in Redis (each write renews it): Redis holds the links in use,
+# not every link ever made; a miss costs one PostgreSQL read and writes the record back.
+LINK_RECORD_TTL_SECONDS = 7 * 86_400
+
+
 @dataclass(frozen=True, slots=True)
 class LinkTarget:
     """Everything the redirect needs, precomputed so a click only concatenates strings."""
@@ -67,7 +72,7 @@ async def publish_link(redis: RedisClient, code: str, record: dict[str, Any]) ->
 
     Two commands, not one transaction: a cluster refuses PUBLISH inside a pipeline. Should the
     PUBLISH be lost, the other processes' copies still expire within the cache's `ttl`."""
-    await redis.set(_redis_key(code), orjson.dumps(record))
+    await redis.set(_redis_key(code), orjson.dumps(record), ex=LINK_RECORD_TTL_SECONDS)
     await redis.publish(INVALIDATION_CHANNEL, code)
 
 
@@ -114,8 +119,12 @@ class LinkCache:
         if record is None:
             record = await links_repo.redirect_record(self._pool, code)
             if record is not None and redis_ok:
+                # NX: a record read from PostgreSQL just before a change committed must not
+                # overwrite the change's own, newer write-through.
                 with contextlib.suppress(*REDIS_UNAVAILABLE):
-                    await self._redis.set(_redis_key(code), orjson.dumps(record))
+                    await self._redis.set(
+                        _redis_key(code), orjson.dumps(record), ex=LINK_RECORD_TTL_SECONDS, nx=True
+                    )
         target = build_target(record, self._param, shard_of(code, self._shards)) if record else None
         self._remember(code, target)
         return target

@@ -65,7 +65,7 @@ async def list_advocate_links(
 
 
 async def set_link_active(
-    pool: asyncpg.Pool, merchant_id: UUID, link_id: UUID, active: bool
+    pool: asyncpg.Pool | asyncpg.Connection, merchant_id: UUID, link_id: UUID, active: bool
 ) -> dict[str, Any] | None:
     row = await pool.fetchrow(
         "UPDATE links l SET active = $3 WHERE l.merchant_id = $1 AND l.id = $2"

@@ -39,6 +39,7 @@ def sinks(settings: Settings, redis: RedisClient) -> list[Sink]:
             stream=settings.conversion_stream,
             prepare=conversion_store.prepare,
             store=conversion_store.store,
+            before_ack=conversion_store.before_ack,
         )
     )
     return out
