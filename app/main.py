@@ -154,6 +154,9 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
             )
             for i, stream in enumerate(settings.click_streams)
         ]
+        # Lookups that anyone can cause (unknown codes, keys, merchant ids) take at most half the
+        # pool, so a flood of them cannot starve /readyz or authenticated work.
+        lookups = asyncio.Semaphore(max(1, settings.db_pool_max // 2))
         link_cache = LinkCache(
             redis,
             pool,
@@ -162,6 +165,7 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
             shards=len(click_buffers),
             ttl=settings.link_cache_ttl_seconds,
             negative_ttl=settings.link_cache_negative_ttl_seconds,
+            lookups=lookups,
         )
         conversion_buffer = EventBuffer(
             redis,
@@ -183,9 +187,6 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
         api.state.event_buffers = [*click_buffers, conversion_buffer]
         api.state.link_cache = link_cache
         api.state.conversion_buffer = conversion_buffer
-        # Lookups that anyone can cause (unknown codes, keys, merchant ids) take at most half the
-        # pool, so a flood of them cannot starve /readyz or authenticated work.
-        lookups = asyncio.Semaphore(max(1, settings.db_pool_max // 2))
         rate_limits = RateLimits(settings)
         api.state.webhook_secrets = SecretCache(pool, lookups)
         api.state.anonymize_ip = IpAnonymizer(settings.secret_bytes)

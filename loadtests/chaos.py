@@ -471,12 +471,70 @@ async def stream_full(cluster: Cluster, seconds: float) -> str:
     return f"{down}, redis maxmemory reached: {full}, spool files: {len(spooled)}"
 
 
+async def poison_and_floods(cluster: Cluster, seconds: float) -> str:
+    """Hostile traffic from another address (127.0.0.2) beside the honest load: values the
+    storage cannot hold (2^64 amounts through the anonymous pixel and signed postbacks), bodies
+    over the limit, made-up link codes, guessed API keys, and a pixel flood. Honest clicks and
+    postbacks must all be stored; the attacker gets 4xx answers, never a 500."""
+    statuses: dict[int, int] = {}
+    stop = time.monotonic() + seconds
+    merchant = await _chaos_merchant(cluster.database_url)
+    transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+
+    async def attacker(kind: int) -> None:
+        async with httpx.AsyncClient(
+            base_url=cluster.api_url, timeout=5, transport=transport, cookies={"rt_ref": "a" * 32}
+        ) as client:
+            n = 0
+            while time.monotonic() < stop:
+                n += 1
+                if kind == 0:  # the anonymous pixel, with an amount beyond 64 bits
+                    params = {"m": merchant, "order_id": f"p{n}", "amount_minor": str(2**64)}
+                    request = client.get(
+                        "/t/pixel.gif", params=params, cookies={"rt_ref": "a" * 32}
+                    )
+                elif kind == 1:  # a signed postback with a poisoned amount
+                    body = b'{"event_id":"bad-%d","type":"purchase","order_id":"1",' % n
+                    body += b'"amount_minor":18446744073709551616,"currency":"EUR"}'
+                    sig = webhooks.sign(CHAOS_WEBHOOK_SECRET, int(time.time()), body)
+                    request = client.post("/v1/conversions", content=body, headers={
+                        "x-referral-merchant": merchant, "x-referral-signature": sig})  # fmt: skip
+                elif kind == 2:  # a body far over the limit
+                    request = client.post("/v1/programs", content=b"x" * 2_000_000)
+                elif kind == 3:  # made-up link codes
+                    request = client.get(f"/r/made-up-{os.urandom(6).hex()}")
+                else:  # guessed API keys
+                    request = client.get(
+                        "/v1/programs",
+                        headers={"authorization": f"Bearer rk_{os.urandom(8).hex()}"},
+                    )
+                try:
+                    response = await request
+                except httpx.HTTPError:
+                    continue
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+
+    await asyncio.gather(*(attacker(kind) for kind in range(5)))
+    summary = " ".join(f"{code}:{count}" for code, count in sorted(statuses.items()))
+    assert not any(code >= 500 for code in statuses), summary
+    return f"hostile answers {summary}"
+
+
+async def _chaos_merchant(database_url: str) -> str:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return str(await conn.fetchval("SELECT id FROM merchants WHERE name = 'chaos'"))
+    finally:
+        await conn.close()
+
+
 FAULTS: dict[str, Fault] = {
     "api SIGKILL + restart": api_sigkill,
     "flusher SIGKILL before ack, 2 flushers": flusher_sigkill_before_ack,
     "redis SIGKILL + restart (AOF)": redis_restart,
     "postgresql down": postgres_down,
     "stream full (redis maxmemory)": stream_full,
+    "poison and floods beside load": poison_and_floods,
 }
 
 

@@ -147,3 +147,25 @@ async def test_ops_endpoints_answer_during_a_flood_of_bad_keys(
     results = await asyncio.gather(*flood, client.get(path))
     assert results[-1].status_code == 200
     assert {r.status_code for r in results[:-1]} <= {401, 429}
+
+
+async def test_a_flood_of_made_up_link_codes_neither_fails_readyz_nor_evicts_real_links(
+    database_url: str, redis_url: str, tmp_path: Path, db: asyncpg.Pool, merchant: CreatedMerchant
+) -> None:
+    import asyncio
+
+    settings = make_settings(
+        database_url, redis_url, tmp_path, link_cache_negative_ttl_seconds=60.0, db_pool_max=4
+    )
+    async with serving(settings) as (app, client):
+        program = await make_program(client, merchant)
+        link = (await make_advocate(client, merchant, program, "cust-1"))["links"][0]
+        assert (await client.get(f"/r/{link['code']}")).status_code == 302
+        app.redirect._links._max_unknown = 50  # type: ignore[union-attr]
+        flood = [client.get(f"/r/made-up-{n:04d}") for n in range(300)]
+        results = await asyncio.gather(*flood, client.get("/readyz"))
+        assert results[-1].status_code == 200
+        assert {r.status_code for r in results[:-1]} == {404}
+        cache = app.redirect._links  # type: ignore[union-attr]
+        assert len(cache._unknown) <= 50
+        assert cache.get(link["code"]) not in (False, None)  # the real link is still cached

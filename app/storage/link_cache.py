@@ -3,7 +3,9 @@
 Three levels: an in-process dict (entries live `ttl` seconds, or until an invalidation message),
 then Redis (`link:{code}`, written through by the management API), then PostgreSQL, read only on
 a miss in both — for example after Redis lost its data — and written back into Redis.
-Unknown codes are cached too, briefly, so a flood of made-up codes cannot reach the database.
+Unknown codes are cached too, briefly and in a bounded set of their own, and the PostgreSQL reads
+misses cause are bounded in number, so a flood of made-up codes can neither exhaust the pool nor
+push real links out of the cache.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import logging
 import time
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +91,8 @@ class LinkCache:
         ttl: float = 60.0,
         negative_ttl: float = 5.0,
         max_entries: int = 200_000,
+        max_unknown: int = 50_000,
+        lookups: asyncio.Semaphore | None = None,
     ) -> None:
         self._redis = redis
         self._listen_redis = listen_redis  # no read timeout: it waits for messages indefinitely
@@ -98,12 +103,22 @@ class LinkCache:
         self._negative_ttl = negative_ttl
         self._max_entries = max_entries
         self._entries: dict[str, tuple[float, LinkTarget | None]] = {}
+        # Unknown codes apart, and bounded on their own: a flood of made-up codes can neither
+        # grow memory nor push the real links out of the cache.
+        self._unknown: OrderedDict[str, float] = OrderedDict()
+        self._max_unknown = max_unknown
+        self._lookups = lookups  # bounds the PostgreSQL reads that made-up codes can cause
         self._listener: asyncio.Task[None] | None = None
 
     def get(self, code: str) -> LinkTarget | bool | None:
         """The cached target, None for a cached unknown code, False when not cached (call load)."""
         hit = self._entries.get(code)
-        if hit is None or hit[0] < time.monotonic():
+        if hit is None:
+            unknown_until = self._unknown.get(code)
+            if unknown_until is not None and unknown_until >= time.monotonic():
+                return None
+            return False
+        if hit[0] < time.monotonic():
             return False
         return hit[1]
 
@@ -117,7 +132,11 @@ class LinkCache:
         except REDIS_UNAVAILABLE:
             redis_ok = False
         if record is None:
-            record = await links_repo.redirect_record(self._pool, code)
+            if self._lookups is None:
+                record = await links_repo.redirect_record(self._pool, code)
+            else:
+                async with self._lookups:
+                    record = await links_repo.redirect_record(self._pool, code)
             if record is not None and redis_ok:
                 # NX: a record read from PostgreSQL just before a change committed must not
                 # overwrite the change's own, newer write-through.
@@ -130,15 +149,23 @@ class LinkCache:
         return target
 
     def _remember(self, code: str, target: LinkTarget | None) -> None:
+        if target is None:
+            self._unknown[code] = time.monotonic() + self._negative_ttl
+            self._unknown.move_to_end(code)
+            while len(self._unknown) > self._max_unknown:
+                self._unknown.popitem(last=False)
+            self._entries.pop(code, None)
+            return
+        self._unknown.pop(code, None)
         if len(self._entries) >= self._max_entries:
             # Oldest insertion first: dicts keep insertion order.
             for stale in list(self._entries)[: self._max_entries // 10]:
                 del self._entries[stale]
-        ttl = self._ttl if target is not None else self._negative_ttl
-        self._entries[code] = (time.monotonic() + ttl, target)
+        self._entries[code] = (time.monotonic() + self._ttl, target)
 
     def forget(self, code: str) -> None:
         self._entries.pop(code, None)
+        self._unknown.pop(code, None)
 
     def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="link-invalidation")
@@ -157,6 +184,7 @@ class LinkCache:
                     await pubsub.subscribe(INVALIDATION_CHANNEL)
                     # Anything published while we were not subscribed may be missed: drop all.
                     self._entries.clear()
+                    self._unknown.clear()
                     async for message in pubsub.listen():
                         if message["type"] == "message":
                             data = message["data"]
