@@ -230,3 +230,35 @@ async def test_the_query_passed_on_to_the_shop_is_bounded(
     location = response.headers["location"]
     assert len(location) < len(link["destination"]) + 64 + 1024
     assert location.split("#")[0].endswith("x" * 100)  # whole parameters only
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "SerializationError",
+        "DeadlockDetectedError",
+        "ReadOnlySQLTransactionError",
+        "DiskFullError",
+        "TooManyConnectionsError",
+    ],
+)
+async def test_a_transient_database_error_is_retried_not_dead_lettered(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, program: dict, db: asyncpg.Pool,
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, error: str,
+) -> None:  # fmt: skip
+    from app.storage import conversions as sink
+
+    real = sink.process_conversion
+    failures = [getattr(asyncpg, error)("injected")]
+
+    async def flaky(conn: Any, event: dict[str, Any]) -> int:
+        if failures:
+            raise failures.pop()
+        return await real(conn, event)
+
+    monkeypatch.setattr(sink, "process_conversion", flaky)
+    answer = await post(client, merchant, {"event_id": "e-1", "type": "signup"})
+    assert answer.status_code == 202
+    await flush(settings)
+    assert await db.fetchval("SELECT count(*) FROM conversions") == 1
+    assert await db.fetchval("SELECT count(*) FROM dead_letters") == 0

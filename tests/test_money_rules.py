@@ -230,6 +230,17 @@ async def test_a_refund_processed_beside_its_purchase_is_still_matched(
     assert reversed_total == 1000 + 1000  # a full refund takes both rewards back
 
 
+async def _rewarded_purchase(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, referral: dict, settings: Settings,
+    order: str,
+) -> list[UUID]:  # fmt: skip
+    """A purchase through the advocate's code, processed: the ids of its two rewards."""
+    code = referral["advocate"]["referral_code"]
+    answer = await post(client, merchant, purchase(order, customer_id="c1", referral_code=code))
+    await flush(settings)
+    return [UUID(r["id"]) for r in (await read(client, merchant, answer.json()["id"]))["rewards"]]
+
+
 async def test_two_schedulers_never_approve_the_same_amount_twice(
     client: httpx.AsyncClient, merchant: CreatedMerchant, referral: dict, settings: Settings,
     db: asyncpg.Pool,
@@ -257,10 +268,7 @@ async def test_a_reward_rejected_while_approval_waits_is_not_approved(
     client: httpx.AsyncClient, merchant: CreatedMerchant, referral: dict, settings: Settings,
     db: asyncpg.Pool,
 ) -> None:  # fmt: skip
-    code = referral["advocate"]["referral_code"]
-    answer = await post(client, merchant, purchase("6001", customer_id="c1", referral_code=code))
-    await flush(settings)
-    reward_ids = [r["id"] for r in (await read(client, merchant, answer.json()["id"]))["rewards"]]
+    reward_ids = await _rewarded_purchase(client, merchant, referral, settings, "6001")
     async with db.acquire() as one:
         held = one.transaction()
         await held.start()
@@ -269,13 +277,13 @@ async def test_a_reward_rejected_while_approval_waits_is_not_approved(
             await one.execute(
                 "INSERT INTO reward_entries (reward_id, merchant_id, from_state, to_state,"
                 " amount_minor, reason) VALUES ($1, $2, 'pending', 'rejected', 1000, 'fraud')",
-                UUID(reward_id), merchant.id,
+                reward_id, merchant.id,
             )  # fmt: skip
         racing = asyncio.create_task(approve_due(db, datetime.now(UTC) + timedelta(seconds=1)))
         assert await _blocked(racing)
         await held.commit()
         assert await racing == 0
-    balances = await rewards_repo.balances(db, [UUID(r) for r in reward_ids])
+    balances = await rewards_repo.balances(db, reward_ids)
     assert all(b["approved"] == 0 and b["rejected"] == 1000 for b in balances.values())
 
 
@@ -283,12 +291,7 @@ async def test_a_refund_reversal_waits_for_a_move_in_flight_and_reads_after_it(
     client: httpx.AsyncClient, merchant: CreatedMerchant, referral: dict, settings: Settings,
     db: asyncpg.Pool,
 ) -> None:  # fmt: skip
-    code = referral["advocate"]["referral_code"]
-    answer = await post(client, merchant, purchase("7001", customer_id="c1", referral_code=code))
-    await flush(settings)
-    reward_ids = [
-        UUID(r["id"]) for r in (await read(client, merchant, answer.json()["id"]))["rewards"]
-    ]
+    reward_ids = await _rewarded_purchase(client, merchant, referral, settings, "7001")
     refund = await _event(merchant, event_id="r-7001", type="refund", refund_of="7001")
     async with db.acquire() as one, db.acquire() as two:
         held = one.transaction()
