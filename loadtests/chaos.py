@@ -490,9 +490,7 @@ async def poison_and_floods(cluster: Cluster, seconds: float) -> str:
                 n += 1
                 if kind == 0:  # the anonymous pixel, with an amount beyond 64 bits
                     params = {"m": merchant, "order_id": f"p{n}", "amount_minor": str(2**64)}
-                    request = client.get(
-                        "/t/pixel.gif", params=params, cookies={"rt_ref": "a" * 32}
-                    )
+                    request = client.get("/t/pixel.gif", params=params)
                 elif kind == 1:  # a signed postback with a poisoned amount
                     body = b'{"event_id":"bad-%d","type":"purchase","order_id":"1",' % n
                     body += b'"amount_minor":18446744073709551616,"currency":"EUR"}'
