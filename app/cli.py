@@ -56,8 +56,8 @@ async def _migrate() -> None:
 
 
 async def _rebuild_visitor_counts() -> int:
+    from app.pipeline.redis_client import connect
     from app.storage.db import create_pool
-    from app.storage.redis_client import connect
     from app.storage.visitors import rebuild_visitor_counts
 
     settings = load_settings()
@@ -104,9 +104,9 @@ async def _add_api_key(merchant_id: UUID, label: str) -> None:
 
 
 async def _dead_letters(args: argparse.Namespace) -> None:
+    from app.pipeline.redis_client import connect
     from app.services import dead_letters
     from app.storage.db import create_pool
-    from app.storage.redis_client import connect
 
     settings = load_settings()
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)

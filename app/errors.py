@@ -13,22 +13,20 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisClusterException, RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+
+from app.pipeline.redis_client import REDIS_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
 
 # What "a backing service (PostgreSQL, Redis) is unavailable" looks like: answered 503.
 BACKEND_UNAVAILABLE: tuple[type[Exception], ...] = (
-    OSError,
-    TimeoutError,
+    *REDIS_UNAVAILABLE,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
-    RedisError,
-    RedisClusterException,
 )
 UNAVAILABLE_BODY = {
     "error": {

@@ -26,8 +26,8 @@ from limits.aio.storage import RedisClusterStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
 
 from app import metrics
+from app.pipeline.redis_client import REDIS_UNAVAILABLE
 from app.settings import Settings
-from app.storage.redis_client import REDIS_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 

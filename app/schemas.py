@@ -27,7 +27,7 @@ from app.bounds import (
     Text,
 )
 from app.destinations import InvalidDestination, normalize_domain, normalize_url
-from app.events import parse_click_id
+from app.pipeline.events import parse_click_id
 
 # A domain name, or "*." and one; letters of any script (IDNA), digits, hyphens and dots.
 Domain = Annotated[

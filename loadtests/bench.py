@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.events import EVENTS_FIELD, new_click_and_visitor_ids  # noqa: E402
+from app.pipeline.events import EVENTS_FIELD, new_click_and_visitor_ids  # noqa: E402
 from app.storage.clicks import CLICK_COLUMNS, click_record  # noqa: E402
 from app.storage.db import migrate  # noqa: E402
 from app.storage.merchants import create_merchant  # noqa: E402
@@ -394,7 +394,7 @@ async def fill_stream(
     await conn.close()
     ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"
 
-    def click(i: int) -> list[Any]:  # the layout of app.events
+    def click(i: int) -> list[Any]:  # the layout of app.pipeline.events
         click_id, visitor_id = new_click_and_visitor_ids()
         link_id = link_ids[i % len(link_ids)]
         return [click_id, link_id, visitor_id, os.urandom(16).hex(), "198.51.100.0/24", ua,

@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 import orjson
 from redis.asyncio import Redis
 
-from app.events import EVENTS_FIELD, new_click_and_visitor_ids
+from app.pipeline.events import EVENTS_FIELD, new_click_and_visitor_ids
+from app.pipeline.keys import CONVERSION_TTL_SECONDS, conversion_digest, conversion_queued
 from app.storage.link_cache import LINK_RECORD_TTL_SECONDS
-from app.storage.redis_keys import CONVERSION_TTL_SECONDS, conversion_digest, conversion_queued
 
 N = 20_000
 UA = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 Version/17.4"

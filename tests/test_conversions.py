@@ -411,7 +411,9 @@ async def test_a_conversion_that_cannot_be_processed_is_set_aside_alone(
     broken = await make_program(client, merchant, rules=RULES)
     anna = await make_advocate(client, merchant, good, "cust-anna")
     ben = await make_advocate(client, merchant, broken, "cust-ben")
-    await db.execute("DELETE FROM program_rules WHERE program_id = $1", broken["id"])  # corrupt
+    await db.execute(  # corrupt: rules no version of the service can read
+        "UPDATE program_rules SET rules = '{\"currency\": 5}' WHERE program_id = $1", broken["id"]
+    )
     for n, advocate in enumerate((ben, anna)):
         await post(client, merchant, {
             "event_id": f"o-{n}", "type": "purchase", "order_id": str(n), "amount_minor": 5000,
@@ -421,17 +423,29 @@ async def test_a_conversion_that_cannot_be_processed_is_set_aside_alone(
     stored = await db.fetch("SELECT event_id, state FROM conversions")
     assert [(r["event_id"], r["state"]) for r in stored] == [("o-1", "attributed")]
     [dead] = await db.fetch("SELECT stream, payload, error FROM dead_letters")
-    assert dead["stream"] == "conversions" and "KeyError" in dead["error"]
+    assert dead["stream"] == "conversions" and "ProgramRules" in dead["error"]
     assert b"o-0" in dead["payload"]
 
     # Mended (the rules restored), the dead letter is replayed and processed like any other.
-    await db.execute(
-        "INSERT INTO program_rules (program_id, version, rules) VALUES ($1, 1, '{}')",
-        broken["id"],
-    )
+    await db.execute("UPDATE program_rules SET rules = '{}' WHERE program_id = $1", broken["id"])
     assert await dead_letters.replay_dead_letters(db, redis) == 1
     await flush(settings)
     states = await db.fetch("SELECT event_id, state FROM conversions ORDER BY event_id")
     assert [(r["event_id"], r["state"]) for r in states] == [
         ("o-0", "attributed"), ("o-1", "attributed")]  # fmt: skip
     assert await dead_letters.list_dead_letters(db) == []
+
+
+async def test_a_program_without_rules_is_a_stated_outcome_not_a_crash(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool
+) -> None:
+    program = await make_program(client, merchant, rules=RULES)
+    anna = await make_advocate(client, merchant, program, "cust-anna")
+    await db.execute("DELETE FROM program_rules WHERE program_id = $1", program["id"])
+    answer = await post(client, merchant, {
+        "event_id": "o-1", "type": "purchase", "order_id": "1", "amount_minor": 5000,
+        "currency": "EUR", "referral_code": anna["referral_code"]})  # fmt: skip
+    await flush(settings)
+    outcome = await read(client, merchant, answer.json()["id"])
+    assert outcome["state"] == "unattributed" and "no reward rules" in outcome["reason"]
+    assert await db.fetchval("SELECT count(*) FROM dead_letters") == 0

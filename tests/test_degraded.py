@@ -15,13 +15,13 @@ import pytest
 from redis.asyncio import Redis
 
 from app.main import TrackingApp
+from app.pipeline.event_buffer import EventBuffer, EventsLost
+from app.pipeline.flusher import entry_ms
+from app.pipeline.spool import Spool
 from app.settings import Settings
-from app.storage.event_buffer import EventBuffer, EventsLost
-from app.storage.flusher import entry_ms
 from app.storage.link_cache import publish_link
 from app.storage.links import redirect_record
 from app.storage.merchants import CreatedMerchant
-from app.storage.spool import Spool
 from tests.conftest import (
     BROWSER_UA,
     RedisServer,
@@ -172,7 +172,7 @@ async def test_a_conversion_posted_while_its_click_is_spooled_is_attributed_to_i
             "currency": "EUR", "click_id": click_id, "customer_id": "cust-ben"})  # fmt: skip
         assert response.status_code == 202, response.text
         redis_server.start()
-        spool = app.api.state.event_buffers
+        spool = app.api.state.runtime.event_buffers
         for _ in range(100):
             if not any(b.spool_files() for b in spool):
                 break

@@ -246,17 +246,17 @@ async def test_a_transient_database_error_is_retried_not_dead_lettered(
     client: httpx.AsyncClient, merchant: CreatedMerchant, program: dict, db: asyncpg.Pool,
     settings: Settings, monkeypatch: pytest.MonkeyPatch, error: str,
 ) -> None:  # fmt: skip
-    from app.storage import conversions as sink
+    from app.services import processing as sink
 
-    real = sink.process_conversion
+    real = sink.process
     failures = [getattr(asyncpg, error)("injected")]
 
-    async def flaky(conn: Any, event: dict[str, Any]) -> int:
+    async def flaky(conn: Any, event: Any) -> int:
         if failures:
             raise failures.pop()
         return await real(conn, event)
 
-    monkeypatch.setattr(sink, "process_conversion", flaky)
+    monkeypatch.setattr(sink, "process", flaky)
     answer = await post(client, merchant, {"event_id": "e-1", "type": "signup"})
     assert answer.status_code == 202
     await flush(settings)

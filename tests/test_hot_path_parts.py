@@ -6,7 +6,7 @@ import hashlib
 import os
 
 from app import metrics
-from app.events import click_time, is_click_id, new_click_and_visitor_ids
+from app.pipeline.events import click_time, is_click_id, new_click_and_visitor_ids
 from app.security import IpAnonymizer
 
 

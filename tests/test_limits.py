@@ -124,7 +124,7 @@ async def test_postbacks_are_limited_per_merchant(
 async def test_unknown_merchant_ids_are_remembered_in_a_bounded_cache(
     app: Any, client: httpx.AsyncClient, settings: Settings
 ) -> None:
-    secrets = app.api.state.webhook_secrets
+    secrets = app.api.state.runtime.secrets
     secrets.max_entries = 10
     import uuid
 

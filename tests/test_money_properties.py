@@ -15,6 +15,7 @@ import asyncpg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.attribution.ledger import plan_reversal
 from app.attribution.refunds import reversal_amount, settle_refund
 from app.attribution.rewards import RewardDraft, Sale, compute_rewards
 from app.attribution.rules import ProgramRules
@@ -125,9 +126,8 @@ async def _play(dsn: str, reward_minor: int, steps: list[tuple[Any, ...]]) -> No
         refunded, reversed_total, paid = 0, 0, 0
         for step in steps:
             async with conn.transaction():
-                [balance] = await rewards_repo.rewards_of_conversion(
-                    conn, merchant, conversion, lock=True
-                )
+                await rewards_repo.lock_rewards_of_conversion(conn, merchant, conversion)
+                [balance] = await rewards_repo.rewards_of_conversion(conn, merchant, conversion)
                 b = balance["balances"]
                 if step[0] == "approve":
                     await rewards_repo.approve_pending(conn, [reward])
@@ -145,7 +145,10 @@ async def _play(dsn: str, reward_minor: int, steps: list[tuple[Any, ...]]) -> No
                     # Rejected money is not reversed again: only what is still owed.
                     due = min(due, b["pending"] + b["approved"] + b["paid"])
                     if due:
-                        await rewards_repo.reverse(conn, reward, merchant, due, b, "r", conversion)
+                        moves = plan_reversal(b, due)
+                        await rewards_repo.write_moves(
+                            conn, reward, merchant, moves, "r", conversion
+                        )
                         reversed_total += due
             after = (await rewards_repo.balances(conn, [reward]))[reward]
             assert sum(after.values()) == reward_minor

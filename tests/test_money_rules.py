@@ -14,13 +14,14 @@ import asyncpg
 import httpx
 import pytest
 
+from app.pipeline.events import ConversionEvent
 from app.schemas import ConversionIn
 from app.security import IpAnonymizer
-from app.services import conversions as intake
+from app.services import intake
+from app.services.processing import process
 from app.services.rewards import approve_due
 from app.settings import Settings
 from app.storage import rewards as rewards_repo
-from app.storage.conversions import process_conversion
 from app.storage.merchants import CreatedMerchant
 from tests.conftest import auth, flush, make_advocate, make_program
 from tests.test_conversions import RULES, click, post, read
@@ -170,7 +171,7 @@ async def test_first_purchase_without_a_customer_identity_is_a_stated_no_reward(
 # -- Races, forced ---------------------------------------------------------------------------
 
 
-async def _event(merchant: CreatedMerchant, **fields: Any) -> dict[str, Any]:
+async def _event(merchant: CreatedMerchant, **fields: Any) -> ConversionEvent:
     body = ConversionIn.model_validate(fields)
     return intake.conversion_event(merchant.id, body, IpAnonymizer(b"k" * 16), datetime.now(UTC))
 
@@ -189,11 +190,11 @@ async def test_two_flushers_cannot_both_reward_a_customers_first_purchase(
     async with db.acquire() as one, db.acquire() as two:
         held = one.transaction()
         await held.start()
-        await process_conversion(one, first)  # flusher 1, not committed yet
+        await process(one, first)  # flusher 1, not committed yet
 
         async def flusher_two() -> None:
             async with two.transaction():
-                await process_conversion(two, second)
+                await process(two, second)
 
         racing = asyncio.create_task(flusher_two())
         assert await _blocked(racing)  # waits on the customer, instead of counting alone
@@ -212,11 +213,11 @@ async def test_a_refund_processed_beside_its_purchase_is_still_matched(
     async with db.acquire() as one, db.acquire() as two:
         held = one.transaction()
         await held.start()
-        await process_conversion(one, refund)  # finds no purchase yet
+        await process(one, refund)  # finds no purchase yet
 
         async def flusher_two() -> None:
             async with two.transaction():
-                await process_conversion(two, bought)
+                await process(two, bought)
 
         racing = asyncio.create_task(flusher_two())
         assert await _blocked(racing)  # the order is decided one conversion at a time
@@ -301,7 +302,7 @@ async def test_a_refund_reversal_waits_for_a_move_in_flight_and_reads_after_it(
 
         async def flusher() -> None:
             async with two.transaction():
-                await process_conversion(two, refund)
+                await process(two, refund)
 
         racing = asyncio.create_task(flusher())
         assert await _blocked(racing)

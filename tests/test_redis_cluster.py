@@ -155,7 +155,7 @@ async def test_a_stream_moved_to_another_primary_loses_and_doubles_nothing(
         assert after != before
         assert _spooled(await api.get("/metrics")) > spooled_before  # the MOVED path was taken
         for _ in range(50):  # the spool is replayed within a few replay intervals
-            if not any(b.spool_files() for b in app.api.state.event_buffers):
+            if not any(b.spool_files() for b in app.api.state.runtime.event_buffers):
                 break
             await asyncio.sleep(0.1)
 

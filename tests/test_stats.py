@@ -10,7 +10,7 @@ import httpx
 import orjson
 from redis.asyncio import Redis
 
-from app.events import EVENTS_FIELD
+from app.pipeline.events import EVENTS_FIELD
 from app.security import advocate_token
 from app.settings import Settings
 from app.storage.merchants import CreatedMerchant

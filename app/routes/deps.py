@@ -1,4 +1,6 @@
-"""Shared dependencies of the management API: the pool, Redis, settings and the merchant."""
+"""The management API's dependencies, one `Annotated` alias per collaborator: the runtime's
+pool, Redis, settings, buffers and caches (app/runtime.py), and the merchant of the API key.
+The only place (with app/runtime.py) that knows where the application keeps its state."""
 
 from __future__ import annotations
 
@@ -9,8 +11,12 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import Unauthorized
+from app.pipeline.event_buffer import EventBuffer
+from app.pipeline.redis_client import Redis
+from app.runtime import Runtime
+from app.security import IpAnonymizer
+from app.services.intake import SecretCache
 from app.settings import Settings
-from app.storage import redis_client
 from app.storage.merchants import Merchant, merchant_for_api_key
 
 _bearer = HTTPBearer(auto_error=False, description="Your API key: `Authorization: Bearer rk_…`")
@@ -18,21 +24,49 @@ _bearer = HTTPBearer(auto_error=False, description="Your API key: `Authorization
 
 # Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in a worker
 # thread, and a thread hand-off per request cost more than the whole postback.
-async def _pool(request: Request) -> asyncpg.Pool:
-    return request.app.state.pool
+async def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
 
 
-async def _redis(request: Request) -> redis_client.RedisClient:
-    return request.app.state.redis
+AppRuntime = Annotated[Runtime, Depends(_runtime)]
 
 
-async def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+async def _pool(runtime: AppRuntime) -> asyncpg.Pool:
+    return runtime.pool
+
+
+async def _redis(runtime: AppRuntime) -> Redis:
+    return runtime.redis
+
+
+async def _settings(runtime: AppRuntime) -> Settings:
+    return runtime.settings
+
+
+async def _conversion_buffer(runtime: AppRuntime) -> EventBuffer:
+    return runtime.conversion_buffer
+
+
+async def _secrets(runtime: AppRuntime) -> SecretCache:
+    return runtime.secrets
+
+
+async def _anonymizer(runtime: AppRuntime) -> IpAnonymizer:
+    return runtime.anonymize_ip
+
+
+Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+Redis = Annotated[Redis, Depends(_redis)]
+AppSettings = Annotated[Settings, Depends(_settings)]
+ConversionBuffer = Annotated[EventBuffer, Depends(_conversion_buffer)]
+WebhookSecrets = Annotated[SecretCache, Depends(_secrets)]
+Anonymizer = Annotated[IpAnonymizer, Depends(_anonymizer)]
 
 
 async def _merchant(
     request: Request,
-    pool: Annotated[asyncpg.Pool, Depends(_pool)],
+    pool: Pool,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Merchant:
     # Authenticated at the edge (app/edge.py), before the body was read.
@@ -49,7 +83,4 @@ async def _merchant(
     return merchant
 
 
-Pool = Annotated[asyncpg.Pool, Depends(_pool)]
-RedisClient = Annotated[redis_client.RedisClient, Depends(_redis)]
-AppSettings = Annotated[Settings, Depends(_settings)]
 CurrentMerchant = Annotated[Merchant, Depends(_merchant)]

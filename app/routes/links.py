@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
 from app.errors import NotFound
-from app.routes.deps import AppSettings, CurrentMerchant, Pool, RedisClient
+from app.routes.deps import AppSettings, CurrentMerchant, Pool, Redis
 from app.schemas import Advocate, AdvocateCreate, Link, LinkCreate, LinkUpdate, LinkWithClicks
 from app.services import links as links_service
 from app.settings import Settings
@@ -43,7 +43,7 @@ async def enroll_advocate(
     body: AdvocateCreate,
     merchant: CurrentMerchant,
     pool: Pool,
-    redis: RedisClient,
+    redis: Redis,
     settings: AppSettings,
 ) -> Any:
     advocate, links, created = await links_service.enroll_advocate(
@@ -76,7 +76,7 @@ async def create_link(
     body: LinkCreate,
     merchant: CurrentMerchant,
     pool: Pool,
-    redis: RedisClient,
+    redis: Redis,
     settings: AppSettings,
 ) -> dict[str, Any]:
     link = await links_service.issue_link(
@@ -102,7 +102,7 @@ async def update_link(
     body: LinkUpdate,
     merchant: CurrentMerchant,
     pool: Pool,
-    redis: RedisClient,
+    redis: Redis,
     settings: AppSettings,
 ) -> dict[str, Any]:
     link = await links_service.set_link_active(pool, redis, merchant.id, link_id, body.active)

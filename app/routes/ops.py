@@ -6,15 +6,16 @@ import asyncio
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import metrics
-from app.routes.deps import CurrentMerchant
+from app.pipeline.flusher import entry_ms
+from app.pipeline.redis_client import REDIS_UNAVAILABLE
+from app.routes.deps import AppRuntime, CurrentMerchant
+from app.runtime import Runtime
 from app.schemas import MerchantInfo
-from app.storage.flusher import entry_ms
-from app.storage.redis_client import REDIS_UNAVAILABLE
 
 router = APIRouter(tags=["ops"])
 
@@ -34,17 +35,16 @@ async def _check(awaitable: Any, limit_seconds: float = 1.0) -> str:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(runtime: AppRuntime) -> JSONResponse:
     """503 when PostgreSQL is unreachable; 200 "degraded" while Redis is.
 
     Without Redis the redirect keeps answering (clicks go to the fsync'd local spool and are
     replayed later), so the instance must stay in the load balancer's rotation: a shopper is never
     stuck on our page. The body and `referral_degraded` tell operators what is going on.
     """
-    state = request.app.state
-    postgres = await _check(state.pool.fetchval("SELECT 1"))
-    redis = await _check(state.redis.ping())
-    buffers = state.event_buffers
+    postgres = await _check(runtime.pool.fetchval("SELECT 1"))
+    redis = await _check(runtime.redis.ping())
+    buffers = runtime.event_buffers
     degraded = redis != "ok" or not all(b.redis_ok for b in buffers)
     status = "unavailable" if postgres != "ok" else ("degraded" if degraded else "ok")
     body = {
@@ -56,22 +56,21 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
 
 
-async def _refresh_stream_gauges(request: Request) -> None:
-    state = request.app.state
-    streams = state.settings.event_streams
+async def _refresh_stream_gauges(runtime: Runtime) -> None:
+    streams = runtime.settings.event_streams
     try:
-        async with asyncio.timeout(0.5), state.redis.pipeline(transaction=False) as pipe:
+        async with asyncio.timeout(0.5), runtime.redis.pipeline(transaction=False) as pipe:
             for stream in streams:
                 pipe.xlen(stream)
                 pipe.xrange(stream, count=1)
-                pipe.xpending(stream, state.settings.flusher_group)
+                pipe.xpending(stream, runtime.settings.flusher_group)
             replies = await pipe.execute(raise_on_error=False)
     except REDIS_UNAVAILABLE:
         metrics.errors.labels("metrics_redis").inc()
         return
     try:
         async with asyncio.timeout(0.5):
-            memory = await state.redis.info("memory")
+            memory = await runtime.redis.info("memory")
     except REDIS_UNAVAILABLE:
         memory = {}
     # A cluster client answers per node: the gauges then show the node that uses the most.
@@ -95,8 +94,8 @@ async def _refresh_stream_gauges(request: Request) -> None:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def prometheus_metrics(request: Request) -> Response:
-    await _refresh_stream_gauges(request)
+async def prometheus_metrics(runtime: AppRuntime) -> Response:
+    await _refresh_stream_gauges(runtime)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from app.attribution.rules import ProgramRules
 from app.destinations import host_of, is_allowed
 from app.errors import InvalidInput, NotFound
-from app.routes.deps import CurrentMerchant, Pool, RedisClient
+from app.routes.deps import CurrentMerchant, Pool, Redis
 from app.schemas import Program, ProgramCreate, RulesView
 from app.services import links as links_service
 from app.storage import programs as programs_repo
@@ -63,7 +63,7 @@ async def get_rules(program_id: UUID, merchant: CurrentMerchant, pool: Pool) -> 
 
 @router.put("/{program_id}/rules", response_model=RulesView)
 async def replace_rules(
-    program_id: UUID, body: ProgramRules, merchant: CurrentMerchant, pool: Pool, redis: RedisClient
+    program_id: UUID, body: ProgramRules, merchant: CurrentMerchant, pool: Pool, redis: Redis
 ) -> dict:
     """Store a new version of the rules. Rewards already computed keep their version."""
     async with pool.acquire() as conn, conn.transaction():

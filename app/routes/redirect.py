@@ -22,10 +22,10 @@ from orjson import dumps
 
 from app import metrics
 from app.codes import LINK_CODE_PATTERN
-from app.events import is_click_id, new_click_and_visitor_ids
+from app.pipeline.event_buffer import EventBuffer, EventsLost
+from app.pipeline.events import is_click_id, new_click_and_visitor_ids
 from app.security import IpAnonymizer
 from app.settings import Settings
-from app.storage.event_buffer import EventBuffer, EventsLost
 from app.storage.link_cache import LinkCache
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,16 @@ _METHOD_NOT_ALLOWED = b'{"error":{"code":"method_not_allowed","message":"use GET
 
 
 class RedirectEndpoint:
-    def __init__(self, links: LinkCache, buffers: list[EventBuffer], settings: Settings) -> None:
+    def __init__(
+        self,
+        links: LinkCache,
+        buffers: list[EventBuffer],
+        settings: Settings,
+        anonymize: IpAnonymizer,
+    ) -> None:
         self._links = links
         self._buffers = buffers  # one per click stream shard
-        self._anonymize = IpAnonymizer(settings.secret_bytes)
+        self._anonymize = anonymize
         self._param = settings.click_id_param
         self._param_in_query = settings.click_id_param.lower().encode()
         self._param_lower = settings.click_id_param.lower()

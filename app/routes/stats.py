@@ -9,7 +9,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 
 from app.errors import NotFound, Unauthorized
-from app.routes.deps import AppSettings, CurrentMerchant, Pool, RedisClient
+from app.routes.deps import AppSettings, CurrentMerchant, Pool, Redis
 from app.schemas import AdvocateToken, Funnel
 from app.security import InvalidToken, advocate_token, read_advocate_token
 from app.storage import advocates as advocates_repo
@@ -21,7 +21,7 @@ router = APIRouter(tags=["statistics"])
 
 @router.get("/v1/programs/{program_id}/stats", response_model=Funnel)
 async def program_stats(
-    program_id: UUID, merchant: CurrentMerchant, pool: Pool, redis: RedisClient
+    program_id: UUID, merchant: CurrentMerchant, pool: Pool, redis: Redis
 ) -> Any:
     """The program's funnel; `unique_visitors` is estimated (within about 1 %), and null while
     Redis is unreachable."""

@@ -12,9 +12,9 @@ from typing import Any
 
 import asyncpg
 
-from app.events import EVENTS_FIELD
+from app.pipeline.events import EVENTS_FIELD
+from app.pipeline.redis_client import RedisClient
 from app.storage import dead_letters as dead_letters_repo
-from app.storage.redis_client import RedisClient
 
 
 async def list_dead_letters(

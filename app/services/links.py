@@ -12,13 +12,13 @@ import asyncpg
 
 from app.destinations import is_allowed
 from app.errors import InvalidInput, NotFound
+from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient
 from app.security import hash_email
 from app.storage import advocates as advocates_repo
 from app.storage import link_outbox
 from app.storage import links as links_repo
 from app.storage import programs as programs_repo
 from app.storage.link_cache import publish_link
-from app.storage.redis_client import REDIS_UNAVAILABLE, RedisClient
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,17 @@
-"""The click log in PostgreSQL: batched, idempotent writes and simple reads."""
+"""The click log in PostgreSQL, in SQL: the rows a batch becomes, the fast COPY and the safe
+re-delivery path, the daily counts, and simple reads. The flusher's sink that drives them (and
+opens their transactions) is app/services/clicks.py."""
 
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 
 from app.attribution.bots import bot_reason
-from app.events import (
+from app.pipeline.events import (
     CLICK_ID,
     IP_HASH,
     IP_PREFIX,
@@ -21,12 +23,9 @@ from app.events import (
     VISITOR_ID,
     click_time,
 )
-from app.storage.visitors import VisitorsByProgram, add_visitors
+from app.storage.visitors import VisitorsByProgram
 
-if TYPE_CHECKING:
-    from app.storage.flusher import Batch
-
-_STAGING_DDL = """
+STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS click_staging (
     click_id uuid, clicked_at timestamptz, link_id uuid, visitor_id uuid, ip_hash bytea,
     ip_prefix text, user_agent text, referer text, method text, is_bot boolean, bot_reason text,
@@ -49,13 +48,13 @@ SET human = program_click_counts.human + excluded.human,
     bot = program_click_counts.bot + excluded.bot
 """
 # A program's daily counts grow by the clicks of a batch, in the batch's transaction.
-_ADD_BATCH_COUNTS = f"""
+ADD_BATCH_COUNTS = f"""
 INSERT INTO program_click_counts (program_id, day, merchant_id, human, bot)
 SELECT * FROM unnest($1::uuid[], $2::date[], $3::uuid[], $4::bigint[], $5::bigint[])
 {_ADD_COUNTS}"""
 # The slow, always-safe path: a click delivered twice hits the primary key and is skipped, and
 # only the clicks stored now are counted. Returns how many were stored.
-_INSERT_FROM_STAGING = f"""
+INSERT_FROM_STAGING = f"""
 WITH stored AS (
     INSERT INTO clicks ({", ".join(CLICK_COLUMNS)})
     SELECT {", ".join(CLICK_COLUMNS)} FROM click_staging
@@ -75,7 +74,7 @@ Owner = tuple[UUID, UUID, UUID]  # merchant, program, advocate of a link
 
 
 def click_record(event: list[Any], owner: Owner, times: dict[str, datetime]) -> tuple[Any, ...]:
-    """One encoded click (see app.events) as the row to store (`CLICK_COLUMNS`).
+    """One encoded click (see app.pipeline.events) as the row to store (`CLICK_COLUMNS`).
 
     Bots are classified here, off the hot path. `times` maps a click id's millisecond prefix to
     its datetime: clicks of the same millisecond share one (building datetimes was a fifth of
@@ -103,78 +102,7 @@ def click_record(event: list[Any], owner: Owner, times: dict[str, datetime]) -> 
     )  # fmt: skip
 
 
-class ClickStore:
-    """Writes batches of clicks for one flusher connection.
-
-    Fast path: one binary COPY straight into `clicks` — as fast as PostgreSQL takes rows. A batch
-    holding a click that is already stored (re-delivered after a flusher died before its
-    acknowledgement) makes the COPY fail on the primary key; then, and only then, the batch goes
-    through a staging table and `INSERT … ON CONFLICT DO NOTHING`, which stores the rest once.
-    The owners of each link (merchant, program, advocate) never change, so they are cached.
-    """
-
-    def __init__(self) -> None:
-        self._owners: dict[str, Owner | None] = {}
-        self._visitors: VisitorsByProgram = {}  # of the batch stored last, until acknowledged
-
-    async def prepare(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(_STAGING_DDL)
-
-    async def maintain(self, conn: asyncpg.Connection) -> None:
-        await conn.execute("SELECT ensure_click_partitions(now() - interval '1 month', 4)")
-
-    async def _resolve(self, conn: asyncpg.Connection, link_ids: set[str]) -> None:
-        rows = await conn.fetch(
-            "SELECT id::text AS id, merchant_id, program_id, advocate_id FROM links"
-            " WHERE id = ANY($1::uuid[])",
-            list(link_ids),
-        )
-        for link_id in link_ids:
-            self._owners[link_id] = None  # a link that does not exist: its clicks are dropped
-        for r in rows:
-            self._owners[r["id"]] = (r["merchant_id"], r["program_id"], r["advocate_id"])
-
-    async def store(self, conn: asyncpg.Connection, batch: Batch) -> int:
-        """Store a batch in one transaction. Returns how many clicks were new."""
-        events: list[list[Any]] = batch.events
-        owners = self._owners
-        unknown = {e[LINK_ID] for e in events if e[LINK_ID] not in owners}
-        if unknown:
-            await self._resolve(conn, unknown)
-        times: dict[str, datetime] = {}
-        records = [
-            click_record(e, owner, times)
-            for e in events
-            if (owner := owners[e[LINK_ID]]) is not None
-        ]
-        if not records:
-            return 0
-        counts, visitors = _tally(records)
-        # A re-delivered click fails the fast path on the primary key; then the slow path below.
-        # (The flusher counts what it skips in referral_events_duplicate_total.)
-        try:
-            async with conn.transaction():
-                await conn.copy_records_to_table("clicks", records=records, columns=CLICK_COLUMNS)
-                await conn.execute(_ADD_BATCH_COUNTS, *zip(*counts, strict=True))
-            stored = len(records)
-        except asyncpg.UniqueViolationError:
-            async with conn.transaction():
-                await conn.copy_records_to_table(
-                    "click_staging", records=records, columns=CLICK_COLUMNS
-                )
-                stored = await conn.fetchval(_INSERT_FROM_STAGING)
-        # All of the batch's visitors, new clicks or not: adding one twice changes nothing.
-        self._visitors = visitors
-        return stored
-
-    def before_ack(self, pipe: Any) -> None:
-        """Adds the stored batch's visitors to the programs' HyperLogLogs, in the pipeline that
-        acknowledges the batch (after the commit)."""
-        add_visitors(pipe, self._visitors)
-        self._visitors = {}
-
-
-def _tally(
+def tally(
     records: list[tuple[Any, ...]],
 ) -> tuple[list[tuple[UUID, date, UUID, int, int]], VisitorsByProgram]:
     """Per program and UTC day, (program, day, merchant, human clicks, bot clicks); and per
@@ -201,3 +129,16 @@ async def count_link_clicks(pool: asyncpg.Pool, merchant_id: UUID, link_id: UUID
         link_id,
     )
     return {"human": row["human"], "bot": row["bot"]}
+
+
+async def link_owners(conn: asyncpg.Connection, link_ids: set[str]) -> dict[str, Owner | None]:
+    """(merchant, program, advocate) of each link; None for a link that does not exist."""
+    rows = await conn.fetch(
+        "SELECT id::text AS id, merchant_id, program_id, advocate_id FROM links"
+        " WHERE id = ANY($1::uuid[])",
+        list(link_ids),
+    )
+    owners: dict[str, Owner | None] = dict.fromkeys(link_ids)
+    for r in rows:
+        owners[r["id"]] = (r["merchant_id"], r["program_id"], r["advocate_id"])
+    return owners

@@ -22,21 +22,17 @@ from typing import Any
 import asyncpg
 import orjson
 
+from app.pipeline import keys
+from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient
 from app.storage import links as links_repo
-from app.storage.redis_client import REDIS_UNAVAILABLE, RedisClient
 
 log = logging.getLogger(__name__)
 
-INVALIDATION_CHANNEL = "link-invalidate"
-
-
-def _redis_key(code: str) -> str:
-    return f"link:{code}"
-
-
-# A link's record lives this long in Redis (each write renews it): Redis holds the links in use,
-# not every link ever made; a miss costs one PostgreSQL read and writes the record back.
-LINK_RECORD_TTL_SECONDS = 7 * 86_400
+INVALIDATION_CHANNEL = keys.LINK_INVALIDATION_CHANNEL
+# Redis holds the links in use, not every link ever made: a miss costs one PostgreSQL read and
+# writes the record back.
+LINK_RECORD_TTL_SECONDS = keys.LINK_RECORD_TTL_SECONDS
+_redis_key = keys.link_record
 
 
 @dataclass(frozen=True, slots=True)

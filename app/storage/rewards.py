@@ -1,9 +1,6 @@
-"""Rewards and their append-only ledger (reward_entries).
-
-A reward's amount in a state is what entered the state minus what left it. Creating a reward
-puts its amount in "pending"; approval moves it to "approved", payout to "paid"; a refund moves
-a share to "reversed" from wherever it sits (pending first, then approved, then paid: a clawback).
-"""
+"""Rewards and their append-only ledger (`reward_entries`), in SQL. Which moves are allowed, and
+from where a reversal takes, is decided in app/attribution/ledger.py; the transactions are the
+services' (app/services/rewards.py, app/services/processing.py)."""
 
 from __future__ import annotations
 
@@ -13,11 +10,10 @@ from uuid import UUID
 
 import asyncpg
 
+from app.attribution.ledger import Balances, Move, current_state, empty_balances
 from app.attribution.rewards import RewardDraft
 
-STATES = ("pending", "approved", "paid", "reversed", "rejected")
-# Where a reversal takes money from, in order.
-_REVERSIBLE = ("pending", "approved", "paid")
+Db = asyncpg.Connection | asyncpg.Pool
 
 
 async def create_reward(
@@ -32,7 +28,7 @@ async def create_reward(
     draft: RewardDraft,
     reason: str,
 ) -> UUID:
-    reward_id = await conn.fetchval(
+    reward_id: UUID = await conn.fetchval(
         "INSERT INTO rewards (merchant_id, program_id, advocate_id, conversion_id, beneficiary,"
         " customer_id, amount_minor, currency, rules_version, hold_until)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
@@ -47,50 +43,73 @@ async def create_reward(
     return reward_id
 
 
-async def balances(
-    conn: asyncpg.Connection | asyncpg.Pool, reward_ids: list[UUID]
-) -> dict[UUID, dict[str, int]]:
+async def balances(conn: Db, reward_ids: list[UUID]) -> dict[UUID, Balances]:
     rows = await conn.fetch(
         "SELECT reward_id, state, amount_minor FROM reward_balances"
         " WHERE reward_id = ANY($1::uuid[])",
         reward_ids,
     )
-    out: dict[UUID, dict[str, int]] = {r: dict.fromkeys(STATES, 0) for r in reward_ids}
+    out: dict[UUID, Balances] = {r: empty_balances() for r in reward_ids}
     for row in rows:
         out[row["reward_id"]][row["state"]] = int(row["amount_minor"])
     return out
 
 
-def current_state(balance: dict[str, int]) -> str:
-    """The state holding the reward's money (the furthest along), or where it all went."""
-    for state in ("paid", "approved", "pending"):
-        if balance[state] > 0:
-            return state
-    return "rejected" if balance["rejected"] > 0 else "reversed"
-
-
-async def reverse(
+async def write_moves(
     conn: asyncpg.Connection,
     reward_id: UUID,
     merchant_id: UUID,
-    amount_minor: int,
-    balance: dict[str, int],
+    moves: list[Move],
     reason: str,
-    refund_id: UUID,
+    conversion_id: UUID | None = None,
 ) -> None:
-    remaining = amount_minor
-    for state in _REVERSIBLE:
-        take = min(remaining, balance[state])
-        if take <= 0:
-            continue
-        await conn.execute(
-            "INSERT INTO reward_entries (reward_id, merchant_id, from_state, to_state,"
-            " amount_minor, reason, conversion_id) VALUES ($1, $2, $3, 'reversed', $4, $5, $6)",
-            reward_id, merchant_id, state, take, reason, refund_id,
-        )  # fmt: skip
-        remaining -= take
-        if remaining == 0:
-            break
+    """Append the moves as ledger entries (`conversion_id`: the refund behind a reversal)."""
+    await conn.executemany(
+        "INSERT INTO reward_entries (reward_id, merchant_id, from_state, to_state,"
+        " amount_minor, reason, conversion_id) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        [
+            (reward_id, merchant_id, m.source.value, m.target.value, m.amount_minor, reason,
+             conversion_id)
+            for m in moves
+        ],
+    )  # fmt: skip
+
+
+async def lock_reward(conn: asyncpg.Connection, merchant_id: UUID, reward_id: UUID) -> bool:
+    """Lock the reward for a move; False when it is not the merchant's (or does not exist)."""
+    owner = await conn.fetchval(
+        "SELECT merchant_id FROM rewards WHERE id = $1 FOR UPDATE", reward_id
+    )
+    return bool(owner == merchant_id)
+
+
+async def lock_rewards_of_conversion(
+    conn: asyncpg.Connection, merchant_id: UUID, conversion_id: UUID
+) -> None:
+    """Lock a conversion's rewards, in id order, before their balances are read and moved."""
+    await conn.execute(
+        "SELECT 1 FROM rewards WHERE merchant_id = $1 AND conversion_id = $2"
+        " ORDER BY id FOR UPDATE",
+        merchant_id,
+        conversion_id,
+    )
+
+
+async def rewards_of_conversion(
+    conn: Db, merchant_id: UUID, conversion_id: UUID
+) -> list[dict[str, Any]]:
+    """The conversion's rewards with their balances and current state."""
+    rows = await conn.fetch(
+        "SELECT id, beneficiary, amount_minor, currency, hold_until FROM rewards"
+        " WHERE merchant_id = $1 AND conversion_id = $2 ORDER BY beneficiary",
+        merchant_id,
+        conversion_id,
+    )
+    sums = await balances(conn, [r["id"] for r in rows])
+    return [
+        {**dict(r), "balances": sums[r["id"]], "state": current_state(sums[r["id"]]).value}
+        for r in rows
+    ]
 
 
 async def lock_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[UUID]:
@@ -107,9 +126,10 @@ async def lock_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[
 
 
 async def approve_pending(conn: asyncpg.Connection, reward_ids: list[UUID]) -> int:
-    """Move what the (locked) rewards hold in pending to approved; read after the lock, so
-    what another transaction moved meanwhile is not moved twice. Returns rewards approved."""
-    status = await conn.execute(
+    """Move what the (locked) rewards hold in pending to approved (ledger.Transition.APPROVE,
+    in one statement); read after the lock, so what another transaction moved meanwhile is not
+    moved twice. Returns rewards approved."""
+    status: str = await conn.execute(
         """
         INSERT INTO reward_entries (reward_id, merchant_id, from_state, to_state, amount_minor,
                                     reason)
@@ -121,55 +141,3 @@ async def approve_pending(conn: asyncpg.Connection, reward_ids: list[UUID]) -> i
         reward_ids,
     )
     return int(status.rsplit(" ", 1)[-1])
-
-
-async def rewards_of_conversion(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    merchant_id: UUID,
-    conversion_id: UUID,
-    *,
-    lock: bool = False,
-) -> list[dict[str, Any]]:
-    """The conversion's rewards with their balances. With `lock` (inside a transaction), the
-    rewards are locked first, in id order, so the balances read are the ones moved from."""
-    if lock:
-        await conn.execute(
-            "SELECT 1 FROM rewards WHERE merchant_id = $1 AND conversion_id = $2"
-            " ORDER BY id FOR UPDATE",
-            merchant_id,
-            conversion_id,
-        )
-    rows = await conn.fetch(
-        "SELECT id, beneficiary, amount_minor, currency, hold_until FROM rewards"
-        " WHERE merchant_id = $1 AND conversion_id = $2 ORDER BY beneficiary",
-        merchant_id,
-        conversion_id,
-    )
-    sums = await balances(conn, [r["id"] for r in rows])
-    return [
-        {**dict(r), "balances": sums[r["id"]], "state": current_state(sums[r["id"]])} for r in rows
-    ]
-
-
-async def move(
-    pool: asyncpg.Pool, merchant_id: UUID, reward_id: UUID, from_states: tuple[str, ...],
-    to_state: str, reason: str,
-) -> tuple[int, dict[str, int]] | None:  # fmt: skip
-    """Move everything the reward holds in `from_states` to `to_state`, as ledger entries.
-    Returns (amount moved, new balances), or None when the reward is not the merchant's."""
-    async with pool.acquire() as conn, conn.transaction():
-        owner = await conn.fetchval(
-            "SELECT merchant_id FROM rewards WHERE id = $1 FOR UPDATE", reward_id
-        )
-        if owner != merchant_id:
-            return None
-        balance = (await balances(conn, [reward_id]))[reward_id]
-        moved = sum(balance[state] for state in from_states)
-        for state in from_states:
-            if balance[state] > 0:
-                await conn.execute(
-                    "INSERT INTO reward_entries (reward_id, merchant_id, from_state, to_state,"
-                    " amount_minor, reason) VALUES ($1, $2, $3, $4, $5, $6)",
-                    reward_id, merchant_id, state, to_state, balance[state], reason,
-                )  # fmt: skip
-        return moved, (await balances(conn, [reward_id]))[reward_id]

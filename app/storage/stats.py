@@ -13,8 +13,8 @@ from uuid import UUID
 
 import asyncpg
 
-from app.storage.redis_client import RedisClient
-from app.storage.rewards import STATES
+from app.attribution.ledger import STATES
+from app.pipeline.redis_client import RedisClient
 from app.storage.visitors import count_visitors
 
 
@@ -84,7 +84,7 @@ async def _conversions_and_rewards(
             revenue[row["currency"]] = revenue.get(row["currency"], 0) + sign * int(row["amount"])
     by_currency: dict[str, dict[str, int]] = {}
     for row in rewards:
-        bucket = by_currency.setdefault(row["currency"].strip(), dict.fromkeys(STATES, 0))
+        bucket = by_currency.setdefault(row["currency"].strip(), {s.value: 0 for s in STATES})
         bucket[row["state"]] += int(row["amount"])
     return {
         "signups": counts["signup"],

@@ -16,13 +16,13 @@ from uuid import UUID
 
 import asyncpg
 
-from app.storage.redis_client import REDIS_UNAVAILABLE, RedisClient
+from app.pipeline import keys
+from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient
 
 VisitorsByProgram = dict[UUID, list[str]]  # program → visitor ids (32 hex digits)
 
 
-def _key(program_id: UUID) -> str:
-    return f"program-visitors:{program_id}"
+_key = keys.program_visitors
 
 
 def add_visitors(pipe: Any, visitors: VisitorsByProgram) -> None:

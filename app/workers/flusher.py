@@ -8,11 +8,12 @@ import signal
 
 from prometheus_client import start_http_server
 
+from app.pipeline.flusher import Flusher, Sink
+from app.pipeline.redis_client import RedisClient
+from app.pipeline.redis_client import connect as connect_redis
 from app.settings import Settings
-from app.storage import clicks, conversions
-from app.storage.flusher import Flusher, Sink
-from app.storage.redis_client import RedisClient
-from app.storage.redis_client import connect as connect_redis
+from app.services.clicks import ClickSink
+from app.services.processing import ConversionSink
 
 log = logging.getLogger(__name__)
 
@@ -21,25 +22,25 @@ def sinks(settings: Settings, redis: RedisClient) -> list[Sink]:
     """One sink per click stream shard, and the conversions."""
     out = []
     for stream in settings.click_streams:
-        click_store = clicks.ClickStore()
+        click_sink = ClickSink()
         out.append(
             Sink(
                 stream=stream,
-                prepare=click_store.prepare,
-                store=click_store.store,
-                maintain=click_store.maintain,
-                before_ack=click_store.before_ack,
+                prepare=click_sink.prepare,
+                store=click_sink.store,
+                maintain=click_sink.maintain,
+                before_ack=click_sink.before_ack,
             )
         )
-    conversion_store = conversions.ConversionStore(
+    conversion_sink = ConversionSink(
         redis, settings.click_streams, stream=settings.conversion_stream
     )
     out.append(
         Sink(
             stream=settings.conversion_stream,
-            prepare=conversion_store.prepare,
-            store=conversion_store.store,
-            before_ack=conversion_store.before_ack,
+            prepare=conversion_sink.prepare,
+            store=conversion_sink.store,
+            before_ack=conversion_sink.before_ack,
         )
     )
     return out

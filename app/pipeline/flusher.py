@@ -25,10 +25,10 @@ import orjson
 from redis.exceptions import ResponseError
 
 from app import metrics
-from app.events import EVENTS_FIELD
+from app.pipeline.events import EVENTS_FIELD
+from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient
 from app.storage import dead_letters
 from app.storage.db import is_transient
-from app.storage.redis_client import REDIS_UNAVAILABLE, RedisClient
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Accepting conversion postbacks: verify, de-duplicate, make durable, answer.
+"""Intake of conversion postbacks and order pixels: verify, de-duplicate, make durable, answer.
 
 The heavy work (attribution, rewards) happens in the flusher, behind the Redis stream
 "conversions", exactly like clicks. Here: the signature and its freshness, replay protection, and
@@ -9,6 +9,7 @@ so a retry gets the same id without any lookup, and PostgreSQL's unique key stor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 import uuid
@@ -19,15 +20,17 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-import orjson
 
 from app import webhooks
-from app.errors import Conflict, InvalidInput, Unauthorized, Unavailable
+from app.attribution.conversions import ConversionState
+from app.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
+from app.pipeline import keys
+from app.pipeline.event_buffer import EventBuffer, EventsLost
+from app.pipeline.events import ConversionEvent, PixelEvent, encode_conversion, is_click_id
+from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient
 from app.schemas import ConversionIn
 from app.security import IpAnonymizer, hash_email
-from app.storage import redis_keys
-from app.storage.event_buffer import EventBuffer, EventsLost
-from app.storage.redis_client import REDIS_UNAVAILABLE, RedisClient
+from app.storage import conversions as conversions_repo
 
 CONVERSION_NAMESPACE = uuid.UUID("6f1c1b9e-7d0e-4b8a-9a43-0c6e2d5f8a11")
 # Pixels have ids of their own kind: no postback's event id can map to a pixel's conversion.
@@ -36,7 +39,7 @@ PIXEL_NAMESPACE = uuid.UUID("0b6f3f0e-55a4-4c4e-9d0f-7c1e2a9b8d33")
 RESERVED_EVENT_ID_PREFIX = "pixel:"
 # How long Redis remembers a postback (its body's digest, and that it is queued): retries come
 # within hours; later ones are still stored once by PostgreSQL's unique key.
-IDEMPOTENCY_TTL_SECONDS = redis_keys.CONVERSION_TTL_SECONDS
+IDEMPOTENCY_TTL_SECONDS = keys.CONVERSION_TTL_SECONDS
 
 
 def conversion_id(merchant_id: UUID, event_id: str) -> UUID:
@@ -110,7 +113,7 @@ async def verify_postback(
         raise SignatureRejected(str(exc), field="x-referral-signature") from None
     try:
         first_use = await redis.set(
-            f"webhook-signature:{signature}", 1, nx=True, ex=int(webhooks.TOLERANCE.seconds) * 2
+            keys.used_signature(signature), 1, nx=True, ex=int(webhooks.TOLERANCE.seconds) * 2
         )
     except REDIS_UNAVAILABLE:
         first_use = True  # the timestamp tolerance still bounds replays while Redis is away
@@ -123,30 +126,28 @@ async def verify_postback(
 
 def conversion_event(
     merchant_id: UUID, body: ConversionIn, anonymize: IpAnonymizer, now: datetime
-) -> dict[str, Any]:
+) -> ConversionEvent:
     """The conversion as it travels through the stream to the flusher."""
     ip_hash, ip_prefix = anonymize(str(body.ip)) if body.ip else (None, None)
-    return {
-        "id": str(conversion_id(merchant_id, body.event_id)),
-        "merchant_id": str(merchant_id),
-        "event_id": body.event_id,
-        "type": body.type,
-        "occurred_at": (body.occurred_at or now).isoformat(),
-        "received_at": now.isoformat(),
-        "order_id": body.order_id,
-        "refund_of": body.refund_of,
-        "customer_id": body.customer_id,
-        "customer_email_hash": hash_email(body.customer_email).hex()
-        if body.customer_email
-        else None,
-        "amount_minor": body.amount_minor,
-        "currency": body.currency,
-        "click_id": body.click_id,
-        "referral_code": body.referral_code,
-        "ip_hash": ip_hash,
-        "ip_prefix": ip_prefix,
-        "user_agent": body.user_agent,
-    }
+    return ConversionEvent(
+        id=conversion_id(merchant_id, body.event_id),
+        merchant_id=merchant_id,
+        event_id=body.event_id,
+        type=body.type,
+        occurred_at=body.occurred_at or now,
+        received_at=now,
+        order_id=body.order_id,
+        refund_of=body.refund_of,
+        customer_id=body.customer_id,
+        customer_email_hash=hash_email(body.customer_email) if body.customer_email else None,
+        amount_minor=body.amount_minor,
+        currency=body.currency,
+        click_id=body.click_id,
+        referral_code=body.referral_code,
+        ip_hash=bytes.fromhex(ip_hash) if ip_hash else None,
+        ip_prefix=ip_prefix,
+        user_agent=body.user_agent,
+    )
 
 
 async def accept_conversion(
@@ -164,9 +165,9 @@ async def accept_conversion(
             field="body.event_id",
         )
     event = conversion_event(merchant_id, body, anonymize, now)
-    encoded = orjson.dumps(event)  # before we answer: the writer only joins encoded events
+    encoded = encode_conversion(event)  # before we answer: the writer only joins encoded events
     digest = hashlib.sha256(body.model_dump_json(exclude={"occurred_at"}).encode()).hexdigest()[:32]
-    key = redis_keys.conversion_digest(event["id"])  # the id is derived from (merchant, event id)
+    key = keys.conversion_digest(event.id)  # the id is derived from (merchant, event id)
     try:
         seen = await redis.get(key)
     except REDIS_UNAVAILABLE:
@@ -176,7 +177,7 @@ async def accept_conversion(
             raise Conflict(
                 "event_id was already used for a different conversion", field="body.event_id"
             )
-        return UUID(event["id"]), True
+        return event.id, True
     try:
         await buffer.add(encoded)  # durable (Redis, or the fsync'd spool) before we answer
     except EventsLost:
@@ -184,20 +185,59 @@ async def accept_conversion(
     try:
         async with redis.pipeline(transaction=False) as pipe:
             pipe.set(key, digest, ex=IDEMPOTENCY_TTL_SECONDS)
-            pipe.set(
-                redis_keys.conversion_queued(event["id"]),
-                str(merchant_id),
-                ex=IDEMPOTENCY_TTL_SECONDS,
-            )
+            pipe.set(keys.conversion_queued(event.id), str(merchant_id), ex=IDEMPOTENCY_TTL_SECONDS)
             await pipe.execute()
     except REDIS_UNAVAILABLE:
         pass
-    return UUID(event["id"]), False
+    return event.id, False
+
+
+async def accept_pixel(
+    secrets: SecretCache,
+    buffer: EventBuffer,
+    merchant_id: UUID,
+    order_id: str,
+    amount_minor: int | None,
+    currency: str | None,
+    visitor_cookie: str,
+    now: datetime,
+) -> None:
+    """Queue the browser's claim on the order (when it has our cookie). NotFound for an unknown
+    merchant. A lost claim is counted by the buffer; the image is shown regardless."""
+    if await secrets.get(merchant_id) is None:
+        raise NotFound("unknown merchant", field="query.m")
+    if not is_click_id(visitor_cookie):
+        return
+    pixel = PixelEvent(
+        id=pixel_conversion_id(merchant_id, order_id),
+        merchant_id=merchant_id,
+        order_id=order_id,
+        visitor_id=UUID(visitor_cookie),
+        amount_minor=amount_minor,
+        currency=currency,
+        received_at=now,
+    )
+    with contextlib.suppress(EventsLost):
+        await buffer.add(encode_conversion(pixel))
+
+
+async def read_conversion(
+    pool: asyncpg.Pool, redis: RedisClient, merchant_id: UUID, conversion: UUID
+) -> dict[str, Any]:
+    """The stored conversion, or "queued" while it waits in the stream; NotFound otherwise
+    (another merchant's conversion included)."""
+    found = await conversions_repo.get_conversion(pool, merchant_id, conversion)
+    if found is not None:
+        return found
+    if await is_queued(redis, merchant_id, conversion):
+        return {"id": conversion, "state": ConversionState.QUEUED.value,
+                "reason": "accepted, not processed yet"}  # fmt: skip
+    raise NotFound("conversion not found", field="conversion_id")
 
 
 async def is_queued(redis: RedisClient, merchant_id: UUID, conversion: UUID) -> bool:
     try:
-        owner = await redis.get(redis_keys.conversion_queued(conversion))
+        owner = await redis.get(keys.conversion_queued(conversion))
     except REDIS_UNAVAILABLE:
         return False
     return owner is not None and owner.decode() == str(merchant_id)

@@ -31,9 +31,9 @@ from redis.exceptions import AskError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app import metrics
-from app.events import EVENTS_FIELD
-from app.storage.redis_client import REDIS_UNAVAILABLE, RedisClient, new_connection_for
-from app.storage.spool import Spool
+from app.pipeline.events import EVENTS_FIELD
+from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient, new_connection_for
+from app.pipeline.spool import Spool
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,66 @@
+"""A conversion's states and the words that explain them: the reasons stored on each conversion,
+for a person to read. Pure: texts from facts, no I/O."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from app.attribution.model import Method
+
+
+class ConversionState(StrEnum):
+    ATTRIBUTED = "attributed"
+    UNATTRIBUTED = "unattributed"
+    REFUNDED = "refunded"
+    REFUND_UNMATCHED = "refund_unmatched"
+    REFUND_REFUSED = "refund_refused"
+    # An unverified order (pixel only) once the signed postback for it arrived.
+    SUPERSEDED = "superseded"
+    # Not stored yet: accepted (202) and waiting in the stream.
+    QUEUED = "queued"
+
+
+_METHOD_WORDS: dict[Method, str] = {
+    "referral_code": "referral code",
+    "click_id": "click id",
+    "cookie": "cookie",
+}
+
+SUPERSEDED_REASON = "a signed postback for this order arrived"
+UNVERIFIED_ATTRIBUTED = (
+    "unverified (pixel only): attributed by cookie, no reward until a signed postback"
+)
+
+
+def attributed_reason(method: Method, by_pixel: bool, no_reward: str | None) -> str:
+    reason = f"attributed by {_METHOD_WORDS[method]}"
+    if method == "cookie" and by_pixel:
+        reason = "attributed by cookie (the order pixel's browser)"
+    return f"{reason}; no reward: {no_reward}" if no_reward else reason
+
+
+def unverified_reason(why_not: str) -> str:
+    return f"unverified (pixel only): {why_not}"
+
+
+def no_purchase_yet(order_id: str) -> str:
+    return (
+        f"no signed purchase with order_id {order_id!r} has been received yet: the refund is"
+        " applied when it arrives"
+    )
+
+
+def currency_mismatch(refund_currency: str, order_currency: str) -> str:
+    return f"refund currency {refund_currency} is not the order currency {order_currency}"
+
+
+def refund_applied(settlement_reason: str, reversed_minor: int) -> str:
+    return f"{settlement_reason}: {reversed_minor} of rewards reversed"
+
+
+def no_rules(program_count: int) -> str:
+    return (
+        "the program the evidence points at has no reward rules"
+        if program_count == 1
+        else "the programs the evidence points at have no reward rules"
+    )

@@ -1,0 +1,82 @@
+"""The reward ledger's states and the moves between them: one state machine for the routes, the
+scheduler, refunds and statistics.
+
+A reward's amount in a state is what entered the state minus what left it (entries are never
+changed). Creating a reward puts its amount in `pending`; approval moves it to `approved`, payout
+to `paid`; a person may reject what is pending or approved; a refund moves a share to `reversed`
+from wherever it sits (pending first, then approved, then paid: a clawback). Pure functions over
+balances; the caller writes the entries they return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class RewardState(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    PAID = "paid"
+    REVERSED = "reversed"
+    REJECTED = "rejected"
+
+
+STATES: tuple[RewardState, ...] = tuple(RewardState)
+Balances = dict[str, int]  # state name -> minor units
+
+
+class Transition(StrEnum):
+    """Moves a person or a job makes (a refund's reversal is `plan_reversal`)."""
+
+    APPROVE = "approve"  # the hold is over
+    PAY = "pay"
+    REJECT = "reject"
+
+
+# Where each transition takes money from, and where it puts it.
+MOVES: dict[Transition, tuple[tuple[RewardState, ...], RewardState]] = {
+    Transition.APPROVE: ((RewardState.PENDING,), RewardState.APPROVED),
+    Transition.PAY: ((RewardState.APPROVED,), RewardState.PAID),
+    Transition.REJECT: ((RewardState.PENDING, RewardState.APPROVED), RewardState.REJECTED),
+}
+# Where a reversal takes money from, in order.
+REVERSIBLE: tuple[RewardState, ...] = (RewardState.PENDING, RewardState.APPROVED, RewardState.PAID)
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One ledger entry to write: `amount_minor` from `source` to `target`."""
+
+    source: RewardState
+    target: RewardState
+    amount_minor: int
+
+
+def empty_balances() -> Balances:
+    return {state.value: 0 for state in STATES}
+
+
+def plan_transition(balance: Balances, transition: Transition) -> list[Move]:
+    """Everything the reward holds in the transition's sources, moved to its target."""
+    sources, target = MOVES[transition]
+    return [Move(s, target, balance[s]) for s in sources if balance[s] > 0]
+
+
+def plan_reversal(balance: Balances, amount_minor: int) -> list[Move]:
+    """Take `amount_minor` to reversed, from pending first, then approved, then paid."""
+    moves, remaining = [], amount_minor
+    for state in REVERSIBLE:
+        take = min(remaining, balance[state])
+        if take > 0:
+            moves.append(Move(state, RewardState.REVERSED, take))
+            remaining -= take
+    return moves
+
+
+def current_state(balance: Balances) -> RewardState:
+    """The state holding the reward's money (the furthest along), or where it all went."""
+    for state in (RewardState.PAID, RewardState.APPROVED, RewardState.PENDING):
+        if balance[state] > 0:
+            return state
+    return RewardState.REJECTED if balance[RewardState.REJECTED] > 0 else RewardState.REVERSED

@@ -1,0 +1,333 @@
+"""Processing a conversion from the stream: the flusher's sink for "conversions".
+
+Each conversion is processed in its own transaction: stored once (its id is derived from the
+merchant's event id, so a re-delivery is a no-op), attributed from the evidence in PostgreSQL by
+the pure domain (app/attribution/), and its rewards (or a refund's reversals) written to the
+ledger. Before a batch is processed, the sink waits until every click that entered the Redis
+click streams before the batch's conversions entered theirs has been stored, so a conversion
+posted a millisecond after its click still finds it. (Both times are Redis's, from the entry
+ids. The API keeps the order when Redis fails: while clicks wait in its spool, conversions are
+spooled behind them.)
+
+Conversions of one order, and rewards counted per customer or per advocate, are decided one at a
+time however many flushers run (advisory locks: an order's key first, then customer and advocate
+keys sorted, so two transactions never wait on each other in a circle): without, two first
+purchases of one customer processed at once would both be "first", and a refund processed beside
+its purchase would find no purchase while the purchase found no refund.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from app.attribution import conversions as words
+from app.attribution.conversions import ConversionState
+from app.attribution.ledger import plan_reversal
+from app.attribution.model import (
+    Attributed,
+    Customer,
+    Evidence,
+    NotAttributed,
+    ProgramTerms,
+    attribute,
+)
+from app.attribution.pixels import pixel_evidence
+from app.attribution.refunds import reversal_amount, settle_refund
+from app.attribution.rewards import NoReward, Sale, compute_rewards
+from app.attribution.rules import ProgramRules
+from app.pipeline import keys
+from app.pipeline.events import ConversionEvent, PixelEvent, StreamedConversion, decode_conversion
+from app.pipeline.flusher import Batch, RetryLater, entry_ms
+from app.pipeline.redis_client import RedisClient
+from app.storage import conversions as repo
+from app.storage import dead_letters, evidence
+from app.storage import rewards as rewards_repo
+from app.storage.db import is_transient
+from app.storage.rules import current_rules
+
+log = logging.getLogger(__name__)
+
+
+class ConversionSink:
+    def __init__(
+        self,
+        redis: RedisClient,
+        click_streams: list[str],
+        wait_seconds: float = 10.0,
+        stream: str = "conversions",
+    ) -> None:
+        self._redis = redis
+        self._click_streams = click_streams
+        self._wait_seconds = wait_seconds
+        self._stream = stream
+        self._processed: list[UUID] = []
+
+    async def prepare(self, conn: asyncpg.Connection) -> None:
+        return None
+
+    async def _clicks_flushed_until(self, entered_ms: int) -> None:
+        """Wait until the click streams hold nothing that entered them by `entered_ms`
+        (acknowledged clicks are deleted, so a stream's first entry is its oldest click not yet
+        stored)."""
+        deadline = time.monotonic() + self._wait_seconds
+        while True:
+            heads = [await self._redis.xrange(s, count=1) for s in self._click_streams]
+            if all(not h or entry_ms(h[0][0]) > entered_ms for h in heads):
+                return
+            if time.monotonic() > deadline:
+                raise RetryLater("clicks older than these conversions are not stored yet")
+            await asyncio.sleep(0.02)
+
+    def before_ack(self, pipe: Any) -> None:
+        """Processed conversions are in PostgreSQL now: drop their "queued" marks (one DEL per
+        key: on a cluster, keys of several slots cannot share one command)."""
+        for conversion_id in self._processed:
+            pipe.delete(keys.conversion_queued(conversion_id))
+        self._processed = []
+
+    async def store(self, conn: asyncpg.Connection, batch: Batch) -> int:
+        await self._clicks_flushed_until(batch.entered_until_ms())
+        self._processed = []
+        stored = 0
+        raw: dict[str, Any]
+        for raw in batch.events:
+            try:
+                event = decode_conversion(raw)
+                async with conn.transaction():
+                    stored += await process(conn, event)
+                if isinstance(event, ConversionEvent):
+                    self._processed.append(event.id)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise  # outage, deadlock, failover: the flusher retries the batch
+                # One conversion that cannot be processed must not hold back the others: it is
+                # set aside, with the error, for a person to look at and replay.
+                log.exception("conversion moved to dead letters", extra={"id": raw.get("id")})
+                await dead_letters.add(conn, self._stream, [raw], repr(exc))
+        return stored
+
+
+async def process(conn: asyncpg.Connection, event: StreamedConversion) -> int:
+    """Store, attribute and reward one conversion; 0 when it was already stored. (The caller
+    holds the transaction.)"""
+    if isinstance(event, PixelEvent):
+        return await _record_pixel(conn, event)
+    order_id = event.refund_of if event.type == "refund" else event.order_id
+    if order_id:
+        await repo.lock(conn, _order_key(event.merchant_id, order_id))
+    if not await repo.insert(conn, event):
+        return 0
+    if event.type == "refund":
+        assert event.refund_of is not None  # intake requires it
+        await _apply_refund(
+            conn, event.merchant_id, event.id, event.refund_of, event.amount_minor, event.currency
+        )
+        return 1
+    await _attribute_and_reward(conn, event)
+    if event.order_id:
+        await repo.supersede_unverified(
+            conn, event.merchant_id, event.order_id, words.SUPERSEDED_REASON
+        )
+        if event.type == "purchase":
+            for waiting in await repo.waiting_refunds(conn, event.merchant_id, event.order_id):
+                await _apply_refund(
+                    conn, event.merchant_id, waiting.id, event.order_id,
+                    waiting.requested_minor, waiting.currency,
+                )  # fmt: skip
+    return 1
+
+
+def _order_key(merchant: UUID, order_id: str) -> str:
+    return f"order:{merchant}:{order_id}"
+
+
+async def _record_pixel(conn: asyncpg.Connection, pixel: PixelEvent) -> int:
+    """Keep the browser's claim on this order; without a signed postback yet, show the order as
+    an unverified conversion: attributed by cookie for the statistics (apart from purchases and
+    revenue), never rewarded, and only while exactly one browser claims it."""
+    merchant, order_id = pixel.merchant_id, pixel.order_id
+    await repo.lock(conn, _order_key(merchant, order_id))
+    if not await repo.insert_pixel_claim(conn, pixel):
+        return 0
+    if await repo.has_signed_order(conn, merchant, order_id):
+        return 1  # the postback was decided on its own evidence; the claim stays on record
+    await repo.insert_unverified(conn, pixel, f"pixel:{order_id}")
+    claims = await repo.pixel_claims(conn, merchant, order_id)
+    first = claims[0]
+    verdict = pixel_evidence(claims, first.seen_at)
+    result: Attributed | NotAttributed = NotAttributed(verdict.reason)
+    if verdict.visitor_id is not None:
+        found = await _evidence(
+            conn, merchant, first.seen_at, Customer(None, None), None, None, verdict.visitor_id
+        )
+        _, terms = await _program_terms(conn, found)
+        result = attribute(found, terms)
+    if isinstance(result, Attributed):
+        await repo.set_unverified_outcome(
+            conn, merchant, order_id, reason=words.UNVERIFIED_ATTRIBUTED,
+            program=result.advocate.program_id, advocate=result.advocate.id,
+            click=result.click.click_id if result.click else None,
+        )  # fmt: skip
+    else:
+        await repo.set_unverified_outcome(
+            conn, merchant, order_id, reason=words.unverified_reason(result.reason)
+        )
+    return 1
+
+
+async def _evidence(
+    conn: asyncpg.Connection,
+    merchant: UUID,
+    occurred_at: Any,
+    customer: Customer,
+    referral_code: str | None,
+    click_id: str | None,
+    visitor: UUID | None,
+) -> Evidence:
+    """The evidence PostgreSQL holds: the typed code's owner, the click the click id names, and
+    every click of the browser (from the click, or the given visitor)."""
+    code_advocate = (
+        await evidence.advocate_by_code(conn, merchant, referral_code) if referral_code else None
+    )
+    click = None
+    if click_id:
+        found = await evidence.click_by_id(conn, merchant, click_id)
+        if found is not None:
+            click, visitor = found
+    browser = await evidence.browser_clicks(conn, merchant, visitor, occurred_at) if visitor else ()
+    return Evidence(occurred_at, customer, code_advocate, click, browser)
+
+
+async def _program_terms(
+    conn: asyncpg.Connection, found: Evidence
+) -> tuple[dict[UUID, tuple[int, ProgramRules]], dict[UUID, ProgramTerms]]:
+    """The current rules of every program the evidence points at, and their attribution terms."""
+    programs = {c.advocate.program_id for c in (found.click, *found.browser_clicks) if c}
+    if found.code_advocate:
+        programs.add(found.code_advocate.program_id)
+    rules = await current_rules(conn, list(programs))
+    terms = {
+        p: ProgramTerms(r.attribution_window_days, r.attribution_model)
+        for p, (_, r) in rules.items()
+    }
+    return rules, terms
+
+
+async def _attribute_and_reward(conn: asyncpg.Connection, e: ConversionEvent) -> None:
+    customer = Customer(e.customer_id, e.customer_email_hash)
+    # The pixel's browser is evidence only when the postback brings none of its own.
+    visitor, pixel_reason = None, ""
+    if not e.click_id and not e.referral_code and e.order_id:
+        claims = await repo.pixel_claims(conn, e.merchant_id, e.order_id)
+        if claims:
+            verdict = pixel_evidence(claims, e.occurred_at)
+            visitor, pixel_reason = verdict.visitor_id, verdict.reason
+    found = await _evidence(
+        conn, e.merchant_id, e.occurred_at, customer, e.referral_code, e.click_id, visitor
+    )
+    rules, terms = await _program_terms(conn, found)
+    result = attribute(found, terms)
+    if not isinstance(result, Attributed):
+        await repo.set_reason(conn, e.id, pixel_reason or result.reason)
+        return
+    advocate = result.advocate
+    if advocate.program_id not in rules:
+        await repo.set_reason(conn, e.id, words.no_rules(1))  # stated, not a crash
+        return
+    version, program_rules = rules[advocate.program_id]
+    # Counted per customer and per advocate: decided one conversion at a time.
+    lock_keys = [f"advocate:{advocate.id}"]
+    if e.customer_id:
+        lock_keys.append(f"customer:{advocate.program_id}:{e.customer_id}")
+    if e.customer_email_hash:
+        lock_keys.append(f"email:{advocate.program_id}:{e.customer_email_hash.hex()}")
+    await repo.lock(conn, *lock_keys)
+    sale = Sale(
+        type="purchase" if e.type == "purchase" else "signup",
+        amount_minor=e.amount_minor or 0,
+        currency=e.currency,
+        occurred_at=found.occurred_at,
+        prior_rewarded_purchases=await repo.prior_rewarded_purchases(
+            conn, e.merchant_id, advocate.program_id, e.id, e.customer_id, e.customer_email_hash
+        ),
+        advocate_successful_referrals=await repo.advocate_referrals(
+            conn, e.merchant_id, advocate.id
+        ),
+        customer_known=bool(e.customer_id or e.customer_email_hash),
+    )
+    drafts = compute_rewards(program_rules, sale)
+    no_reward = drafts.reason if isinstance(drafts, NoReward) else None
+    if not isinstance(drafts, NoReward):
+        for draft in drafts:
+            await rewards_repo.create_reward(
+                conn,
+                merchant_id=e.merchant_id,
+                program_id=advocate.program_id,
+                advocate_id=advocate.id,
+                conversion_id=e.id,
+                customer_id=e.customer_id,
+                rules_version=version,
+                draft=draft,
+                reason=f"{e.type} {e.order_id or e.event_id}",
+            )
+    await repo.set_attributed(
+        conn, e.id, program=advocate.program_id, advocate=advocate.id,
+        click=result.click.click_id if result.click else None, method=result.method,
+        reason=words.attributed_reason(result.method, visitor is not None, no_reward),
+        rules_version=version,
+    )  # fmt: skip
+
+
+async def _apply_refund(
+    conn: asyncpg.Connection,
+    merchant: UUID,
+    refund_id: UUID,
+    refund_of: str,
+    requested_minor: int | None,
+    currency: str | None,
+) -> None:
+    """Match the refund to its signed purchase, cap it at what is left of the order, and
+    reverse that share of the order's rewards. (The caller holds the order's lock.)"""
+    purchase = await repo.signed_purchase(conn, merchant, refund_of)
+    if purchase is None:
+        await repo.set_refund_outcome(
+            conn, refund_id, ConversionState.REFUND_UNMATCHED, words.no_purchase_yet(refund_of)
+        )
+        return
+    if currency and currency != purchase.currency:
+        await repo.set_refund_outcome(
+            conn, refund_id, ConversionState.REFUND_UNMATCHED,
+            words.currency_mismatch(currency, purchase.currency),
+        )  # fmt: skip
+        return
+    earlier = await repo.refunded_before(conn, merchant, refund_of, refund_id)
+    order = purchase.amount_minor
+    settlement = settle_refund(order, earlier, requested_minor, refund_of)
+    if settlement.applied_minor == 0:
+        await repo.set_refund_outcome(
+            conn, refund_id, ConversionState.REFUND_REFUSED, settlement.reason, purchase, 0
+        )
+        return
+    refunded_total = earlier + settlement.applied_minor
+    await rewards_repo.lock_rewards_of_conversion(conn, merchant, purchase.id)
+    reversed_now = 0
+    for reward in await rewards_repo.rewards_of_conversion(conn, merchant, purchase.id):
+        balance = reward["balances"]
+        due = reversal_amount(reward["amount_minor"], balance["reversed"], order, refunded_total)
+        if due:
+            await rewards_repo.write_moves(
+                conn, reward["id"], merchant, plan_reversal(balance, due),
+                f"refund of {settlement.applied_minor} of order {refund_of}", refund_id,
+            )  # fmt: skip
+            reversed_now += due
+    await repo.set_refund_outcome(
+        conn, refund_id, ConversionState.REFUNDED,
+        words.refund_applied(settlement.reason, reversed_now), purchase,
+        settlement.applied_minor,
+    )  # fmt: skip

@@ -1,0 +1,19 @@
+"""The one way a use case opens a transaction: `async with transaction(pool) as conn:`.
+
+Services are the only room that opens transactions (repositories take the connection they are
+given); side effects that must follow the commit (a Redis write-through, a publish) come after
+the `async with` block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+
+@contextlib.asynccontextmanager
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    async with pool.acquire() as conn, conn.transaction():
+        yield conn

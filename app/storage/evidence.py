@@ -1,0 +1,68 @@
+"""What PostgreSQL knows that points at an advocate: the owner of a typed referral code, the click
+a click id names, every click of one browser. Read by conversion processing; plain SQL."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from uuid import UUID
+
+import asyncpg
+
+from app.attribution.model import Advocate, Click
+from app.codes import normalize_referral_code
+from app.pipeline.events import click_time
+
+# How far back a browser's clicks are looked up (the longest window a program may have).
+LOOKBACK = timedelta(days=366)
+
+_CLICK_COLUMNS = (
+    "c.click_id, c.clicked_at, c.link_id, c.is_bot, c.visitor_id,"
+    " a.id AS advocate_id, a.program_id, a.external_id, a.email_hash"
+)
+
+
+def _click(row: asyncpg.Record) -> Click:
+    advocate = Advocate(
+        row["advocate_id"], row["program_id"], row["external_id"], row["email_hash"]
+    )
+    return Click(row["click_id"], row["clicked_at"], row["link_id"], advocate, row["is_bot"])
+
+
+async def advocate_by_code(conn: asyncpg.Connection, merchant: UUID, code: str) -> Advocate | None:
+    row = await conn.fetchrow(
+        "SELECT id, program_id, external_id, email_hash FROM advocates"
+        " WHERE merchant_id = $1 AND referral_code = $2",
+        merchant,
+        normalize_referral_code(code),
+    )
+    if row is None:
+        return None
+    return Advocate(row["id"], row["program_id"], row["external_id"], row["email_hash"])
+
+
+async def click_by_id(
+    conn: asyncpg.Connection, merchant: UUID, click_id: str
+) -> tuple[Click, UUID | None] | None:
+    """The click and its browser (visitor id)."""
+    row = await conn.fetchrow(
+        f"SELECT {_CLICK_COLUMNS} FROM clicks c JOIN advocates a ON a.id = c.advocate_id"
+        " WHERE c.merchant_id = $1 AND c.click_id = $2 AND c.clicked_at = $3",
+        merchant,
+        UUID(click_id),
+        click_time(click_id),
+    )
+    return (_click(row), row["visitor_id"]) if row else None
+
+
+async def browser_clicks(
+    conn: asyncpg.Connection, merchant: UUID, visitor: UUID, until: datetime
+) -> tuple[Click, ...]:
+    rows = await conn.fetch(
+        f"SELECT {_CLICK_COLUMNS} FROM clicks c JOIN advocates a ON a.id = c.advocate_id"
+        " WHERE c.merchant_id = $1 AND c.visitor_id = $2 AND c.clicked_at >= $3"
+        " ORDER BY c.clicked_at",
+        merchant,
+        visitor,
+        until - LOOKBACK,
+    )
+    return tuple(_click(r) for r in rows)
