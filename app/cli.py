@@ -71,8 +71,8 @@ async def _rebuild_visitor_counts() -> int:
 
 
 async def _create_merchant(name: str) -> None:
+    from app.services.merchants import create_merchant
     from app.storage.db import create_pool
-    from app.storage.merchants import create_merchant
 
     pool = await create_pool(load_settings().database_url)
     try:
@@ -93,8 +93,8 @@ async def _create_merchant(name: str) -> None:
 
 
 async def _add_api_key(merchant_id: UUID, label: str) -> None:
+    from app.services.merchants import add_api_key
     from app.storage.db import create_pool
-    from app.storage.merchants import add_api_key
 
     pool = await create_pool(load_settings().database_url)
     try:

@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.pipeline.events import EVENTS_FIELD, new_click_and_visitor_ids  # noqa: E402
+from app.services.merchants import create_merchant  # noqa: E402
 from app.storage.clicks import CLICK_COLUMNS, click_record  # noqa: E402
 from app.storage.db import migrate  # noqa: E402
-from app.storage.merchants import create_merchant  # noqa: E402
 from app.storage.stats import advocate_funnel, program_funnel  # noqa: E402
 from app.storage.visitors import rebuild_visitor_counts  # noqa: E402
 

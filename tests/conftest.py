@@ -25,9 +25,10 @@ import pytest
 from redis.asyncio import Redis
 
 from app.main import TrackingApp, create_app
+from app.services.merchants import create_merchant
 from app.settings import Settings
 from app.storage.db import migrate
-from app.storage.merchants import CreatedMerchant, create_merchant
+from app.storage.merchants import CreatedMerchant
 from app.workers import flusher as flusher_worker
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,13 +10,13 @@ import pytest
 from pydantic import ValidationError
 
 from app.attribution.model import (
-    Advocate,
     Attributed,
     Click,
     Customer,
     Evidence,
     NotAttributed,
     ProgramTerms,
+    Referrer,
     attribute,
 )
 from app.attribution.refunds import reversal_amount
@@ -26,14 +26,14 @@ from app.attribution.rules import ProgramRules
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 PROGRAM = UUID(int=1)
 OTHER_PROGRAM = UUID(int=2)
-ANNA = Advocate(UUID(int=10), PROGRAM, "cust-anna", b"anna-hash")
-BEN = Advocate(UUID(int=11), PROGRAM, "cust-ben", None)
-CLARA = Advocate(UUID(int=12), OTHER_PROGRAM, "cust-clara", None)
+ANNA = Referrer(UUID(int=10), PROGRAM, "cust-anna", b"anna-hash")
+BEN = Referrer(UUID(int=11), PROGRAM, "cust-ben", None)
+CLARA = Referrer(UUID(int=12), OTHER_PROGRAM, "cust-clara", None)
 FRIEND = Customer("cust-friend", b"friend-hash")
 TERMS = {PROGRAM: ProgramTerms(30, "last_click"), OTHER_PROGRAM: ProgramTerms(7, "last_click")}
 
 
-def click(advocate: Advocate, ago: timedelta, *, bot: bool = False) -> Click:
+def click(advocate: Referrer, ago: timedelta, *, bot: bool = False) -> Click:
     return Click(uuid4(), NOW - ago, uuid4(), advocate, bot)
 
 

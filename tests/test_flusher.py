@@ -154,7 +154,7 @@ async def test_flusher_started_before_redis_waits_for_it(
 async def test_sharded_click_streams_store_every_click_once(
     database_url: str, redis_url: str, redis: Redis, db: asyncpg.Pool, tmp_path: Any
 ) -> None:
-    from app.storage.merchants import create_merchant
+    from app.services.merchants import create_merchant
     from tests.conftest import auth, make_advocate, make_program, make_settings, start_app
 
     settings = make_settings(database_url, redis_url, tmp_path, click_stream_shards=3)

@@ -19,8 +19,9 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 
+from app.services.merchants import create_merchant
 from app.settings import Settings
-from app.storage.merchants import CreatedMerchant, create_merchant
+from app.storage.merchants import CreatedMerchant
 from tests.conftest import auth, flush, make_advocate, make_program, make_settings, serving
 from tests.test_conversions import RULES, click, post, read
 from tests.test_flusher import _click, _stored

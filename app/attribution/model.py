@@ -17,7 +17,10 @@ Method = Literal["referral_code", "click_id", "cookie"]
 
 
 @dataclass(frozen=True, slots=True)
-class Advocate:
+class Referrer:
+    """An advocate as attribution sees them: who they are and in which program (the API's view
+    of an advocate is app.schemas.Advocate)."""
+
     id: UUID
     program_id: UUID
     external_id: str
@@ -29,7 +32,7 @@ class Click:
     click_id: UUID
     clicked_at: datetime
     link_id: UUID
-    advocate: Advocate
+    advocate: Referrer
     is_bot: bool
 
 
@@ -43,14 +46,14 @@ class Customer:
 class Evidence:
     occurred_at: datetime
     customer: Customer
-    code_advocate: Advocate | None = None  # the advocate whose referral code was typed
+    code_advocate: Referrer | None = None  # the advocate whose referral code was typed
     click: Click | None = None  # the click named by the click id
     browser_clicks: tuple[Click, ...] = ()  # clicks of the browser (cookie / same visitor)
 
 
 @dataclass(frozen=True, slots=True)
 class Attributed:
-    advocate: Advocate
+    advocate: Referrer
     method: Method
     click: Click | None
 
@@ -60,7 +63,7 @@ class NotAttributed:
     reason: str
 
 
-def is_self_referral(advocate: Advocate, customer: Customer) -> bool:
+def is_self_referral(advocate: Referrer, customer: Customer) -> bool:
     same_customer = customer.id is not None and customer.id == advocate.external_id
     same_email = (
         customer.email_hash is not None

@@ -10,14 +10,10 @@ import segno
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
-from app.errors import NotFound
 from app.routes.deps import AppSettings, CurrentMerchant, Pool, Redis
 from app.schemas import Advocate, AdvocateCreate, Link, LinkCreate, LinkUpdate, LinkWithClicks
 from app.services import links as links_service
 from app.settings import Settings
-from app.storage import advocates as advocates_repo
-from app.storage import clicks as clicks_repo
-from app.storage import links as links_repo
 
 router = APIRouter(tags=["advocates and links"])
 
@@ -63,10 +59,7 @@ async def enroll_advocate(
 async def get_advocate(
     advocate_id: UUID, merchant: CurrentMerchant, pool: Pool, settings: AppSettings
 ) -> dict[str, Any]:
-    advocate = await advocates_repo.get_advocate(pool, merchant.id, advocate_id)
-    if advocate is None:
-        raise NotFound("advocate not found", field="advocate_id")
-    links = await links_repo.list_advocate_links(pool, merchant.id, advocate_id)
+    advocate, links = await links_service.get_advocate(pool, merchant.id, advocate_id)
     return advocate_view(advocate, links, settings)
 
 
@@ -89,10 +82,7 @@ async def create_link(
 async def get_link(
     link_id: UUID, merchant: CurrentMerchant, pool: Pool, settings: AppSettings
 ) -> dict[str, Any]:
-    link = await links_repo.get_link(pool, merchant.id, link_id)
-    if link is None:
-        raise NotFound("link not found", field="link_id")
-    clicks = await clicks_repo.count_link_clicks(pool, merchant.id, link_id)
+    link, clicks = await links_service.get_link_with_clicks(pool, merchant.id, link_id)
     return {**link_view(link, settings), "clicks": clicks}
 
 
@@ -123,9 +113,7 @@ async def link_qr_code(
     scale: int = Query(8, ge=1, le=40, description="Pixels per module."),
 ) -> Response:
     """A QR code of the link's URL, drawn by `segno` (pure Python, no imaging library)."""
-    link = await links_repo.get_link(pool, merchant.id, link_id)
-    if link is None:
-        raise NotFound("link not found", field="link_id")
+    link = await links_service.get_link(pool, merchant.id, link_id)
     qr = segno.make(link_view(link, settings)["url"], error="m")
     buffer = io.BytesIO()
     qr.save(buffer, kind=format, scale=scale, border=4)

@@ -26,7 +26,7 @@ from app.pipeline.event_buffer import EventBuffer, EventsLost
 from app.pipeline.events import is_click_id, new_click_and_visitor_ids
 from app.security import IpAnonymizer
 from app.settings import Settings
-from app.storage.link_cache import LinkCache
+from app.storage.link_cache import NOT_CACHED, LinkCache
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class RedirectEndpoint:
 
         code: str = scope["path"][3:]
         target = self._links.get(code)
-        if target is False:
+        if target is NOT_CACHED:
             if not LINK_CODE_PATTERN.fullmatch(code):
                 target = None
             else:
@@ -100,7 +100,7 @@ class RedirectEndpoint:
                     await _respond(send, 503, _UNAVAILABLE, [(b"retry-after", b"2")])
                     self._count(method, 503, started)
                     return
-        if target is None or target is False or not target.active:
+        if target is None or target is NOT_CACHED or not target.active:
             # Never a redirect to anything the request supplied: unknown means 404.
             await _respond(send, 404, _NOT_FOUND, [])
             self._count(method, 404, started)

@@ -11,10 +11,13 @@ from uuid import UUID
 import asyncpg
 
 from app.destinations import is_allowed
-from app.errors import InvalidInput, NotFound
+from app.errors import InvalidInput
 from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient
 from app.security import hash_email
+from app.services.tenancy import found
+from app.services.tx import transaction
 from app.storage import advocates as advocates_repo
+from app.storage import clicks as clicks_repo
 from app.storage import link_outbox
 from app.storage import links as links_repo
 from app.storage import programs as programs_repo
@@ -67,31 +70,31 @@ async def enroll_advocate(
 ) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
     """Enroll (or find) the advocate; a new advocate gets a default link. Returns
     (advocate, links, created)."""
-    async with pool.acquire() as conn:
-        async with conn.transaction():
-            program = await programs_repo.get_program(conn, merchant_id, program_id)
-            if program is None:
-                raise NotFound("program not found", field="program_id")
-            advocate, created = await advocates_repo.enroll_advocate(
+    queued_at = None
+    async with transaction(pool) as conn:
+        program = found(
+            await programs_repo.get_program(conn, merchant_id, program_id), "program", "program_id"
+        )
+        advocate, created = await advocates_repo.enroll_advocate(
+            conn,
+            merchant_id,
+            program_id,
+            external_id=external_id,
+            name=name,
+            email_hash=hash_email(email) if email else None,
+        )
+        if created:
+            link = await links_repo.create_link(
                 conn,
                 merchant_id,
-                program_id,
-                external_id=external_id,
-                name=name,
-                email_hash=hash_email(email) if email else None,
+                program_id=program_id,
+                advocate_id=advocate["id"],
+                destination=program["destination_url"],
+                channel="default",
             )
-            if created:
-                link = await links_repo.create_link(
-                    conn,
-                    merchant_id,
-                    program_id=program_id,
-                    advocate_id=advocate["id"],
-                    destination=program["destination_url"],
-                    channel="default",
-                )
-                queued_at = await link_outbox.queue(conn, [link["code"]])
+            queued_at = await link_outbox.queue(conn, [link["code"]])
         links = await links_repo.list_advocate_links(conn, merchant_id, advocate["id"])
-    if created:
+    if queued_at is not None:
         await _deliver(pool, redis, [link["code"] for link in links], queued_at)
     return advocate, links, created
 
@@ -105,12 +108,14 @@ async def issue_link(
     channel: str,
     destination: str | None,
 ) -> dict[str, Any]:
-    async with pool.acquire() as conn:
-        advocate = await advocates_repo.get_advocate(conn, merchant_id, advocate_id)
-        if advocate is None:
-            raise NotFound("advocate not found", field="advocate_id")
+    async with transaction(pool) as conn:
+        advocate = found(
+            await advocates_repo.get_advocate(conn, merchant_id, advocate_id),
+            "advocate",
+            "advocate_id",
+        )
         program = await programs_repo.get_program(conn, merchant_id, advocate["program_id"])
-        assert program is not None
+        assert program is not None  # an advocate's program is the merchant's
         target = destination or program["destination_url"]
         if not is_allowed(target, program["allowed_domains"]):
             raise InvalidInput(
@@ -118,16 +123,15 @@ async def issue_link(
                 f"({', '.join(program['allowed_domains'])})",
                 field="body.destination",
             )
-        async with conn.transaction():
-            link = await links_repo.create_link(
-                conn,
-                merchant_id,
-                program_id=advocate["program_id"],
-                advocate_id=advocate_id,
-                destination=target,
-                channel=channel,
-            )
-            queued_at = await link_outbox.queue(conn, [link["code"]])
+        link = await links_repo.create_link(
+            conn,
+            merchant_id,
+            program_id=advocate["program_id"],
+            advocate_id=advocate_id,
+            destination=target,
+            channel=channel,
+        )
+        queued_at = await link_outbox.queue(conn, [link["code"]])
     await _deliver(pool, redis, [link["code"]], queued_at)
     return link
 
@@ -139,20 +143,41 @@ async def set_link_active(
     starts) redirecting it at once when Redis takes the write-through, within the relay's
     interval after Redis recovers when it does not, and within the in-process cache's TTL for
     a process that missed the invalidation message."""
-    async with pool.acquire() as conn, conn.transaction():
-        link = await links_repo.set_link_active(conn, merchant_id, link_id, active)
-        if link is None:
-            raise NotFound("link not found", field="link_id")
+    async with transaction(pool) as conn:
+        link = found(
+            await links_repo.set_link_active(conn, merchant_id, link_id, active), "link", "link_id"
+        )
         queued_at = await link_outbox.queue(conn, [link["code"]])
     await _deliver(pool, redis, [link["code"]], queued_at)
     return link
 
 
 async def republish_program_links(pool: asyncpg.Pool, redis: RedisClient, program_id: UUID) -> None:
-    async with pool.acquire() as conn, conn.transaction():
+    async with transaction(pool) as conn:
         codes = [
             r["code"]
             for r in await conn.fetch("SELECT code FROM links WHERE program_id = $1", program_id)
         ]
         queued_at = await link_outbox.queue(conn, codes)
     await _deliver(pool, redis, codes, queued_at)
+
+
+async def get_advocate(
+    pool: asyncpg.Pool, merchant_id: UUID, advocate_id: UUID
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The advocate and their links."""
+    advocate = found(
+        await advocates_repo.get_advocate(pool, merchant_id, advocate_id), "advocate", "advocate_id"
+    )
+    return advocate, await links_repo.list_advocate_links(pool, merchant_id, advocate_id)
+
+
+async def get_link(pool: asyncpg.Pool, merchant_id: UUID, link_id: UUID) -> dict[str, Any]:
+    return found(await links_repo.get_link(pool, merchant_id, link_id), "link", "link_id")
+
+
+async def get_link_with_clicks(
+    pool: asyncpg.Pool, merchant_id: UUID, link_id: UUID
+) -> tuple[dict[str, Any], dict[str, int]]:
+    link = await get_link(pool, merchant_id, link_id)
+    return link, await clicks_repo.count_link_clicks(pool, merchant_id, link_id)

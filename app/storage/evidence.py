@@ -8,7 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
-from app.attribution.model import Advocate, Click
+from app.attribution.model import Click, Referrer
 from app.codes import normalize_referral_code
 from app.pipeline.events import click_time
 
@@ -22,13 +22,13 @@ _CLICK_COLUMNS = (
 
 
 def _click(row: asyncpg.Record) -> Click:
-    advocate = Advocate(
+    advocate = Referrer(
         row["advocate_id"], row["program_id"], row["external_id"], row["email_hash"]
     )
     return Click(row["click_id"], row["clicked_at"], row["link_id"], advocate, row["is_bot"])
 
 
-async def advocate_by_code(conn: asyncpg.Connection, merchant: UUID, code: str) -> Advocate | None:
+async def advocate_by_code(conn: asyncpg.Connection, merchant: UUID, code: str) -> Referrer | None:
     row = await conn.fetchrow(
         "SELECT id, program_id, external_id, email_hash FROM advocates"
         " WHERE merchant_id = $1 AND referral_code = $2",
@@ -37,7 +37,7 @@ async def advocate_by_code(conn: asyncpg.Connection, merchant: UUID, code: str) 
     )
     if row is None:
         return None
-    return Advocate(row["id"], row["program_id"], row["external_id"], row["email_hash"])
+    return Referrer(row["id"], row["program_id"], row["external_id"], row["email_hash"])
 
 
 async def click_by_id(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 import zlib
@@ -33,6 +34,16 @@ INVALIDATION_CHANNEL = keys.LINK_INVALIDATION_CHANNEL
 # writes the record back.
 LINK_RECORD_TTL_SECONDS = keys.LINK_RECORD_TTL_SECONDS
 _redis_key = keys.link_record
+
+
+class NotCached(enum.Enum):
+    """What `LinkCache.get` answers for a code it holds nothing about (neither a target nor
+    "unknown"): one identity to compare with, on the hot path."""
+
+    NOT_CACHED = enum.auto()
+
+
+NOT_CACHED = NotCached.NOT_CACHED
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,16 +117,17 @@ class LinkCache:
         self._lookups = lookups  # bounds the PostgreSQL reads that made-up codes can cause
         self._listener: asyncio.Task[None] | None = None
 
-    def get(self, code: str) -> LinkTarget | bool | None:
-        """The cached target, None for a cached unknown code, False when not cached (call load)."""
+    def get(self, code: str) -> LinkTarget | NotCached | None:
+        """The cached target, None for a cached unknown code, NOT_CACHED when it is not cached
+        (then call `load`)."""
         hit = self._entries.get(code)
         if hit is None:
             unknown_until = self._unknown.get(code)
             if unknown_until is not None and unknown_until >= time.monotonic():
                 return None
-            return False
+            return NOT_CACHED
         if hit[0] < time.monotonic():
-            return False
+            return NOT_CACHED
         return hit[1]
 
     async def load(self, code: str) -> LinkTarget | None:

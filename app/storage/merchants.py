@@ -1,4 +1,4 @@
-"""Merchants (tenants) and their API keys."""
+"""Merchants (tenants) and their API keys, in SQL (created by app/services/merchants.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from uuid import UUID
 
 import asyncpg
 
-from app.security import hash_api_key, new_api_key, new_webhook_secret
+from app.security import NewApiKey, hash_api_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,35 +24,25 @@ class CreatedMerchant:
     webhook_secret: str
 
 
-async def create_merchant(pool: asyncpg.Pool, name: str) -> CreatedMerchant:
-    key = new_api_key()
-    secret = new_webhook_secret()
-    async with pool.acquire() as conn, conn.transaction():
-        merchant_id = await conn.fetchval(
-            "INSERT INTO merchants (name, webhook_secret) VALUES ($1, $2) RETURNING id",
-            name,
-            secret,
-        )
-        await conn.execute(
-            "INSERT INTO api_keys (merchant_id, key_hash, key_prefix, label)"
-            " VALUES ($1, $2, $3, 'initial')",
-            merchant_id,
-            key.hash,
-            key.prefix,
-        )
-    return CreatedMerchant(id=merchant_id, name=name, api_key=key.key, webhook_secret=secret)
+async def insert_merchant(conn: asyncpg.Connection, name: str, webhook_secret: str) -> UUID:
+    merchant_id: UUID = await conn.fetchval(
+        "INSERT INTO merchants (name, webhook_secret) VALUES ($1, $2) RETURNING id",
+        name,
+        webhook_secret,
+    )
+    return merchant_id
 
 
-async def add_api_key(pool: asyncpg.Pool, merchant_id: UUID, label: str) -> str:
-    key = new_api_key()
-    await pool.execute(
+async def insert_api_key(
+    conn: asyncpg.Connection | asyncpg.Pool, merchant_id: UUID, key: NewApiKey, label: str
+) -> None:
+    await conn.execute(
         "INSERT INTO api_keys (merchant_id, key_hash, key_prefix, label) VALUES ($1, $2, $3, $4)",
         merchant_id,
         key.hash,
         key.prefix,
         label,
     )
-    return key.key
 
 
 async def merchant_for_api_key(pool: asyncpg.Pool, api_key: str) -> Merchant | None:

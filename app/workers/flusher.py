@@ -11,9 +11,9 @@ from prometheus_client import start_http_server
 from app.pipeline.flusher import Flusher, Sink
 from app.pipeline.redis_client import RedisClient
 from app.pipeline.redis_client import connect as connect_redis
-from app.settings import Settings
 from app.services.clicks import ClickSink
 from app.services.processing import ConversionSink
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 

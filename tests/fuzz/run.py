@@ -35,8 +35,8 @@ def _free_port() -> int:
 
 async def _seed(dsn: str, base: str) -> str:
     """A merchant with real objects behind its key; returns the key."""
+    from app.services.merchants import create_merchant
     from app.storage.db import create_pool
-    from app.storage.merchants import create_merchant
 
     pool = await create_pool(dsn, min_size=1, max_size=2)
     try:
