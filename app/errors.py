@@ -7,6 +7,7 @@ also list every failing field under "errors".
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import asyncpg
@@ -113,7 +114,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(UNAVAILABLE_BODY, status_code=503, headers={"Retry-After": "2"})
 
     for exc_type in BACKEND_UNAVAILABLE:
-        app.add_exception_handler(exc_type, unavailable)  # type: ignore[arg-type]
+        app.add_exception_handler(exc_type, unavailable)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -126,14 +127,16 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
             exc.status_code, "http_error"
         )
-        headers = exc.headers
+        headers: Mapping[str, str] | None = exc.headers
         if exc.status_code == 405:
             headers = {"Allow": _allowed_methods(app, request.scope)}
-        body = {"error": {"code": code, "message": str(exc.detail), "field": None}}
-        return JSONResponse(body, status_code=exc.status_code, headers=headers)
+        error: dict[str, Any] = {"code": code, "message": str(exc.detail), "field": None}
+        return JSONResponse(
+            {"error": error}, status_code=exc.status_code, headers=dict(headers or {})
+        )
 
 
-def _allowed_methods(app: FastAPI, scope: dict[str, Any]) -> str:
+def _allowed_methods(app: FastAPI, scope: MutableMapping[str, Any]) -> str:
     """Every method of every route on this path (one route per method here, and Starlette's
     own Allow names only the first route's)."""
     methods: set[str] = set()

@@ -126,7 +126,8 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
         description="Tracked referral links, click capture, attribution and rewards.",
         lifespan=lifespan,
     )
-    api.openapi = lambda: complete_openapi(api)  # type: ignore[method-assign]
+    # FastAPI's documented way to complete the document: replace the method on the instance.
+    api.openapi = lambda: complete_openapi(api)  # type: ignore[method-assign]  # see above
     install_error_handlers(api)
     api.include_router(ops.router)
     api.include_router(programs.router)

@@ -65,13 +65,13 @@ class RequestStats:
             cumulative, running = [], 0
             for bound, n in zip((*self.buckets, float("inf")), per_bucket, strict=True):
                 running += n
-                cumulative.append((floatToGoString(bound), running))
+                cumulative.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]  # prometheus_client is untyped here
             latency.add_metric([route], cumulative, sum_value=total[0])
         yield latency
 
 
 http_stats = RequestStats()
-REGISTRY.register(http_stats)  # type: ignore[arg-type]
+REGISTRY.register(http_stats)
 
 events_buffered = Counter(
     "referral_events_buffered_total",

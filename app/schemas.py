@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -42,7 +42,10 @@ Domain = Annotated[
 ]
 
 # Stated in the OpenAPI document, so that clients (and fuzzers) know what a destination is.
-_URL_SCHEMA = {"format": "iri", "pattern": r"^https?://"}  # IRIs: hosts in any script (IDNA)
+_URL_SCHEMA: dict[str, Any] = {
+    "format": "iri",
+    "pattern": r"^https?://",
+}  # IRIs: hosts in any script (IDNA)
 
 Channel = Literal[
     "default", "email", "whatsapp", "sms", "qr", "facebook", "x", "instagram", "linkedin", "other"

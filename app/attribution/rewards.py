@@ -87,10 +87,14 @@ def compute_rewards(rules: ProgramRules, sale: Sale) -> list[RewardDraft] | NoRe
         return NoReward(reason)
     hold_until = sale.occurred_at + timedelta(days=rules.hold_days)
     drafts = []
-    for beneficiary, rule in (("advocate", rules.advocate_reward), ("friend", rules.friend_reward)):
+    sides: tuple[tuple[Beneficiary, Reward | None], ...] = (
+        ("advocate", rules.advocate_reward),
+        ("friend", rules.friend_reward),
+    )
+    for beneficiary, rule in sides:
         if rule is None:
             continue
         amount = _amount(rule, sale)
         if amount > 0:
-            drafts.append(RewardDraft(beneficiary, amount, rules.currency, hold_until))  # type: ignore[arg-type]
+            drafts.append(RewardDraft(beneficiary, amount, rules.currency, hold_until))
     return drafts or NoReward("the rules define no reward")

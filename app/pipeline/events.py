@@ -29,6 +29,8 @@ class _Entropy:
     """
 
     __slots__ = ("digits", "used")
+    digits: str
+    used: int
     DRAW = 128 * 26  # bytes: 20 + 32 hex digits per click
 
     def __init__(self) -> None:

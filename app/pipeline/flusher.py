@@ -156,7 +156,8 @@ class Flusher:
             )
             if not response:
                 break
-            self._take(batch, response[0][1])
+            replies: Any = response  # [[stream, [(id, fields), …]]]
+            self._take(batch, replies[0][1])
         return batch
 
     async def acknowledge(self, batch: Batch) -> None:

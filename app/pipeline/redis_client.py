@@ -40,7 +40,10 @@ async def new_connection_for(redis: RedisClient, key: str, **overrides: Any) -> 
     if isinstance(redis, RedisCluster):
         await redis.initialize()  # learns the slots on first use; a no-op afterwards
         node = redis.get_node_from_key(key)
-        connection_class, kwargs = node.connection_class, node.connection_kwargs
+        if node is None:
+            raise RedisClusterException(f"no node owns the slot of {key!r}")
+        connection_class: Any = node.connection_class
+        kwargs = node.connection_kwargs
     else:
         pool = redis.connection_pool
         connection_class, kwargs = pool.connection_class, pool.connection_kwargs

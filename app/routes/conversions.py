@@ -18,7 +18,7 @@ from app.routes.deps import (
     ConversionBuffer,
     CurrentMerchant,
     Pool,
-    Redis,
+    RedisConn,
     WebhookSecrets,
 )
 from app.schemas import ConversionAccepted, ConversionIn, ConversionView
@@ -40,7 +40,7 @@ router = APIRouter(tags=["conversions"])
 )
 async def post_conversion(
     request: Request,
-    redis: Redis,
+    redis: RedisConn,
     secrets: WebhookSecrets,
     buffer: ConversionBuffer,
     anonymize: Anonymizer,
@@ -71,7 +71,7 @@ async def post_conversion(
 
 @router.get("/v1/conversions/{conversion_id}", response_model=ConversionView)
 async def read_conversion(
-    conversion_id: UUID, merchant: CurrentMerchant, pool: Pool, redis: Redis
+    conversion_id: UUID, merchant: CurrentMerchant, pool: Pool, redis: RedisConn
 ) -> Any:
     return await intake.read_conversion(pool, redis, merchant.id, conversion_id)
 

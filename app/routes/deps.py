@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import Unauthorized
 from app.pipeline.event_buffer import EventBuffer
-from app.pipeline.redis_client import Redis
+from app.pipeline.redis_client import RedisClient
 from app.runtime import Runtime
 from app.security import IpAnonymizer
 from app.services.intake import SecretCache
@@ -36,7 +36,7 @@ async def _pool(runtime: AppRuntime) -> asyncpg.Pool:
     return runtime.pool
 
 
-async def _redis(runtime: AppRuntime) -> Redis:
+async def _redis(runtime: AppRuntime) -> RedisClient:
     return runtime.redis
 
 
@@ -57,7 +57,7 @@ async def _anonymizer(runtime: AppRuntime) -> IpAnonymizer:
 
 
 Pool = Annotated[asyncpg.Pool, Depends(_pool)]
-Redis = Annotated[Redis, Depends(_redis)]
+RedisConn = Annotated[RedisClient, Depends(_redis)]
 AppSettings = Annotated[Settings, Depends(_settings)]
 ConversionBuffer = Annotated[EventBuffer, Depends(_conversion_buffer)]
 WebhookSecrets = Annotated[SecretCache, Depends(_secrets)]

@@ -10,7 +10,7 @@ import segno
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
-from app.routes.deps import AppSettings, CurrentMerchant, Pool, Redis
+from app.routes.deps import AppSettings, CurrentMerchant, Pool, RedisConn
 from app.schemas import Advocate, AdvocateCreate, Link, LinkCreate, LinkUpdate, LinkWithClicks
 from app.services import links as links_service
 from app.settings import Settings
@@ -39,7 +39,7 @@ async def enroll_advocate(
     body: AdvocateCreate,
     merchant: CurrentMerchant,
     pool: Pool,
-    redis: Redis,
+    redis: RedisConn,
     settings: AppSettings,
 ) -> Any:
     advocate, links, created = await links_service.enroll_advocate(
@@ -69,7 +69,7 @@ async def create_link(
     body: LinkCreate,
     merchant: CurrentMerchant,
     pool: Pool,
-    redis: Redis,
+    redis: RedisConn,
     settings: AppSettings,
 ) -> dict[str, Any]:
     link = await links_service.issue_link(
@@ -92,7 +92,7 @@ async def update_link(
     body: LinkUpdate,
     merchant: CurrentMerchant,
     pool: Pool,
-    redis: Redis,
+    redis: RedisConn,
     settings: AppSettings,
 ) -> dict[str, Any]:
     link = await links_service.set_link_active(pool, redis, merchant.id, link_id, body.active)

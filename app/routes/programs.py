@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter
 
 from app.attribution.rules import ProgramRules
-from app.routes.deps import CurrentMerchant, Pool, Redis
+from app.routes.deps import CurrentMerchant, Pool, RedisConn
 from app.schemas import Program, ProgramCreate, RulesView
 from app.services import programs as service
 
@@ -45,7 +45,7 @@ async def get_rules(program_id: UUID, merchant: CurrentMerchant, pool: Pool) -> 
 
 @router.put("/{program_id}/rules", response_model=RulesView)
 async def replace_rules(
-    program_id: UUID, body: ProgramRules, merchant: CurrentMerchant, pool: Pool, redis: Redis
+    program_id: UUID, body: ProgramRules, merchant: CurrentMerchant, pool: Pool, redis: RedisConn
 ) -> Any:
     """Store a new version of the rules. Rewards already computed keep their version."""
     return await service.replace_rules(pool, redis, merchant.id, program_id, body)

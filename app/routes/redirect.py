@@ -100,7 +100,7 @@ class RedirectEndpoint:
                     await _respond(send, 503, _UNAVAILABLE, [(b"retry-after", b"2")])
                     self._count(method, 503, started)
                     return
-        if target is None or target is NOT_CACHED or not target.active:
+        if target is None or not target.active:
             # Never a redirect to anything the request supplied: unknown means 404.
             await _respond(send, 404, _NOT_FOUND, [])
             self._count(method, 404, started)

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query
 
-from app.routes.deps import AppSettings, CurrentMerchant, Pool, Redis
+from app.routes.deps import AppSettings, CurrentMerchant, Pool, RedisConn
 from app.schemas import AdvocateToken, Funnel
 from app.services import stats as service
 
@@ -17,7 +17,7 @@ router = APIRouter(tags=["statistics"])
 
 @router.get("/v1/programs/{program_id}/stats", response_model=Funnel)
 async def program_stats(
-    program_id: UUID, merchant: CurrentMerchant, pool: Pool, redis: Redis
+    program_id: UUID, merchant: CurrentMerchant, pool: Pool, redis: RedisConn
 ) -> Any:
     """The program's funnel; `unique_visitors` is estimated (within about 1 %), and null while
     Redis is unreachable."""

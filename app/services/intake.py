@@ -173,7 +173,7 @@ async def accept_conversion(
     except REDIS_UNAVAILABLE:
         seen = None  # PostgreSQL's unique key still stores it once
     if seen is not None:
-        if seen.decode() != digest:
+        if (seen if isinstance(seen, str) else seen.decode()) != digest:
             raise Conflict(
                 "event_id was already used for a different conversion", field="body.event_id"
             )
@@ -240,4 +240,6 @@ async def is_queued(redis: RedisClient, merchant_id: UUID, conversion: UUID) -> 
         owner = await redis.get(keys.conversion_queued(conversion))
     except REDIS_UNAVAILABLE:
         return False
-    return owner is not None and owner.decode() == str(merchant_id)
+    if owner is None:
+        return False
+    return (owner if isinstance(owner, str) else owner.decode()) == str(merchant_id)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import asyncpg
@@ -78,7 +78,7 @@ class ConversionSink:
         deadline = time.monotonic() + self._wait_seconds
         while True:
             heads = [await self._redis.xrange(s, count=1) for s in self._click_streams]
-            if all(not h or entry_ms(h[0][0]) > entered_ms for h in heads):
+            if all(not h or entry_ms(cast(bytes, h[0][0])) > entered_ms for h in heads):
                 return
             if time.monotonic() > deadline:
                 raise RetryLater("clicks older than these conversions are not stored yet")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import cast
 
 import asyncpg
 
@@ -16,4 +17,5 @@ import asyncpg
 @contextlib.asynccontextmanager
 async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     async with pool.acquire() as conn, conn.transaction():
-        yield conn
+        # The pool hands out a proxy that behaves as the connection it wraps.
+        yield cast(asyncpg.Connection, conn)

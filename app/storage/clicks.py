@@ -128,6 +128,7 @@ async def count_link_clicks(pool: asyncpg.Pool, merchant_id: UUID, link_id: UUID
         merchant_id,
         link_id,
     )
+    assert row is not None  # an aggregate always returns a row
     return {"human": row["human"], "bot": row["bot"]}
 
 

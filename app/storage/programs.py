@@ -32,6 +32,7 @@ async def create_program(
         allowed_domains,
         attribution_window_days,
     )
+    assert row is not None  # INSERT … RETURNING always returns the row
     return dict(row)
 
 

@@ -24,7 +24,7 @@ async def save_rules(conn: asyncpg.Connection, program_id: UUID, rules: ProgramR
         program_id,
         rules.attribution_window_days,
     )
-    return version
+    return int(version)
 
 
 async def current_rules(

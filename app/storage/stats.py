@@ -29,6 +29,7 @@ async def program_funnel(
         merchant_id,
         program_id,
     )
+    assert clicks is not None  # an aggregate always returns a row
     visitors = await count_visitors(redis, program_id)
     rest = await _conversions_and_rewards(pool, merchant_id, program_id, None)
     return {"clicks": clicks["human"], "bot_clicks": clicks["bot"], "unique_visitors": visitors,
@@ -47,6 +48,7 @@ async def advocate_funnel(
         merchant_id,
         advocate_id,
     )
+    assert clicks is not None
     rest = await _conversions_and_rewards(pool, merchant_id, None, advocate_id)
     return {"clicks": clicks["human"], "bot_clicks": clicks["bot"],
             "unique_visitors": clicks["visitors"], **rest}  # fmt: skip
