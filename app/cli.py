@@ -57,8 +57,8 @@ async def _migrate() -> None:
 
 async def _rebuild_visitor_counts() -> int:
     from app.pipeline.redis_client import connect
+    from app.services.visitors import rebuild_visitor_counts
     from app.storage.db import create_pool
-    from app.storage.visitors import rebuild_visitor_counts
 
     settings = load_settings()
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)

@@ -36,10 +36,10 @@ sys.path.insert(0, str(ROOT))
 
 from app.pipeline.events import EVENTS_FIELD, new_click_and_visitor_ids  # noqa: E402
 from app.services.merchants import create_merchant  # noqa: E402
+from app.services.visitors import rebuild_visitor_counts  # noqa: E402
 from app.storage.clicks import CLICK_COLUMNS, click_record  # noqa: E402
 from app.storage.db import migrate  # noqa: E402
 from app.storage.stats import advocate_funnel, program_funnel  # noqa: E402
-from app.storage.visitors import rebuild_visitor_counts  # noqa: E402
 
 SERVER_CPU = os.environ.get("SERVER_CPU", "0")
 LOAD_CPU = os.environ.get("LOAD_CPU", "1")

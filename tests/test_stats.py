@@ -12,9 +12,9 @@ from redis.asyncio import Redis
 
 from app.pipeline.events import EVENTS_FIELD
 from app.security import advocate_token
+from app.services.visitors import rebuild_visitor_counts
 from app.settings import Settings
 from app.storage.merchants import CreatedMerchant
-from app.storage.visitors import rebuild_visitor_counts
 from tests.conftest import BROWSER_UA, auth, flush, make_advocate, make_program
 from tests.test_conversions import RULES, click, post
 

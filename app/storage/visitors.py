@@ -14,8 +14,6 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
 from app.pipeline import keys
 from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient
 
@@ -38,30 +36,3 @@ async def count_visitors(redis: RedisClient, program_id: UUID) -> int | None:
     except REDIS_UNAVAILABLE:
         return None
     return count
-
-
-async def rebuild_visitor_counts(
-    pool: asyncpg.Pool, redis: RedisClient, chunk: int = 50_000
-) -> int:
-    """Recompute every program's HyperLogLog from the stored human clicks; returns the programs.
-
-    Runs beside live flushers safely: what they add meanwhile is added to the new key as well.
-    """
-    programs = [r["id"] for r in await pool.fetch("SELECT id FROM programs")]
-    for program_id in programs:
-        await redis.delete(_key(program_id))
-        async with pool.acquire() as conn, conn.transaction():
-            cursor = conn.cursor(
-                "SELECT DISTINCT replace(visitor_id::text, '-', '') AS v FROM clicks"
-                " WHERE program_id = $1 AND NOT is_bot AND visitor_id IS NOT NULL",
-                program_id,
-            )
-            ids: list[str] = []
-            async for row in cursor:
-                ids.append(row["v"])
-                if len(ids) >= chunk:
-                    await redis.pfadd(_key(program_id), *ids)
-                    ids.clear()
-            if ids:
-                await redis.pfadd(_key(program_id), *ids)
-    return len(programs)
