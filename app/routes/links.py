@@ -14,16 +14,17 @@ from app.routes.deps import AppSettings, CurrentMerchant, Pool, RedisConn
 from app.schemas import Advocate, AdvocateCreate, Link, LinkCreate, LinkUpdate, LinkWithClicks
 from app.services import links as links_service
 from app.settings import Settings
+from app.storage.rows import AdvocateRow, LinkRow
 
 router = APIRouter(tags=["advocates and links"])
 
 
-def link_view(link: dict[str, Any], settings: Settings) -> dict[str, Any]:
+def link_view(link: LinkRow, settings: Settings) -> dict[str, Any]:
     return {**link, "url": f"{settings.public_base_url.rstrip('/')}/r/{link['code']}"}
 
 
 def advocate_view(
-    advocate: dict[str, Any], links: list[dict[str, Any]], settings: Settings
+    advocate: AdvocateRow, links: list[LinkRow], settings: Settings
 ) -> dict[str, Any]:
     return {**advocate, "links": [link_view(link, settings) for link in links]}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -22,6 +21,7 @@ from app.storage import link_outbox
 from app.storage import links as links_repo
 from app.storage import programs as programs_repo
 from app.storage.link_cache import publish_link
+from app.storage.rows import AdvocateRow, LinkRow
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ async def enroll_advocate(
     external_id: str,
     name: str,
     email: str | None,
-) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
+) -> tuple[AdvocateRow, list[LinkRow], bool]:
     """Enroll (or find) the advocate; a new advocate gets a default link. Returns
     (advocate, links, created)."""
     queued_at = None
@@ -107,7 +107,7 @@ async def issue_link(
     *,
     channel: str,
     destination: str | None,
-) -> dict[str, Any]:
+) -> LinkRow:
     async with transaction(pool) as conn:
         advocate = found(
             await advocates_repo.get_advocate(conn, merchant_id, advocate_id),
@@ -138,7 +138,7 @@ async def issue_link(
 
 async def set_link_active(
     pool: asyncpg.Pool, redis: RedisClient, merchant_id: UUID, link_id: UUID, active: bool
-) -> dict[str, Any]:
+) -> LinkRow:
     """Switch a link on or off. Committed with its outbox row; every API process stops (or
     starts) redirecting it at once when Redis takes the write-through, within the relay's
     interval after Redis recovers when it does not, and within the in-process cache's TTL for
@@ -164,7 +164,7 @@ async def republish_program_links(pool: asyncpg.Pool, redis: RedisClient, progra
 
 async def get_advocate(
     pool: asyncpg.Pool, merchant_id: UUID, advocate_id: UUID
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[AdvocateRow, list[LinkRow]]:
     """The advocate and their links."""
     advocate = found(
         await advocates_repo.get_advocate(pool, merchant_id, advocate_id), "advocate", "advocate_id"
@@ -172,12 +172,12 @@ async def get_advocate(
     return advocate, await links_repo.list_advocate_links(pool, merchant_id, advocate_id)
 
 
-async def get_link(pool: asyncpg.Pool, merchant_id: UUID, link_id: UUID) -> dict[str, Any]:
+async def get_link(pool: asyncpg.Pool, merchant_id: UUID, link_id: UUID) -> LinkRow:
     return found(await links_repo.get_link(pool, merchant_id, link_id), "link", "link_id")
 
 
 async def get_link_with_clicks(
     pool: asyncpg.Pool, merchant_id: UUID, link_id: UUID
-) -> tuple[dict[str, Any], dict[str, int]]:
+) -> tuple[LinkRow, dict[str, int]]:
     link = await get_link(pool, merchant_id, link_id)
     return link, await clicks_repo.count_link_clicks(pool, merchant_id, link_id)

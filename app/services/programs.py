@@ -16,6 +16,7 @@ from app.services.tenancy import found
 from app.services.tx import transaction
 from app.storage import programs as programs_repo
 from app.storage import rules as rules_repo
+from app.storage.rows import ProgramRow
 
 
 async def create_program(
@@ -27,7 +28,7 @@ async def create_program(
     allowed_domains: list[str] | None,
     attribution_window_days: int,
     rules: ProgramRules | None,
-) -> dict[str, Any]:
+) -> ProgramRow:
     """A program and its first rules (default: the window given, 10.00 per first purchase)."""
     allowed = allowed_domains or [host_of(destination_url)]
     if not is_allowed(destination_url, allowed):
@@ -49,11 +50,11 @@ async def create_program(
     return program
 
 
-async def list_programs(pool: asyncpg.Pool, merchant_id: UUID) -> list[dict[str, Any]]:
+async def list_programs(pool: asyncpg.Pool, merchant_id: UUID) -> list[ProgramRow]:
     return await programs_repo.list_programs(pool, merchant_id)
 
 
-async def get_program(pool: asyncpg.Pool, merchant_id: UUID, program_id: UUID) -> dict[str, Any]:
+async def get_program(pool: asyncpg.Pool, merchant_id: UUID, program_id: UUID) -> ProgramRow:
     program = await programs_repo.get_program(pool, merchant_id, program_id)
     return found(program, "program", "program_id")
 

@@ -17,9 +17,10 @@ from app.services.tenancy import found
 from app.settings import Settings
 from app.storage import advocates as advocates_repo
 from app.storage import stats as stats_repo
+from app.storage.rows import AdvocateRow
 
 
-async def _advocate(pool: asyncpg.Pool, merchant_id: UUID, advocate_id: UUID) -> dict[str, Any]:
+async def _advocate(pool: asyncpg.Pool, merchant_id: UUID, advocate_id: UUID) -> AdvocateRow:
     advocate = await advocates_repo.get_advocate(pool, merchant_id, advocate_id)
     return found(advocate, "advocate", "advocate_id")
 

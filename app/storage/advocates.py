@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 from uuid import UUID
 
 import asyncpg
 
 from app.codes import new_referral_code
+from app.storage.rows import AdvocateRow
 
 _COLUMNS = "id, merchant_id, program_id, external_id, name, referral_code, created_at"
 
@@ -20,7 +21,7 @@ async def enroll_advocate(
     external_id: str,
     name: str,
     email_hash: bytes | None,
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[AdvocateRow, bool]:
     """Insert the advocate, or return the one already enrolled with this external id.
 
     Returns (advocate, created). Enrolling is idempotent so a merchant can call it on every login.
@@ -38,24 +39,24 @@ async def enroll_advocate(
             new_referral_code(name),
         )
         if row is not None:
-            return dict(row), True
+            return cast(AdvocateRow, dict(row)), True
         existing = await conn.fetchrow(
             f"SELECT {_COLUMNS} FROM advocates WHERE program_id = $1 AND external_id = $2",
             program_id,
             external_id,
         )
         if existing is not None:
-            return dict(existing), False
+            return cast(AdvocateRow, dict(existing)), False
         # Otherwise the random referral code collided: draw another.
     raise RuntimeError("could not allocate a unique referral code")
 
 
 async def get_advocate(
     pool: asyncpg.Pool | asyncpg.Connection, merchant_id: UUID, advocate_id: UUID
-) -> dict[str, Any] | None:
+) -> AdvocateRow | None:
     row = await pool.fetchrow(
         f"SELECT {_COLUMNS} FROM advocates WHERE merchant_id = $1 AND id = $2",
         merchant_id,
         advocate_id,
     )
-    return dict(row) if row else None
+    return cast(AdvocateRow, dict(row)) if row else None

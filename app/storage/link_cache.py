@@ -18,7 +18,6 @@ import time
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 import orjson
@@ -26,6 +25,7 @@ import orjson
 from app.pipeline import keys
 from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient
 from app.storage import links as links_repo
+from app.storage.rows import RedirectRecord
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def shard_of(code: str, shards: int) -> int:
     return zlib.crc32(code.encode()) % shards if shards > 1 else 0
 
 
-def build_target(record: dict[str, Any], click_id_param: str, shard: int = 0) -> LinkTarget:
+def build_target(record: RedirectRecord, click_id_param: str, shard: int = 0) -> LinkTarget:
     destination: str = record["destination"]
     base, hash_mark, fragment = destination.partition("#")
     separator = "" if base.endswith(("?", "&")) else ("&" if "?" in base else "?")
@@ -77,7 +77,7 @@ def build_target(record: dict[str, Any], click_id_param: str, shard: int = 0) ->
     )
 
 
-async def publish_link(redis: RedisClient, code: str, record: dict[str, Any]) -> None:
+async def publish_link(redis: RedisClient, code: str, record: RedirectRecord) -> None:
     """Write a link's record through to Redis and tell every API process to drop its copy.
 
     Two commands, not one transaction: a cluster refuses PUBLISH inside a pipeline. Should the
@@ -131,7 +131,7 @@ class LinkCache:
         return hit[1]
 
     async def load(self, code: str) -> LinkTarget | None:
-        record: dict[str, Any] | None = None
+        record: RedirectRecord | None = None
         redis_ok = True
         try:
             raw = await self._redis.get(_redis_key(code))

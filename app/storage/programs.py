@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 from uuid import UUID
 
 import asyncpg
+
+from app.storage.rows import ProgramRow
 
 _COLUMNS = (
     "id, merchant_id, name, destination_url, allowed_domains, attribution_window_days,"
@@ -21,7 +23,7 @@ async def create_program(
     destination_url: str,
     allowed_domains: list[str],
     attribution_window_days: int,
-) -> dict[str, Any]:
+) -> ProgramRow:
     row = await pool.fetchrow(
         "INSERT INTO programs (merchant_id, name, destination_url, allowed_domains,"
         " attribution_window_days) VALUES ($1, $2, $3, $4, $5)"
@@ -33,23 +35,23 @@ async def create_program(
         attribution_window_days,
     )
     assert row is not None  # INSERT … RETURNING always returns the row
-    return dict(row)
+    return cast(ProgramRow, dict(row))
 
 
 async def get_program(
     pool: asyncpg.Pool | asyncpg.Connection, merchant_id: UUID, program_id: UUID
-) -> dict[str, Any] | None:
+) -> ProgramRow | None:
     row = await pool.fetchrow(
         f"SELECT {_COLUMNS} FROM programs WHERE merchant_id = $1 AND id = $2",
         merchant_id,
         program_id,
     )
-    return dict(row) if row else None
+    return cast(ProgramRow, dict(row)) if row else None
 
 
-async def list_programs(pool: asyncpg.Pool, merchant_id: UUID) -> list[dict[str, Any]]:
+async def list_programs(pool: asyncpg.Pool, merchant_id: UUID) -> list[ProgramRow]:
     rows = await pool.fetch(
         f"SELECT {_COLUMNS} FROM programs WHERE merchant_id = $1 ORDER BY created_at",
         merchant_id,
     )
-    return [dict(r) for r in rows]
+    return [cast(ProgramRow, dict(r)) for r in rows]

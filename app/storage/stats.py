@@ -13,6 +13,7 @@ from uuid import UUID
 
 import asyncpg
 
+from app.attribution.conversions import ConversionState
 from app.attribution.ledger import STATES
 from app.pipeline.redis_client import RedisClient
 from app.storage.visitors import count_visitors
@@ -64,9 +65,10 @@ async def _conversions_and_rewards(
     # (unverified_orders), never as a purchase or revenue.
     conversions = await pool.fetch(
         "SELECT type, currency, verified, count(*) AS n, sum(amount_minor) AS amount"
-        f" FROM conversions WHERE {scope} AND state IN ('attributed', 'refunded')"
+        f" FROM conversions WHERE {scope} AND state = ANY($4::text[])"
         " GROUP BY type, currency, verified",
         *args,
+        [ConversionState.ATTRIBUTED.value, ConversionState.REFUNDED.value],
     )
     rewards = await pool.fetch(
         "SELECT currency, state, sum(amount_minor) AS amount FROM reward_balances"

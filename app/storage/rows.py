@@ -1,0 +1,50 @@
+"""The rows repositories return, typed: the columns each query selects, by name. (Dicts at run
+time, so routes shape them into answers without copying; typed for the checker.)"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TypedDict
+from uuid import UUID
+
+
+class ProgramRow(TypedDict):
+    id: UUID
+    merchant_id: UUID
+    name: str
+    destination_url: str
+    allowed_domains: list[str]
+    attribution_window_days: int
+    active: bool
+    created_at: datetime
+
+
+class AdvocateRow(TypedDict):
+    id: UUID
+    merchant_id: UUID
+    program_id: UUID
+    external_id: str
+    name: str
+    referral_code: str
+    created_at: datetime
+
+
+class LinkRow(TypedDict):
+    id: UUID
+    code: str
+    merchant_id: UUID
+    program_id: UUID
+    advocate_id: UUID
+    destination: str
+    channel: str
+    active: bool
+    created_at: datetime
+
+
+class RedirectRecord(TypedDict):
+    """What the redirect needs about a code; also the JSON cached in Redis (`link:{code}`)."""
+
+    id: str
+    destination: str
+    active: bool
+    window_days: int
