@@ -26,7 +26,7 @@ STATES: tuple[RewardState, ...] = tuple(RewardState)
 Balances = dict[str, int]  # state name -> minor units
 
 
-class Transition(StrEnum):
+class LedgerAction(StrEnum):
     """Moves a person or a job makes (a refund's reversal is `plan_reversal`)."""
 
     APPROVE = "approve"  # the hold is over
@@ -35,10 +35,10 @@ class Transition(StrEnum):
 
 
 # Where each transition takes money from, and where it puts it.
-MOVES: dict[Transition, tuple[tuple[RewardState, ...], RewardState]] = {
-    Transition.APPROVE: ((RewardState.PENDING,), RewardState.APPROVED),
-    Transition.PAY: ((RewardState.APPROVED,), RewardState.PAID),
-    Transition.REJECT: ((RewardState.PENDING, RewardState.APPROVED), RewardState.REJECTED),
+MOVES: dict[LedgerAction, tuple[tuple[RewardState, ...], RewardState]] = {
+    LedgerAction.APPROVE: ((RewardState.PENDING,), RewardState.APPROVED),
+    LedgerAction.PAY: ((RewardState.APPROVED,), RewardState.PAID),
+    LedgerAction.REJECT: ((RewardState.PENDING, RewardState.APPROVED), RewardState.REJECTED),
 }
 # Where a reversal takes money from, in order.
 REVERSIBLE: tuple[RewardState, ...] = (RewardState.PENDING, RewardState.APPROVED, RewardState.PAID)
@@ -57,7 +57,7 @@ def empty_balances() -> Balances:
     return {state.value: 0 for state in STATES}
 
 
-def plan_transition(balance: Balances, transition: Transition) -> list[Move]:
+def plan_transition(balance: Balances, transition: LedgerAction) -> list[Move]:
     """Everything the reward holds in the transition's sources, moved to its target."""
     sources, target = MOVES[transition]
     return [Move(s, target, balance[s]) for s in sources if balance[s] > 0]

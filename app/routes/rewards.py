@@ -34,7 +34,7 @@ async def mark_paid(
 ) -> dict[str, Any]:
     """Record that the approved amount was paid out (e.g. a payout reference as the reason)."""
     moved = await rewards_service.move_reward(
-        pool, merchant.id, reward_id, ledger.Transition.PAY, body.reason
+        pool, merchant.id, reward_id, ledger.LedgerAction.PAY, body.reason
     )
     return {"id": moved.reward_id, "state": moved.state, "balances": moved.balances}
 
@@ -45,6 +45,6 @@ async def reject(
 ) -> dict[str, Any]:
     """Refuse to pay a reward (fraud), with a reason a person can read."""
     moved = await rewards_service.move_reward(
-        pool, merchant.id, reward_id, ledger.Transition.REJECT, body.reason
+        pool, merchant.id, reward_id, ledger.LedgerAction.REJECT, body.reason
     )
     return {"id": moved.reward_id, "state": moved.state, "balances": moved.balances}

@@ -17,7 +17,7 @@ import asyncpg
 from app.attribution.ledger import (
     MOVES,
     Balances,
-    Transition,
+    LedgerAction,
     current_state,
     plan_transition,
 )
@@ -48,7 +48,7 @@ async def approve_due(pool: asyncpg.Pool, now: datetime) -> int:
 
 
 async def move_reward(
-    pool: asyncpg.Pool, merchant_id: UUID, reward_id: UUID, transition: Transition, reason: str
+    pool: asyncpg.Pool, merchant_id: UUID, reward_id: UUID, transition: LedgerAction, reason: str
 ) -> Moved:
     """Make a person's move (payout, rejection) as ledger entries. NotFound for another
     merchant's reward; InvalidInput (invalid_state) when the reward holds nothing to move."""

@@ -126,7 +126,7 @@ async def lock_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[
 
 
 async def approve_pending(conn: asyncpg.Connection, reward_ids: list[UUID]) -> int:
-    """Move what the (locked) rewards hold in pending to approved (ledger.Transition.APPROVE,
+    """Move what the (locked) rewards hold in pending to approved (ledger.LedgerAction.APPROVE,
     in one statement); read after the lock, so what another transaction moved meanwhile is not
     moved twice. Returns rewards approved."""
     status: str = await conn.execute(
