@@ -50,10 +50,6 @@ def no_purchase_yet(order_id: str) -> str:
     )
 
 
-def currency_mismatch(refund_currency: str, order_currency: str) -> str:
-    return f"refund currency {refund_currency} is not the order currency {order_currency}"
-
-
 def refund_applied(settlement_reason: str, reversed_minor: int) -> str:
     return f"{settlement_reason}: {reversed_minor} of rewards reversed"
 

@@ -16,6 +16,14 @@ class RefundSettlement:
     reason: str
 
 
+def currency_refusal(refund_currency: str | None, order_currency: str) -> str | None:
+    """Why a refund cannot be matched to its order by currency (no FX), or None. A refund that
+    names no currency is in the order's."""
+    if refund_currency and refund_currency != order_currency:
+        return f"refund currency {refund_currency} is not the order currency {order_currency}"
+    return None
+
+
 def settle_refund(
     order_minor: int, refunded_before_minor: int, requested_minor: int | None, order_id: str
 ) -> RefundSettlement:

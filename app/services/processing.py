@@ -38,7 +38,7 @@ from app.attribution.model import (
     attribute,
 )
 from app.attribution.pixels import pixel_evidence
-from app.attribution.refunds import reversal_amount, settle_refund
+from app.attribution.refunds import currency_refusal, reversal_amount, settle_refund
 from app.attribution.rewards import NoReward, Sale, compute_rewards
 from app.attribution.rules import ProgramRules
 from app.pipeline import keys
@@ -300,11 +300,8 @@ async def _apply_refund(
             conn, refund_id, ConversionState.REFUND_UNMATCHED, words.no_purchase_yet(refund_of)
         )
         return
-    if currency and currency != purchase.currency:
-        await repo.set_refund_outcome(
-            conn, refund_id, ConversionState.REFUND_UNMATCHED,
-            words.currency_mismatch(currency, purchase.currency),
-        )  # fmt: skip
+    if (refusal := currency_refusal(currency, purchase.currency)) is not None:
+        await repo.set_refund_outcome(conn, refund_id, ConversionState.REFUND_UNMATCHED, refusal)
         return
     earlier = await repo.refunded_before(conn, merchant, refund_of, refund_id)
     order = purchase.amount_minor
