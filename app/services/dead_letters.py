@@ -8,18 +8,18 @@ only after Redis took it.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 
 from app.pipeline.events import EVENTS_FIELD
 from app.pipeline.redis_client import RedisClient
 from app.storage import dead_letters as dead_letters_repo
+from app.storage.rows import DeadLetterRow
 
 
 async def list_dead_letters(
     pool: asyncpg.Pool, stream: str | None = None, limit: int = 100
-) -> list[dict[str, Any]]:
+) -> list[DeadLetterRow]:
     return await dead_letters_repo.pending(pool, stream, limit)
 
 

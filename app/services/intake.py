@@ -31,6 +31,7 @@ from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient
 from app.schemas import ConversionIn
 from app.security import IpAnonymizer, hash_email
 from app.storage import conversions as conversions_repo
+from app.storage.rows import ConversionRow
 
 CONVERSION_NAMESPACE = uuid.UUID("6f1c1b9e-7d0e-4b8a-9a43-0c6e2d5f8a11")
 # Pixels have ids of their own kind: no postback's event id can map to a pixel's conversion.
@@ -223,7 +224,7 @@ async def accept_pixel(
 
 async def read_conversion(
     pool: asyncpg.Pool, redis: RedisClient, merchant_id: UUID, conversion: UUID
-) -> dict[str, Any]:
+) -> ConversionRow | dict[str, Any]:
     """The stored conversion, or "queued" while it waits in the stream; NotFound otherwise
     (another merchant's conversion included)."""
     found = await conversions_repo.get_conversion(pool, merchant_id, conversion)

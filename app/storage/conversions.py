@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 from uuid import UUID
 
 import asyncpg
@@ -13,6 +13,7 @@ from app.attribution.conversions import ConversionState
 from app.attribution.pixels import PixelClaim
 from app.pipeline.events import ConversionEvent, PixelEvent
 from app.storage import rewards as rewards_repo
+from app.storage.rows import ConversionRow
 
 
 async def lock(conn: asyncpg.Connection, *keys: str) -> None:
@@ -245,7 +246,7 @@ async def advocate_referrals(conn: asyncpg.Connection, merchant: UUID, advocate:
 
 async def get_conversion(
     db: asyncpg.Pool | asyncpg.Connection, merchant_id: UUID, conversion_id: UUID
-) -> dict[str, Any] | None:
+) -> ConversionRow | None:
     row = await db.fetchrow(
         "SELECT id, event_id, state, type, order_id, amount_minor, currency, advocate_id,"
         " program_id, attribution_method, attributed_click_id, reason, rules_version"
@@ -256,4 +257,4 @@ async def get_conversion(
     if row is None:
         return None
     rewards = await rewards_repo.rewards_of_conversion(db, merchant_id, conversion_id)
-    return {**dict(row), "rewards": rewards}
+    return cast(ConversionRow, {**dict(row), "rewards": rewards})

@@ -7,10 +7,12 @@ or a read-only failover is retried instead (`app.storage.db.is_transient`).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import orjson
+
+from app.storage.rows import DeadLetterRow
 
 
 async def add(conn: asyncpg.Connection, stream: str, events: list[Any], error: str) -> None:
@@ -25,14 +27,14 @@ async def add(conn: asyncpg.Connection, stream: str, events: list[Any], error: s
 
 async def pending(
     conn: asyncpg.Connection | asyncpg.Pool, stream: str | None, limit: int
-) -> list[dict[str, Any]]:
+) -> list[DeadLetterRow]:
     rows = await conn.fetch(
         "SELECT id, stream, payload, events, error, created_at FROM dead_letters"
         " WHERE replayed_at IS NULL AND ($1::text IS NULL OR stream = $1) ORDER BY id LIMIT $2",
         stream,
         limit,
     )
-    return [dict(r) for r in rows]
+    return [cast(DeadLetterRow, dict(r)) for r in rows]
 
 
 async def mark_replayed(

@@ -5,13 +5,14 @@ services' (app/services/rewards.py, app/services/processing.py)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import cast
 from uuid import UUID
 
 import asyncpg
 
 from app.attribution.ledger import Balances, Move, current_state, empty_balances
 from app.attribution.rewards import RewardDraft
+from app.storage.rows import RewardRow
 
 Db = asyncpg.Connection | asyncpg.Pool
 
@@ -97,7 +98,7 @@ async def lock_rewards_of_conversion(
 
 async def rewards_of_conversion(
     conn: Db, merchant_id: UUID, conversion_id: UUID
-) -> list[dict[str, Any]]:
+) -> list[RewardRow]:
     """The conversion's rewards with their balances and current state."""
     rows = await conn.fetch(
         "SELECT id, beneficiary, amount_minor, currency, hold_until FROM rewards"
@@ -107,7 +108,10 @@ async def rewards_of_conversion(
     )
     sums = await balances(conn, [r["id"] for r in rows])
     return [
-        {**dict(r), "balances": sums[r["id"]], "state": current_state(sums[r["id"]]).value}
+        cast(
+            RewardRow,
+            {**dict(r), "balances": sums[r["id"]], "state": current_state(sums[r["id"]]).value},
+        )
         for r in rows
     ]
 

@@ -48,3 +48,41 @@ class RedirectRecord(TypedDict):
     destination: str
     active: bool
     window_days: int
+
+
+class RewardRow(TypedDict):
+    """A reward with its ledger balances (state name → minor units) and current state."""
+
+    id: UUID
+    beneficiary: str
+    amount_minor: int
+    currency: str
+    hold_until: datetime
+    balances: dict[str, int]
+    state: str
+
+
+class ConversionRow(TypedDict):
+    id: UUID
+    event_id: str
+    state: str
+    type: str
+    order_id: str | None
+    amount_minor: int
+    currency: str | None
+    advocate_id: UUID | None
+    program_id: UUID | None
+    attribution_method: str | None
+    attributed_click_id: UUID | None
+    reason: str
+    rules_version: int | None
+    rewards: list[RewardRow]
+
+
+class DeadLetterRow(TypedDict):
+    id: int
+    stream: str
+    payload: bytes
+    events: int
+    error: str
+    created_at: datetime
