@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -26,6 +24,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from app.caches import TtlCache
 from app.errors import BACKEND_UNAVAILABLE, UNAVAILABLE_BODY
 from app.ratelimits import RateLimits, Verdict
 from app.security import hash_api_key
@@ -56,33 +55,6 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class NegativeCache:
-    """Recently seen unknown values (keys, merchant ids), bounded, each for `ttl` seconds."""
-
-    def __init__(self, max_entries: int = 50_000, ttl: float = 60.0) -> None:
-        self._entries: OrderedDict[Any, float] = OrderedDict()
-        self._max = max_entries
-        self._ttl = ttl
-
-    def __contains__(self, value: Any) -> bool:
-        until = self._entries.get(value)
-        if until is None:
-            return False
-        if until < time.monotonic():
-            del self._entries[value]
-            return False
-        return True
-
-    def add(self, value: Any) -> None:
-        self._entries[value] = time.monotonic() + self._ttl
-        self._entries.move_to_end(value)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
-
-    def discard(self, value: Any) -> None:
-        self._entries.pop(value, None)
-
-
 @dataclass
 class GuardRuntime:
     pool: asyncpg.Pool
@@ -96,7 +68,8 @@ class EdgeGuard:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.runtime: GuardRuntime | None = None  # set by the lifespan
-        self.unknown_keys = NegativeCache()
+        # Unknown keys, remembered a minute: repeating one costs no query.
+        self.unknown_keys: TtlCache[bytes, bool] = TtlCache(max_entries=50_000, ttl=60.0)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         runtime = self.runtime
@@ -198,7 +171,7 @@ class EdgeGuard:
                 log.exception("api key lookup failed")
                 return _UNAVAILABLE
         if merchant is None:
-            self.unknown_keys.add(key_hash)
+            self.unknown_keys.put(key_hash, True)
             await runtime.limits.failed_authentication(ip)
             return _BAD_KEY
         return merchant, key_hash

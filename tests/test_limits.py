@@ -126,7 +126,7 @@ async def test_unknown_merchant_ids_are_remembered_in_a_bounded_cache(
     app: Any, client: httpx.AsyncClient, settings: Settings
 ) -> None:
     secrets = app.api.state.runtime.secrets
-    secrets.max_entries = 10
+    secrets.entries.max_entries = 10
     import uuid
 
     for _ in range(30):
@@ -162,7 +162,7 @@ async def test_a_flood_of_made_up_link_codes_neither_fails_readyz_nor_evicts_rea
         program = await make_program(client, merchant)
         link = (await make_advocate(client, merchant, program, "cust-1"))["links"][0]
         assert (await client.get(f"/r/{link['code']}")).status_code == 302
-        app.redirect._links._max_unknown = 50  # type: ignore[union-attr]
+        app.redirect._links._unknown.max_entries = 50  # type: ignore[union-attr]
         flood = [client.get(f"/r/made-up-{n:04d}") for n in range(300)]
         results = await asyncio.gather(*flood, client.get("/readyz"))
         assert results[-1].status_code == 200

@@ -8,12 +8,10 @@ so a retry gets the same id without any lookup, and PostgreSQL's unique key stor
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
-import time
 import uuid
-from collections import OrderedDict
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,6 +21,7 @@ import asyncpg
 
 from app import webhooks
 from app.attribution.conversions import ConversionState
+from app.caches import MISSING, TtlCache
 from app.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
 from app.pipeline import keys
 from app.pipeline.event_buffer import EventBuffer, EventsLost
@@ -59,26 +58,22 @@ class SignatureRejected(Unauthorized):
 class SecretCache:
     """Webhook secrets by merchant, cached a minute so a postback costs no query. Unknown
     merchant ids are cached too (as None), and the cache is bounded: a flood of made-up ids
-    costs one query each at most, and no memory beyond `max_entries`."""
+    costs one query each at most, and no memory beyond the cache's `max_entries`."""
 
     pool: asyncpg.Pool
-    lookups: asyncio.Semaphore | None = None  # bounds the queries untrusted input can cause
-    max_entries: int = 50_000
-    entries: OrderedDict[UUID, tuple[float, str | None]] = field(default_factory=OrderedDict)
+    # Bounds the queries untrusted input can cause (the runtime's shared semaphore).
+    lookups: AbstractAsyncContextManager[Any] = field(default_factory=contextlib.nullcontext)
+    entries: TtlCache[UUID, str | None] = field(
+        default_factory=lambda: TtlCache(max_entries=50_000, ttl=60.0)
+    )
 
     async def get(self, merchant_id: UUID) -> str | None:
         hit = self.entries.get(merchant_id)
-        if hit and hit[0] > time.monotonic():
-            return hit[1]
-        if self.lookups is None:
+        if hit is not MISSING:
+            return hit
+        async with self.lookups:
             secret = await self._fetch(merchant_id)
-        else:
-            async with self.lookups:
-                secret = await self._fetch(merchant_id)
-        self.entries[merchant_id] = (time.monotonic() + 60, secret)
-        self.entries.move_to_end(merchant_id)
-        while len(self.entries) > self.max_entries:
-            self.entries.popitem(last=False)
+        self.entries.put(merchant_id, secret)
         return secret
 
     async def _fetch(self, merchant_id: UUID) -> str | None:

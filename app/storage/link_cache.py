@@ -16,12 +16,14 @@ import enum
 import logging
 import time
 import zlib
-from collections import OrderedDict
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import orjson
 
+from app.caches import TtlCache
 from app.pipeline import keys
 from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient
 from app.storage import links as links_repo
@@ -107,14 +109,13 @@ class LinkCache:
         self._param = click_id_param
         self._shards = shards
         self._ttl = ttl
-        self._negative_ttl = negative_ttl
         self._max_entries = max_entries
         self._entries: dict[str, tuple[float, LinkTarget | None]] = {}
         # Unknown codes apart, and bounded on their own: a flood of made-up codes can neither
         # grow memory nor push the real links out of the cache.
-        self._unknown: OrderedDict[str, float] = OrderedDict()
-        self._max_unknown = max_unknown
-        self._lookups = lookups  # bounds the PostgreSQL reads that made-up codes can cause
+        self._unknown: TtlCache[str, bool] = TtlCache(max_unknown, negative_ttl)
+        # Bounds the PostgreSQL reads that made-up codes can cause.
+        self._lookups: AbstractAsyncContextManager[Any] = lookups or contextlib.nullcontext()
         self._listener: asyncio.Task[None] | None = None
 
     def get(self, code: str) -> LinkTarget | NotCached | None:
@@ -122,10 +123,7 @@ class LinkCache:
         (then call `load`)."""
         hit = self._entries.get(code)
         if hit is None:
-            unknown_until = self._unknown.get(code)
-            if unknown_until is not None and unknown_until >= time.monotonic():
-                return None
-            return NOT_CACHED
+            return None if code in self._unknown else NOT_CACHED
         if hit[0] < time.monotonic():
             return NOT_CACHED
         return hit[1]
@@ -140,11 +138,8 @@ class LinkCache:
         except REDIS_UNAVAILABLE:
             redis_ok = False
         if record is None:
-            if self._lookups is None:
+            async with self._lookups:
                 record = await links_repo.redirect_record(self._pool, code)
-            else:
-                async with self._lookups:
-                    record = await links_repo.redirect_record(self._pool, code)
             if record is not None and redis_ok:
                 # NX: a record read from PostgreSQL just before a change committed must not
                 # overwrite the change's own, newer write-through.
@@ -158,13 +153,10 @@ class LinkCache:
 
     def _remember(self, code: str, target: LinkTarget | None) -> None:
         if target is None:
-            self._unknown[code] = time.monotonic() + self._negative_ttl
-            self._unknown.move_to_end(code)
-            while len(self._unknown) > self._max_unknown:
-                self._unknown.popitem(last=False)
+            self._unknown.put(code, True)
             self._entries.pop(code, None)
             return
-        self._unknown.pop(code, None)
+        self._unknown.discard(code)
         if len(self._entries) >= self._max_entries:
             # Oldest insertion first: dicts keep insertion order.
             for stale in list(self._entries)[: self._max_entries // 10]:
@@ -173,7 +165,7 @@ class LinkCache:
 
     def forget(self, code: str) -> None:
         self._entries.pop(code, None)
-        self._unknown.pop(code, None)
+        self._unknown.discard(code)
 
     def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="link-invalidation")
