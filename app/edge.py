@@ -25,7 +25,14 @@ import asyncpg
 import orjson
 
 from app.caches import TtlCache
-from app.errors import BACKEND_UNAVAILABLE, UNAVAILABLE_BODY
+from app.errors import (
+    BACKEND_UNAVAILABLE,
+    INVALID_KEY,
+    MISSING_KEY,
+    UNAVAILABLE_BODY,
+    AppError,
+    Unauthorized,
+)
 from app.ratelimits import RateLimits, Verdict
 from app.security import hash_api_key
 from app.storage.merchants import Merchant, merchant_for_api_key
@@ -38,17 +45,17 @@ _ADVOCATE_PREFIX = "/v1/advocate/"
 _PIXEL = "/t/pixel.gif"
 
 
-def _error(code: str, message: str, field: str | None) -> bytes:
-    return orjson.dumps({"error": {"code": code, "message": message, "field": field}})
+def _error(error: AppError) -> bytes:
+    """The one error body of app/errors.py, encoded once: these answers are sent before
+    FastAPI (and its handlers) are reached."""
+    return orjson.dumps(error.body())
 
 
-_TOO_LARGE = _error("body_too_large", "the request body is too large", "body")
-_NO_KEY = _error(
-    "unauthorized", "missing API key: send 'Authorization: Bearer <key>'", "authorization"
-)
-_BAD_KEY = _error("unauthorized", "invalid or revoked API key", "authorization")
+_TOO_LARGE = _error(AppError("the request body is too large", field="body", code="body_too_large"))
+_NO_KEY = _error(Unauthorized(MISSING_KEY, field="authorization"))
+_BAD_KEY = _error(Unauthorized(INVALID_KEY, field="authorization"))
 _UNAVAILABLE = orjson.dumps(UNAVAILABLE_BODY)
-_TOO_MANY = _error("rate_limited", "too many requests: slow down (see Retry-After)", None)
+_TOO_MANY = _error(AppError("too many requests: slow down (see Retry-After)", code="rate_limited"))
 
 
 class _BodyTooLarge(Exception):

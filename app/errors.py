@@ -38,6 +38,11 @@ UNAVAILABLE_BODY = {
 }
 
 
+# The answers to a request without a usable API key (the edge's and the dependency's).
+MISSING_KEY = "missing API key: send 'Authorization: Bearer <key>'"
+INVALID_KEY = "invalid or revoked API key"
+
+
 class AppError(Exception):
     status_code = 400
     code = "bad_request"

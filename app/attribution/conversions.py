@@ -27,6 +27,7 @@ _METHOD_WORDS: dict[Method, str] = {
 }
 
 SUPERSEDED_REASON = "a signed postback for this order arrived"
+NO_RULES = "the program the evidence points at has no reward rules"
 UNVERIFIED_ATTRIBUTED = (
     "unverified (pixel only): attributed by cookie, no reward until a signed postback"
 )
@@ -52,11 +53,3 @@ def no_purchase_yet(order_id: str) -> str:
 
 def refund_applied(settlement_reason: str, reversed_minor: int) -> str:
     return f"{settlement_reason}: {reversed_minor} of rewards reversed"
-
-
-def no_rules(program_count: int) -> str:
-    return (
-        "the program the evidence points at has no reward rules"
-        if program_count == 1
-        else "the programs the evidence points at have no reward rules"
-    )

@@ -10,7 +10,7 @@ import asyncpg
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.errors import Unauthorized
+from app.errors import INVALID_KEY, MISSING_KEY, Unauthorized
 from app.pipeline.event_buffer import EventBuffer
 from app.pipeline.redis_client import RedisClient
 from app.runtime import Runtime
@@ -74,12 +74,10 @@ async def _merchant(
     if known is not None:
         return known
     if credentials is None:
-        raise Unauthorized(
-            "missing API key: send 'Authorization: Bearer <key>'", field="authorization"
-        )
+        raise Unauthorized(MISSING_KEY, field="authorization")
     merchant = await merchant_for_api_key(pool, credentials.credentials)
     if merchant is None:
-        raise Unauthorized("invalid or revoked API key", field="authorization")
+        raise Unauthorized(INVALID_KEY, field="authorization")
     return merchant
 
 

@@ -29,6 +29,17 @@ log = logging.getLogger(__name__)
 RELAY_INTERVAL_SECONDS = 2.0
 
 
+async def _write_through(
+    pool: asyncpg.Pool, redis: RedisClient, code: str, queued_at: datetime
+) -> None:
+    """One committed link change to Redis, then out of the outbox (unless queued again since).
+    Raises while Redis is unavailable: the row stays for the relay."""
+    record = await links_repo.redirect_record(pool, code)
+    if record is not None:
+        await publish_link(redis, code, record)
+    await link_outbox.done(pool, code, queued_at)
+
+
 async def _deliver(
     pool: asyncpg.Pool, redis: RedisClient, codes: list[str], queued_at: datetime
 ) -> None:
@@ -36,26 +47,19 @@ async def _deliver(
     for the relay (the change itself is committed: the caller is not failed for it)."""
     for code in codes:
         try:
-            record = await links_repo.redirect_record(pool, code)
-            if record is not None:
-                await publish_link(redis, code, record)
+            await _write_through(pool, redis, code, queued_at)
         except REDIS_UNAVAILABLE as exc:
             log.warning("link change queued for redis", extra={"code": code, "error": repr(exc)})
             return
-        await link_outbox.done(pool, code, queued_at)
 
 
 async def relay_link_changes(pool: asyncpg.Pool, redis: RedisClient, limit: int = 500) -> int:
     """Write through what the outbox holds (changes Redis refused at first). Returns how many
     were delivered. Idempotent: several replicas relaying the same change write it twice."""
-    delivered = 0
-    for code, queued_at in await link_outbox.pending(pool, limit):
-        record = await links_repo.redirect_record(pool, code)
-        if record is not None:
-            await publish_link(redis, code, record)  # raises while Redis is down: retried later
-        await link_outbox.done(pool, code, queued_at)
-        delivered += 1
-    return delivered
+    pending = await link_outbox.pending(pool, limit)
+    for code, queued_at in pending:
+        await _write_through(pool, redis, code, queued_at)  # raises while Redis is down
+    return len(pending)
 
 
 async def enroll_advocate(

@@ -238,7 +238,7 @@ async def _attribute_and_reward(conn: asyncpg.Connection, e: ConversionEvent) ->
         return
     advocate = result.advocate
     if advocate.program_id not in rules:
-        await repo.set_reason(conn, e.id, words.no_rules(1))  # stated, not a crash
+        await repo.set_reason(conn, e.id, words.NO_RULES)  # stated, not a crash
         return
     version, program_rules = rules[advocate.program_id]
     # Counted per customer and per advocate: decided one conversion at a time.
