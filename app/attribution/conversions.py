@@ -26,6 +26,9 @@ _METHOD_WORDS: dict[Method, str] = {
     "cookie": "cookie",
 }
 
+# The event id of an order known from the pixel alone; no postback may use the prefix.
+PIXEL_EVENT_ID_PREFIX = "pixel:"
+
 SUPERSEDED_REASON = "a signed postback for this order arrived"
 NO_RULES = "the program the evidence points at has no reward rules"
 UNVERIFIED_ATTRIBUTED = (

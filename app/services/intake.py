@@ -20,7 +20,7 @@ from uuid import UUID
 import asyncpg
 
 from app import webhooks
-from app.attribution.conversions import ConversionState
+from app.attribution.conversions import PIXEL_EVENT_ID_PREFIX, ConversionState
 from app.caches import MISSING, TtlCache
 from app.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
 from app.pipeline import keys
@@ -36,7 +36,7 @@ CONVERSION_NAMESPACE = uuid.UUID("6f1c1b9e-7d0e-4b8a-9a43-0c6e2d5f8a11")
 # Pixels have ids of their own kind: no postback's event id can map to a pixel's conversion.
 PIXEL_NAMESPACE = uuid.UUID("0b6f3f0e-55a4-4c4e-9d0f-7c1e2a9b8d33")
 # Event ids a postback may not use: the pixel's conversion rows carry them.
-RESERVED_EVENT_ID_PREFIX = "pixel:"
+RESERVED_EVENT_ID_PREFIX = PIXEL_EVENT_ID_PREFIX
 # How long Redis remembers a postback (its body's digest, and that it is queued): retries come
 # within hours; later ones are still stored once by PostgreSQL's unique key.
 IDEMPOTENCY_TTL_SECONDS = keys.CONVERSION_TTL_SECONDS

@@ -157,7 +157,7 @@ async def _record_pixel(conn: asyncpg.Connection, pixel: PixelEvent) -> int:
         return 0
     if await repo.has_signed_order(conn, merchant, order_id):
         return 1  # the postback was decided on its own evidence; the claim stays on record
-    await repo.insert_unverified(conn, pixel, f"pixel:{order_id}")
+    await repo.insert_unverified(conn, pixel, f"{words.PIXEL_EVENT_ID_PREFIX}{order_id}")
     claims = await repo.pixel_claims(conn, merchant, order_id)
     first = claims[0]
     verdict = pixel_evidence(claims, first.seen_at)
