@@ -262,3 +262,29 @@ async def test_a_transient_database_error_is_retried_not_dead_lettered(
     await flush(settings)
     assert await db.fetchval("SELECT count(*) FROM conversions") == 1
     assert await db.fetchval("SELECT count(*) FROM dead_letters") == 0
+
+
+async def test_redis_unavailable_inside_a_sink_is_retried_not_dead_lettered(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, program: dict, db: asyncpg.Pool,
+    settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # The conversion sink reads the click streams before it stores a batch; a Redis restart
+    # at that moment is an outage, not a property of the events.
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from app.services.processing import ConversionSink
+
+    real = ConversionSink._clicks_flushed_until
+    failures = [RedisConnectionError("redis restarting")]
+
+    async def flaky(self: ConversionSink, entered_ms: int) -> None:
+        if failures:
+            raise failures.pop()
+        await real(self, entered_ms)
+
+    monkeypatch.setattr(ConversionSink, "_clicks_flushed_until", flaky)
+    answer = await post(client, merchant, {"event_id": "e-1", "type": "signup"})
+    assert answer.status_code == 202
+    await flush(settings)
+    assert await db.fetchval("SELECT count(*) FROM conversions") == 1
+    assert await db.fetchval("SELECT count(*) FROM dead_letters") == 0

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import asyncpg
 
+from app.pipeline.redis_client import REDIS_UNAVAILABLE
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -61,8 +63,11 @@ _READ_ONLY_TRANSACTION = "25006"  # after a failover, until the new primary is f
 
 
 def is_transient(exc: BaseException) -> bool:
-    """An error that goes away by itself (outage, failover, deadlock, disk full): retry the
-    batch. Anything else is about the event itself, and retrying would block the stream."""
+    """An error that goes away by itself (outage, failover, deadlock, disk full — of PostgreSQL
+    or of Redis, which a sink reads too): retry the batch. Anything else is about the event
+    itself, and retrying would block the stream."""
+    if isinstance(exc, REDIS_UNAVAILABLE):
+        return True  # e.g. the conversion sink waiting on the click streams while Redis restarts
     if isinstance(
         exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError
     ):
