@@ -578,7 +578,7 @@ def main() -> None:
                 run_fault(name, Path(tmp), database_url, args.seconds, args.pg_seconds)
             )
         print(outcome.line(), flush=True)
-        failed |= bool(outcome.lost or outcome.duplicates)
+        failed |= bool(outcome.lost or outcome.duplicates or outcome.postbacks_lost)
     sys.exit(1 if failed else 0)
 
 
