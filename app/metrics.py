@@ -121,6 +121,11 @@ redis_max_memory = Gauge(
     "referral_redis_maxmemory_bytes", "Redis' maxmemory (0: no limit): at it, events are spooled."
 )
 errors = Counter("referral_errors_total", "Errors by component.", ["component"])
+fraud_decisions = Counter(
+    "referral_fraud_decisions_total",
+    "Fraud rules that fired on processed conversions, by rule and action (flag, hold, reject).",
+    ["rule", "action"],
+)
 
 # Flusher
 flush_batch_size = Histogram(

@@ -45,7 +45,8 @@ ERROR_SCHEMA: dict[str, Any] = {
 _DESCRIPTIONS = {
     "401": "Missing or invalid credentials (API key, signature or token); the field says which.",
     "404": "Not found, or another merchant's.",
-    "409": "The event id was already used for a different conversion.",
+    "409": "A conflict: the event id was already used for a different conversion, or the review "
+    "item was already decided otherwise.",
     "413": "The request body is larger than the limit (64 KiB by default).",
     "422": "Invalid input: `error.field` names the first failing field, `errors` lists all.",
     "429": "Rate limited: see Retry-After and the RateLimit-* headers.",
@@ -59,12 +60,23 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> list[str]:
     statuses = ["422", "429", "503"]
     if path != "/t/pixel.gif":
         statuses.append("401")
-    if "{" in path or path == "/t/pixel.gif" or method in ("post", "put", "patch"):
+    names_an_object = any(
+        p.get("in") == "query" and p.get("name") == "cursor"
+        for p in operation.get("parameters", [])
+    )
+    if (
+        "{" in path
+        or path == "/t/pixel.gif"
+        or method in ("post", "put", "patch")
+        or names_an_object
+    ):
         statuses.append("404")
     if "requestBody" in operation:
         statuses.append("413")
     if path == "/v1/conversions" and method == "post":
         statuses += ["409", "413"]
+    if path.endswith("/decision"):
+        statuses.append("409")
     return sorted(set(statuses))
 
 

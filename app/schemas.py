@@ -157,6 +157,12 @@ class Advocate(BaseModel):
     name: str
     referral_code: str
     created_at: datetime
+    banned_at: datetime | None = Field(
+        None,
+        description="Set when a reviewer banned the advocate: their links no longer "
+        "redirect and their conversions earn nothing.",
+    )
+    ban_reason: str | None = None
     links: list[Link]
 
 
@@ -238,6 +244,22 @@ class RewardView(BaseModel):
     hold_until: datetime
 
 
+class FraudFinding(BaseModel):
+    rule: str
+    action: Literal["flag", "hold", "reject"]
+    reason: str
+    value: int | str | None = None
+    threshold: int | str | None = None
+
+
+class FraudView(BaseModel):
+    action: Literal["none", "flag", "hold", "reject"]
+    findings: list[FraudFinding]
+    rules_version: int | None = None
+    review_id: UUID | None = Field(None, description="The review item, when it was held.")
+    review_status: Literal["open", "approved", "rejected", "banned"] | None = None
+
+
 class ConversionView(BaseModel):
     id: UUID
     event_id: str | None = None
@@ -252,6 +274,9 @@ class ConversionView(BaseModel):
     attributed_click_id: UUID | None = None
     reason: str = ""
     rules_version: int | None = None
+    fraud: FraudView | None = Field(
+        None, description="The fraud rules' decision, beside the attribution evidence above."
+    )
     rewards: list[RewardView] = []
 
 
@@ -264,6 +289,10 @@ class RulesView(BaseModel):
 class Funnel(BaseModel):
     clicks: int = Field(description="Human clicks (bots excluded).")
     bot_clicks: int
+    flagged_clicks: int = Field(
+        description="Human-looking clicks found in a click flood (the click_flood rule), not "
+        "counted in `clicks`."
+    )
     unique_visitors: int | None = Field(
         description="Distinct browsers among the human clicks. For a program: estimated within "
         "about 1 % (a HyperLogLog), null while Redis is unreachable; for an advocate: exact."
@@ -275,6 +304,14 @@ class Funnel(BaseModel):
         description="Orders known only from the anonymous order pixel (no signed postback): "
         "attributed by cookie, never counted as purchases or revenue, never rewarded."
     )
+    flagged_conversions: int = Field(description="Conversions a fraud rule flagged (shadow).")
+    held_conversions: int = Field(description="Conversions held for review (still counted).")
+    rejected_conversions: int = Field(
+        description="Conversions the fraud rules rejected: not counted as signups, purchases or "
+        "revenue."
+    )
+    held_orders_minor: dict[str, int] = Field(description="Order totals of held purchases.")
+    rejected_orders_minor: dict[str, int] = Field(description="Order totals of rejected purchases.")
     revenue_minor: dict[str, int] = Field(description="Attributed purchases minus refunds.")
     rewards_minor: dict[str, dict[str, int]] = Field(
         description="Per currency, the amount in each state (from the ledger)."

@@ -1,4 +1,5 @@
-"""Secrets and personal data: API keys (stored hashed), IP anonymisation, email hashing."""
+"""Secrets and personal data: API keys (stored hashed), IP anonymisation, email hashing (and the
+email prints the fraud rules compare)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from datetime import datetime
 from uuid import UUID
 
 import orjson
+
+from app.attribution.fraud import canonical_email, near_variants
 
 API_KEY_PREFIX = "rk_"
 
@@ -39,6 +42,24 @@ def new_webhook_secret() -> str:
 def hash_email(email: str) -> bytes:
     """Emails are compared, never stored: trimmed, lower-cased, then SHA-256."""
     return hashlib.sha256(email.strip().lower().encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class EmailPrints:
+    """What the fraud rules compare of an email, without the email: the hash of its canonical
+    form and the hashes of that form's one-character deletions (app/attribution/fraud.py)."""
+
+    canonical: bytes
+    near: tuple[bytes, ...]
+
+
+def email_prints(email: str) -> EmailPrints:
+    canonical = canonical_email(email)
+    near = sorted(
+        hashlib.sha256(b"email-near:" + v.encode()).digest()[:16] for v in near_variants(canonical)
+    )
+    return EmailPrints(hashlib.sha256(b"email-canonical:" + canonical.encode()).digest(),
+                       tuple(near))  # fmt: skip
 
 
 class IpAnonymizer:

@@ -79,10 +79,6 @@ CLARA_8D = click(CLARA, 8 * DAY)
          TERMS, ("click_id", BEN)),
         ("click after the conversion (beyond clock skew)",
          Evidence(NOW, FRIEND, click=click(BEN, -timedelta(minutes=5))), TERMS, "outside"),
-        ("self-referral by customer id", Evidence(NOW, Customer("cust-anna", None), click=ANNA_2D),
-         TERMS, "self-referral"),
-        ("self-referral by email", Evidence(NOW, Customer("x", b"anna-hash"), code_advocate=ANNA),
-         TERMS, "self-referral"),
         ("no evidence", Evidence(NOW, FRIEND), TERMS, "no referral code, click id or cookie"),
     ],
 )  # fmt: skip

@@ -154,8 +154,11 @@ async def test_advocate_buying_through_their_own_link_earns_nothing(
         "currency": "EUR", "click_id": click_id, "customer_email": "anna@example.com"})  # fmt: skip
     await flush(settings)
     found = await read(client, merchant, response.json()["id"])
-    assert found["state"] == "unattributed"
-    assert "self-referral" in found["reason"] and found["rewards"] == []
+    # Attributed (the evidence is the advocate's link), and refused by the self_referral rule:
+    # every reward is rejected in the ledger, with the reason.
+    assert found["state"] == "attributed" and found["fraud"]["action"] == "reject"
+    assert "self-referral" in found["reason"]
+    assert found["rewards"] and all(r["state"] == "rejected" for r in found["rewards"])
 
 
 async def test_retried_postback_creates_nothing_new(

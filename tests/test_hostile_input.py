@@ -251,10 +251,10 @@ async def test_a_transient_database_error_is_retried_not_dead_lettered(
     real = sink.process
     failures = [getattr(asyncpg, error)("injected")]
 
-    async def flaky(conn: Any, event: Any) -> int:
+    async def flaky(conn: Any, event: Any, *rest: Any) -> int:
         if failures:
             raise failures.pop()
-        return await real(conn, event)
+        return await real(conn, event, *rest)
 
     monkeypatch.setattr(sink, "process", flaky)
     answer = await post(client, merchant, {"event_id": "e-1", "type": "signup"})

@@ -36,11 +36,16 @@ UNVERIFIED_ATTRIBUTED = (
 )
 
 
-def attributed_reason(method: Method, by_pixel: bool, no_reward: str | None) -> str:
+def attributed_reason(
+    method: Method, by_pixel: bool, no_reward: str | None, fraud_note: str = ""
+) -> str:
+    """Why it was attributed; why it earns nothing, if so; and what the fraud rules did."""
     reason = f"attributed by {_METHOD_WORDS[method]}"
     if method == "cookie" and by_pixel:
         reason = "attributed by cookie (the order pixel's browser)"
-    return f"{reason}; no reward: {no_reward}" if no_reward else reason
+    if no_reward:
+        reason = f"{reason}; no reward: {no_reward}"
+    return f"{reason}; {fraud_note}" if fraud_note else reason
 
 
 def unverified_reason(why_not: str) -> str:

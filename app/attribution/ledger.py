@@ -3,9 +3,11 @@ scheduler, refunds and statistics.
 
 A reward's amount in a state is what entered the state minus what left it (entries are never
 changed). Creating a reward puts its amount in `pending`; approval moves it to `approved`, payout
-to `paid`; a person may reject what is pending or approved; a refund moves a share to `reversed`
-from wherever it sits (pending first, then approved, then paid: a clawback). Pure functions over
-balances; the caller writes the entries they return.
+to `paid`; a fraud rule may move it (or part of it) to `held`, where it waits for a person —
+the scheduler never approves what is held — who releases it back to `pending` (its normal hold
+goes on) or rejects it; a person may reject what is pending, held or approved; a refund moves a
+share to `reversed` from wherever it sits (pending, held, approved, then paid: a clawback). Pure
+functions over balances; the caller writes the entries they return.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from enum import StrEnum
 
 class RewardState(StrEnum):
     PENDING = "pending"
+    HELD = "held"  # waiting for a person's review (app/services/review.py)
     APPROVED = "approved"
     PAID = "paid"
     REVERSED = "reversed"
@@ -32,16 +35,27 @@ class LedgerAction(StrEnum):
     APPROVE = "approve"  # the hold is over
     PAY = "pay"
     REJECT = "reject"
+    HOLD = "hold"  # for review
+    RELEASE = "release"  # reviewed: back to pending, to its normal hold
+    REFUSE = "refuse"  # reviewed: what waits (pending, held) is rejected; approved stays
 
 
 # Where each transition takes money from, and where it puts it.
 MOVES: dict[LedgerAction, tuple[tuple[RewardState, ...], RewardState]] = {
     LedgerAction.APPROVE: ((RewardState.PENDING,), RewardState.APPROVED),
     LedgerAction.PAY: ((RewardState.APPROVED,), RewardState.PAID),
-    LedgerAction.REJECT: ((RewardState.PENDING, RewardState.APPROVED), RewardState.REJECTED),
+    LedgerAction.REJECT: (
+        (RewardState.PENDING, RewardState.HELD, RewardState.APPROVED),
+        RewardState.REJECTED,
+    ),
+    LedgerAction.HOLD: ((RewardState.PENDING,), RewardState.HELD),
+    LedgerAction.RELEASE: ((RewardState.HELD,), RewardState.PENDING),
+    LedgerAction.REFUSE: ((RewardState.PENDING, RewardState.HELD), RewardState.REJECTED),
 }
 # Where a reversal takes money from, in order.
-REVERSIBLE: tuple[RewardState, ...] = (RewardState.PENDING, RewardState.APPROVED, RewardState.PAID)
+REVERSIBLE: tuple[RewardState, ...] = (
+    RewardState.PENDING, RewardState.HELD, RewardState.APPROVED, RewardState.PAID,
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +78,7 @@ def plan_transition(balance: Balances, transition: LedgerAction) -> list[Move]:
 
 
 def plan_reversal(balance: Balances, amount_minor: int) -> list[Move]:
-    """Take `amount_minor` to reversed, from pending first, then approved, then paid."""
+    """Take `amount_minor` to reversed, from pending first, then held, approved, then paid."""
     moves, remaining = [], amount_minor
     for state in REVERSIBLE:
         take = min(remaining, balance[state])
@@ -76,7 +90,7 @@ def plan_reversal(balance: Balances, amount_minor: int) -> list[Move]:
 
 def current_state(balance: Balances) -> RewardState:
     """The state holding the reward's money (the furthest along), or where it all went."""
-    for state in (RewardState.PAID, RewardState.APPROVED, RewardState.PENDING):
+    for state in (RewardState.PAID, RewardState.APPROVED, RewardState.HELD, RewardState.PENDING):
         if balance[state] > 0:
             return state
     return RewardState.REJECTED if balance[RewardState.REJECTED] > 0 else RewardState.REVERSED

@@ -2,8 +2,9 @@
 
 Evidence, strongest first: a referral code typed at checkout, then the click id carried back by
 the shop, then our cookie (every click of the same browser). Only clicks inside the program's
-attribution window count, bot clicks never do, and an advocate never earns from their own
-purchase. Pure functions: the caller gathers the evidence and passes the time.
+attribution window count, and bot clicks never do. Whether the advocate referred themselves is
+the fraud rules' question (app/attribution/fraud.py), asked of the advocate found here. Pure
+functions: the caller gathers the evidence and passes the time.
 """
 
 from __future__ import annotations
@@ -61,16 +62,6 @@ class Attributed:
 @dataclass(frozen=True, slots=True)
 class NotAttributed:
     reason: str
-
-
-def is_self_referral(advocate: Referrer, customer: Customer) -> bool:
-    same_customer = customer.id is not None and customer.id == advocate.external_id
-    same_email = (
-        customer.email_hash is not None
-        and advocate.email_hash is not None
-        and customer.email_hash == advocate.email_hash
-    )
-    return same_customer or same_email
 
 
 # A click may be stamped a little after the shop's own clock says the order happened.
@@ -134,6 +125,4 @@ def attribute(evidence: Evidence, terms: dict[UUID, ProgramTerms]) -> Attributed
         else:
             found = NotAttributed(reason or "no referral code, click id or cookie")
 
-    if isinstance(found, Attributed) and is_self_referral(found.advocate, evidence.customer):
-        return NotAttributed("self-referral: the advocate's own conversion")
     return found

@@ -1,4 +1,5 @@
-"""A program's rules: who is credited, for which events, and how much each side earns.
+"""A program's rules: who is credited, for which events, how much each side earns, and which
+fraud rules guard it (app/attribution/fraud.py).
 
 Rules are versioned per program: a change stores a new version and every reward records the
 version it was computed with, so past rewards never change when the rules do.
@@ -12,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
+from app.attribution.fraud import FraudRules
 from app.bounds import MAX_AMOUNT_MINOR, MAX_COUNT, Int
 
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, e.g. EUR")]
@@ -85,6 +87,11 @@ class ProgramRules(_Rule):
     currency: Currency = "EUR"
     advocate_reward: Reward | None = FixedReward(amount_minor=1000)
     friend_reward: Reward | None = None
+    fraud: FraudRules = Field(
+        FraudRules(),
+        description="Fraud rules: each an action (off, flag, hold, reject) and its "
+        "thresholds. Versioned with the rest of the rules.",
+    )
 
     @model_validator(mode="after")
     def _percent_needs_purchase(self) -> ProgramRules:

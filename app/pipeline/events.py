@@ -18,6 +18,9 @@ import orjson
 
 # Field positions inside one encoded click.
 CLICK_ID, LINK_ID, VISITOR_ID, IP_HASH, IP_PREFIX, USER_AGENT, REFERER, PURPOSE, METHOD = range(9)
+# Present only when the click URL had a query (what is passed on to the shop); absent in clicks
+# of earlier versions.
+QUERY = 9
 EVENTS_FIELD = b"e"
 
 
@@ -118,6 +121,11 @@ class ConversionEvent:
     refund_of: str | None = None
     customer_id: str | None = None
     customer_email_hash: bytes | None = None
+    # The email's prints for the fraud rules (app/security.py), and whether its domain is a
+    # disposable-mailbox one. Absent from events of earlier versions (decoded as none).
+    customer_email_canonical: bytes | None = None
+    customer_email_near: tuple[bytes, ...] = ()
+    customer_email_disposable: bool = False
     amount_minor: int | None = None
     currency: str | None = None
     click_id: str | None = None
@@ -178,6 +186,9 @@ def encode_conversion(event: StreamedConversion) -> bytes:
             "refund_of": event.refund_of,
             "customer_id": event.customer_id,
             "customer_email_hash": _hex(event.customer_email_hash),
+            "customer_email_canonical": _hex(event.customer_email_canonical),
+            "customer_email_near": [h.hex() for h in event.customer_email_near],
+            "customer_email_disposable": event.customer_email_disposable,
             "amount_minor": event.amount_minor,
             "currency": event.currency,
             "click_id": event.click_id,
@@ -214,6 +225,9 @@ def decode_conversion(raw: dict[str, Any]) -> StreamedConversion:
         refund_of=raw.get("refund_of"),
         customer_id=raw.get("customer_id"),
         customer_email_hash=_unhex(raw.get("customer_email_hash")),
+        customer_email_canonical=_unhex(raw.get("customer_email_canonical")),
+        customer_email_near=tuple(bytes.fromhex(h) for h in raw.get("customer_email_near") or ()),
+        customer_email_disposable=bool(raw.get("customer_email_disposable")),
         amount_minor=raw.get("amount_minor"),
         currency=raw.get("currency"),
         click_id=raw.get("click_id"),

@@ -119,16 +119,18 @@ class RedirectEndpoint:
             ip = client[0] if client else ""
         ip_hash, ip_prefix = self._anonymize(ip)
 
+        query: bytes = scope["query_string"]
+        passthrough = self._passthrough(query) if query else ""
+        click = (click_id, target.link_id, visitor_id, ip_hash, ip_prefix, user_agent, referer,
+                 purpose, "H" if method == "HEAD" else "G")  # fmt: skip
         try:  # noqa: SIM105 (try costs nothing here; contextlib.suppress builds an object)
+            # The query the shop gets travels with the click (the paid-ad rule reads it).
             await self._buffers[target.shard].add(
-                dumps((click_id, target.link_id, visitor_id, ip_hash, ip_prefix, user_agent,
-                       referer, purpose, "H" if method == "HEAD" else "G"))
-            )  # fmt: skip
+                dumps((*click, passthrough) if passthrough else click)
+            )
         except EventsLost:
             pass  # counted and logged by the buffer; the shopper is redirected regardless
 
-        query: bytes = scope["query_string"]
-        passthrough = self._passthrough(query) if query else ""
         if passthrough:
             location = f"{target.location_head}{click_id}&{passthrough}"
         else:

@@ -21,6 +21,7 @@ import asyncpg
 
 from app import webhooks
 from app.attribution.conversions import PIXEL_EVENT_ID_PREFIX, ConversionState
+from app.attribution.fraud import is_disposable
 from app.caches import MISSING, TtlCache
 from app.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
 from app.pipeline import keys
@@ -28,7 +29,7 @@ from app.pipeline.event_buffer import EventBuffer, EventsLost
 from app.pipeline.events import ConversionEvent, PixelEvent, encode_conversion, is_click_id
 from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient
 from app.schemas import ConversionIn
-from app.security import IpAnonymizer, hash_email
+from app.security import IpAnonymizer, email_prints, hash_email
 from app.storage import conversions as conversions_repo
 from app.storage.rows import ConversionRow
 
@@ -125,6 +126,8 @@ def conversion_event(
 ) -> ConversionEvent:
     """The conversion as it travels through the stream to the flusher."""
     ip_hash, ip_prefix = anonymize(str(body.ip)) if body.ip else (None, None)
+    email = body.customer_email
+    prints = email_prints(email) if email else None
     return ConversionEvent(
         id=conversion_id(merchant_id, body.event_id),
         merchant_id=merchant_id,
@@ -135,7 +138,10 @@ def conversion_event(
         order_id=body.order_id,
         refund_of=body.refund_of,
         customer_id=body.customer_id,
-        customer_email_hash=hash_email(body.customer_email) if body.customer_email else None,
+        customer_email_hash=hash_email(email) if email else None,
+        customer_email_canonical=prints.canonical if prints else None,
+        customer_email_near=prints.near if prints else (),
+        customer_email_disposable=is_disposable(email) if email else False,
         amount_minor=body.amount_minor,
         currency=body.currency,
         click_id=body.click_id,

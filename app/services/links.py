@@ -12,7 +12,7 @@ import asyncpg
 from app.destinations import is_allowed
 from app.errors import InvalidInput
 from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient
-from app.security import hash_email
+from app.security import email_prints, hash_email
 from app.services.tenancy import found
 from app.services.tx import transaction
 from app.storage import advocates as advocates_repo
@@ -40,7 +40,7 @@ async def _write_through(
     await link_outbox.done(pool, code, queued_at)
 
 
-async def _deliver(
+async def deliver(
     pool: asyncpg.Pool, redis: RedisClient, codes: list[str], queued_at: datetime
 ) -> None:
     """Write committed link changes through to Redis; what Redis refuses stays in the outbox
@@ -51,6 +51,12 @@ async def _deliver(
         except REDIS_UNAVAILABLE as exc:
             log.warning("link change queued for redis", extra={"code": code, "error": repr(exc)})
             return
+
+
+async def queue_link_changes(conn: asyncpg.Connection, codes: list[str]) -> datetime:
+    """Record, in the caller's transaction, that these links' redirect records changed; after
+    the commit, `deliver` writes them through (the relay, if Redis refuses)."""
+    return await link_outbox.queue(conn, codes)
 
 
 async def relay_link_changes(pool: asyncpg.Pool, redis: RedisClient, limit: int = 500) -> int:
@@ -86,6 +92,7 @@ async def enroll_advocate(
             external_id=external_id,
             name=name,
             email_hash=hash_email(email) if email else None,
+            email_prints=email_prints(email) if email else None,
         )
         if created:
             link = await links_repo.create_link(
@@ -99,7 +106,7 @@ async def enroll_advocate(
             queued_at = await link_outbox.queue(conn, [link["code"]])
         links = await links_repo.list_advocate_links(conn, merchant_id, advocate["id"])
     if queued_at is not None:
-        await _deliver(pool, redis, [link["code"] for link in links], queued_at)
+        await deliver(pool, redis, [link["code"] for link in links], queued_at)
     return advocate, links, created
 
 
@@ -136,7 +143,7 @@ async def issue_link(
             channel=channel,
         )
         queued_at = await link_outbox.queue(conn, [link["code"]])
-    await _deliver(pool, redis, [link["code"]], queued_at)
+    await deliver(pool, redis, [link["code"]], queued_at)
     return link
 
 
@@ -152,7 +159,7 @@ async def set_link_active(
             await links_repo.set_link_active(conn, merchant_id, link_id, active), "link", "link_id"
         )
         queued_at = await link_outbox.queue(conn, [link["code"]])
-    await _deliver(pool, redis, [link["code"]], queued_at)
+    await deliver(pool, redis, [link["code"]], queued_at)
     return link
 
 
@@ -163,7 +170,7 @@ async def republish_program_links(pool: asyncpg.Pool, redis: RedisClient, progra
             for r in await conn.fetch("SELECT code FROM links WHERE program_id = $1", program_id)
         ]
         queued_at = await link_outbox.queue(conn, codes)
-    await _deliver(pool, redis, codes, queued_at)
+    await deliver(pool, redis, codes, queued_at)
 
 
 async def get_advocate(

@@ -21,13 +21,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
 
 import asyncpg
 
+from app import metrics
 from app.attribution import conversions as words
+from app.attribution import fraud
 from app.attribution.conversions import ConversionState
+from app.attribution.fraud import Decision
 from app.attribution.ledger import plan_reversal
 from app.attribution.model import (
     Attributed,
@@ -47,6 +52,8 @@ from app.pipeline.flusher import Batch, RetryLater, entry_ms
 from app.pipeline.redis_client import RedisClient
 from app.storage import conversions as repo
 from app.storage import dead_letters, evidence
+from app.storage import fraud as fraud_repo
+from app.storage import review as review_repo
 from app.storage import rewards as rewards_repo
 from app.storage.db import is_transient
 from app.storage.rules import current_rules
@@ -99,10 +106,12 @@ class ConversionSink:
         for raw in batch.events:
             try:
                 event = decode_conversion(raw)
+                decided: list[Decision] = []
                 async with conn.transaction():
-                    stored += await process(conn, event)
+                    stored += await process(conn, event, decided)
                 if isinstance(event, ConversionEvent):
                     self._processed.append(event.id)
+                _count_decisions(decided)  # committed
             except Exception as exc:
                 if is_transient(exc):
                     raise  # outage, deadlock, failover: the flusher retries the batch
@@ -113,9 +122,17 @@ class ConversionSink:
         return stored
 
 
-async def process(conn: asyncpg.Connection, event: StreamedConversion) -> int:
+def _count_decisions(decisions: list[Decision]) -> None:
+    for decision in decisions:
+        for finding in decision.findings:
+            metrics.fraud_decisions.labels(finding.rule, finding.action.value).inc()
+
+
+async def process(
+    conn: asyncpg.Connection, event: StreamedConversion, decided: list[Decision] | None = None
+) -> int:
     """Store, attribute and reward one conversion; 0 when it was already stored. (The caller
-    holds the transaction.)"""
+    holds the transaction.) The fraud decision, if any, is appended to `decided`."""
     if isinstance(event, PixelEvent):
         return await _record_pixel(conn, event)
     order_id = event.refund_of if event.type == "refund" else event.order_id
@@ -129,7 +146,9 @@ async def process(conn: asyncpg.Connection, event: StreamedConversion) -> int:
             conn, event.merchant_id, event.id, event.refund_of, event.amount_minor, event.currency
         )
         return 1
-    await _attribute_and_reward(conn, event)
+    decision = await _attribute_and_reward(conn, event)
+    if decision is not None and decided is not None:
+        decided.append(decision)
     if event.order_id:
         await repo.supersede_unverified(
             conn, event.merchant_id, event.order_id, words.SUPERSEDED_REASON
@@ -219,7 +238,9 @@ async def _program_terms(
     return rules, terms
 
 
-async def _attribute_and_reward(conn: asyncpg.Connection, e: ConversionEvent) -> None:
+async def _attribute_and_reward(conn: asyncpg.Connection, e: ConversionEvent) -> Decision | None:
+    """Attribute the conversion, compute its rewards, let the fraud rules decide, and write the
+    rewards with the decision's moves; returns the decision (None when not attributed)."""
     customer = Customer(e.customer_id, e.customer_email_hash)
     # The pixel's browser is evidence only when the postback brings none of its own.
     visitor, pixel_reason = None, ""
@@ -235,11 +256,13 @@ async def _attribute_and_reward(conn: asyncpg.Connection, e: ConversionEvent) ->
     result = attribute(found, terms)
     if not isinstance(result, Attributed):
         await repo.set_reason(conn, e.id, pixel_reason or result.reason)
-        return
+        if visitor is not None:  # kept: the advocate's own browser, should this be theirs
+            await fraud_repo.set_browser(conn, e.id, visitor)
+        return None
     advocate = result.advocate
     if advocate.program_id not in rules:
         await repo.set_reason(conn, e.id, words.NO_RULES)  # stated, not a crash
-        return
+        return None
     version, program_rules = rules[advocate.program_id]
     # Counted per customer and per advocate: decided one conversion at a time.
     lock_keys = [f"advocate:{advocate.id}"]
@@ -263,24 +286,117 @@ async def _attribute_and_reward(conn: asyncpg.Connection, e: ConversionEvent) ->
     )
     drafts = compute_rewards(program_rules, sale)
     no_reward = drafts.reason if isinstance(drafts, NoReward) else None
-    if not isinstance(drafts, NoReward):
-        for draft in drafts:
-            await rewards_repo.create_reward(
-                conn,
-                merchant_id=e.merchant_id,
-                program_id=advocate.program_id,
-                advocate_id=advocate.id,
-                conversion_id=e.id,
-                customer_id=e.customer_id,
-                rules_version=version,
-                draft=draft,
-                reason=f"{e.type} {e.order_id or e.event_id}",
+    rewarded = [] if isinstance(drafts, NoReward) else drafts
+    click = await fraud_repo.click_details(conn, result.click.click_id) if result.click else None
+    device = Device(
+        visitor=click.visitor_id if click and click.visitor_id else visitor,
+        ip_hash=e.ip_hash or (click.ip_hash if click else None),
+        ip_prefix=e.ip_prefix or (click.ip_prefix if click else None),
+        user_agent=e.user_agent or (click.user_agent if click else None),
+    )
+    advocate_reward = sum(d.amount_minor for d in rewarded if d.beneficiary == "advocate")
+    facts = await gather_facts(
+        conn, program_rules, e, advocate.id, click, device, advocate_reward, program_rules.currency
+    )
+    decision = fraud.evaluate(program_rules.fraud, facts.advocate, facts.conversion)
+    for draft in rewarded:
+        reward_id = await rewards_repo.create_reward(
+            conn,
+            merchant_id=e.merchant_id,
+            program_id=advocate.program_id,
+            advocate_id=advocate.id,
+            conversion_id=e.id,
+            customer_id=e.customer_id,
+            rules_version=version,
+            draft=draft,
+            reason=f"{e.type} {e.order_id or e.event_id}",
+        )
+        moves = fraud.reward_moves(decision, draft.beneficiary, draft.amount_minor)
+        if moves:
+            await rewards_repo.write_moves(
+                conn, reward_id, e.merchant_id, moves, fraud.decision_reason(decision)
             )
     await repo.set_attributed(
         conn, e.id, program=advocate.program_id, advocate=advocate.id,
         click=result.click.click_id if result.click else None, method=result.method,
-        reason=words.attributed_reason(result.method, visitor is not None, no_reward),
+        reason=words.attributed_reason(result.method, visitor is not None, no_reward,
+                                       fraud.decision_reason(decision)),
         rules_version=version,
+    )  # fmt: skip
+    await fraud_repo.set_decision(
+        conn, e.id, decision, device.visitor, device.ip_hash, device.ip_prefix, device.user_agent
+    )
+    if decision.holds and rewarded:
+        await review_repo.open_item(
+            conn, e.merchant_id, advocate.program_id, advocate.id, e.id,
+            decision.held_by or ["reward_cap"],
+        )  # fmt: skip
+    return decision
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """The converting browser as the rules see it: the postback's, or else its click's."""
+
+    visitor: UUID | None
+    ip_hash: bytes | None
+    ip_prefix: str | None
+    user_agent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    advocate: fraud.AdvocateFacts
+    conversion: fraud.ConversionFacts
+
+
+async def gather_facts(
+    conn: asyncpg.Connection | asyncpg.Pool, rules: ProgramRules, e: ConversionEvent,
+    advocate_id: UUID, click: fraud_repo.ClickDetails | None, device: Device,
+    advocate_reward_minor: int, currency: str, until: datetime | None = None,
+) -> Facts:  # fmt: skip
+    """What the fraud rules read about one conversion, counted as far as their thresholds need
+    (a rule that is off costs no query). `until` bounds the reward cap's period (the preview
+    counts only earlier conversions)."""
+    config = rules.fraud
+    advocate = await fraud_repo.advocate_facts(conn, advocate_id)
+    shared = None
+    if config.same_device_as_advocate.action != fraud.RuleAction.OFF:
+        shared = await fraud_repo.shared_device(
+            conn, e.merchant_id, advocate, e.id, device.visitor, device.ip_hash, device.user_agent
+        )
+    flood = None
+    if config.click_flood.action != fraud.RuleAction.OFF and click and click.ip_prefix:
+        flood = await fraud_repo.flood_clicks(
+            conn, click.link_id, click.ip_prefix, click.clicked_at, config.click_flood.minutes,
+            config.click_flood.max_clicks,
+        )  # fmt: skip
+    velocity = None
+    rule = config.conversion_velocity
+    if rule.action != fraud.RuleAction.OFF and (device.visitor or device.ip_prefix):
+        velocity = await fraud_repo.velocity(
+            conn, e.merchant_id, advocate_id, e.id, device.visitor, device.ip_prefix,
+            e.occurred_at, rule.days,
+        )  # fmt: skip
+    so_far = 0
+    if config.reward_cap.action != fraud.RuleAction.OFF and advocate_reward_minor:
+        start, end = fraud.cap_period(config.reward_cap.period, e.occurred_at)
+        so_far = await fraud_repo.period_rewards(
+            conn, e.merchant_id, advocate_id, e.id, currency, start, min(end, until or end)
+        )
+    return Facts(
+        advocate,
+        fraud.ConversionFacts(
+            type=e.type, occurred_at=e.occurred_at, amount_minor=e.amount_minor or 0,
+            currency=e.currency, customer_id=e.customer_id, email_hash=e.customer_email_hash,
+            email_canonical=e.customer_email_canonical,
+            email_near=frozenset(e.customer_email_near),
+            email_disposable=e.customer_email_disposable,
+            clicked_at=click.clicked_at if click else None,
+            ad_click_param=click.ad_click_param if click else None,
+            shared_device=shared, flood_clicks=flood, velocity_conversions=velocity,
+            period_rewards_minor=so_far, advocate_reward_minor=advocate_reward_minor,
+        ),
     )  # fmt: skip
 
 

@@ -8,9 +8,13 @@ from uuid import UUID
 import asyncpg
 
 from app.codes import new_referral_code
+from app.security import EmailPrints
 from app.storage.rows import AdvocateRow
 
-_COLUMNS = "id, merchant_id, program_id, external_id, name, referral_code, created_at"
+_COLUMNS = (
+    "id, merchant_id, program_id, external_id, name, referral_code, created_at, banned_at,"
+    " ban_reason"
+)
 
 
 async def enroll_advocate(
@@ -21,6 +25,7 @@ async def enroll_advocate(
     external_id: str,
     name: str,
     email_hash: bytes | None,
+    email_prints: EmailPrints | None,
 ) -> tuple[AdvocateRow, bool]:
     """Insert the advocate, or return the one already enrolled with this external id.
 
@@ -29,7 +34,8 @@ async def enroll_advocate(
     for _ in range(10):
         row = await conn.fetchrow(
             "INSERT INTO advocates (merchant_id, program_id, external_id, name, email_hash,"
-            " referral_code) VALUES ($1, $2, $3, $4, $5, $6)"
+            " referral_code, email_canonical, email_near) VALUES ($1, $2, $3, $4, $5, $6, $7,"
+            " $8)"
             f" ON CONFLICT DO NOTHING RETURNING {_COLUMNS}",
             merchant_id,
             program_id,
@@ -37,6 +43,8 @@ async def enroll_advocate(
             name,
             email_hash,
             new_referral_code(name),
+            email_prints.canonical if email_prints else None,
+            list(email_prints.near) if email_prints else [],
         )
         if row is not None:
             return cast(AdvocateRow, dict(row)), True

@@ -11,6 +11,7 @@ from uuid import UUID
 import asyncpg
 
 from app.attribution.bots import bot_reason
+from app.attribution.fraud import ad_click_param
 from app.pipeline.events import (
     CLICK_ID,
     IP_HASH,
@@ -18,6 +19,7 @@ from app.pipeline.events import (
     LINK_ID,
     METHOD,
     PURPOSE,
+    QUERY,
     REFERER,
     USER_AGENT,
     VISITOR_ID,
@@ -29,13 +31,14 @@ STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS click_staging (
     click_id uuid, clicked_at timestamptz, link_id uuid, visitor_id uuid, ip_hash bytea,
     ip_prefix text, user_agent text, referer text, method text, is_bot boolean, bot_reason text,
-    merchant_id uuid, program_id uuid, advocate_id uuid
+    ad_click_param text, merchant_id uuid, program_id uuid, advocate_id uuid
 ) ON COMMIT DELETE ROWS
 """
 # The columns of one stored click, in the order of `click_record`'s tuple.
 CLICK_COLUMNS = (
     "click_id", "clicked_at", "link_id", "visitor_id", "ip_hash", "ip_prefix", "user_agent",
-    "referer", "method", "is_bot", "bot_reason", "merchant_id", "program_id", "advocate_id",
+    "referer", "method", "is_bot", "bot_reason", "ad_click_param", "merchant_id", "program_id",
+    "advocate_id",
 )  # fmt: skip
 
 _RECORD = {name: i for i, name in enumerate(CLICK_COLUMNS)}
@@ -76,9 +79,9 @@ Owner = tuple[UUID, UUID, UUID]  # merchant, program, advocate of a link
 def click_record(event: list[Any], owner: Owner, times: dict[str, datetime]) -> tuple[Any, ...]:
     """One encoded click (see app.pipeline.events) as the row to store (`CLICK_COLUMNS`).
 
-    Bots are classified here, off the hot path. `times` maps a click id's millisecond prefix to
-    its datetime: clicks of the same millisecond share one (building datetimes was a fifth of
-    the flusher's time).
+    Bots are classified here, off the hot path, and a landing query's ad click id is named.
+    `times` maps a click id's millisecond prefix to its datetime: clicks of the same millisecond
+    share one (building datetimes was a fifth of the flusher's time).
     """
     click_id = event[CLICK_ID]
     millis = click_id[:12]
@@ -95,10 +98,11 @@ def click_record(event: list[Any], owner: Owner, times: dict[str, datetime]) -> 
         referer = referer.replace("\x00", "")
     reason = bot_reason(user_agent, event[PURPOSE], method)
     ip_hash = event[IP_HASH]
+    ad = ad_click_param(event[QUERY]) if len(event) > QUERY else None
     return (
         click_id, clicked_at, event[LINK_ID], event[VISITOR_ID],
         bytes.fromhex(ip_hash) if ip_hash else None, event[IP_PREFIX], user_agent,
-        referer, method, reason is not None, reason, *owner,
+        referer, method, reason is not None, reason, ad, *owner,
     )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ import asyncpg
 from app.attribution.conversions import ConversionState
 from app.attribution.pixels import PixelClaim
 from app.pipeline.events import ConversionEvent, PixelEvent
+from app.storage import fraud as fraud_repo
 from app.storage import rewards as rewards_repo
 from app.storage.rows import ConversionRow
 
@@ -257,4 +258,5 @@ async def get_conversion(
     if row is None:
         return None
     rewards = await rewards_repo.rewards_of_conversion(db, merchant_id, conversion_id)
-    return cast(ConversionRow, {**dict(row), "rewards": rewards})
+    decision = await fraud_repo.fraud_of(db, conversion_id)
+    return cast(ConversionRow, {**dict(row), "fraud": decision, "rewards": rewards})

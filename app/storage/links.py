@@ -83,9 +83,11 @@ async def redirect_record(
 ) -> RedirectRecord | None:
     """What the redirect needs to know about a code (also the shape cached in Redis)."""
     row = await pool.fetchrow(
-        "SELECT l.id::text AS id, l.destination, l.active AND p.active AS active,"
+        "SELECT l.id::text AS id, l.destination,"
+        " l.active AND p.active AND a.banned_at IS NULL AS active,"
         " p.attribution_window_days AS window_days"
-        " FROM links l JOIN programs p ON p.id = l.program_id WHERE l.code = $1",
+        " FROM links l JOIN programs p ON p.id = l.program_id"
+        " JOIN advocates a ON a.id = l.advocate_id WHERE l.code = $1",
         code,
     )
     return cast(RedirectRecord, dict(row)) if row else None

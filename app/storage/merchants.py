@@ -14,6 +14,7 @@ from app.security import NewApiKey, hash_api_key
 class Merchant:
     id: UUID
     name: str
+    key_id: UUID | None = None  # the API key that authenticated (who did it, for the record)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +48,9 @@ async def insert_api_key(
 
 async def merchant_for_api_key(pool: asyncpg.Pool, api_key: str) -> Merchant | None:
     row = await pool.fetchrow(
-        "SELECT m.id, m.name FROM api_keys k JOIN merchants m ON m.id = k.merchant_id"
+        "SELECT m.id, m.name, k.id AS key_id FROM api_keys k"
+        " JOIN merchants m ON m.id = k.merchant_id"
         " WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
         hash_api_key(api_key),
     )
-    return Merchant(id=row["id"], name=row["name"]) if row else None
+    return Merchant(id=row["id"], name=row["name"], key_id=row["key_id"]) if row else None

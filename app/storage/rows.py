@@ -4,7 +4,7 @@ time, so routes shape them into answers without copying; typed for the checker.)
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TypedDict
+from typing import Any, TypedDict
 from uuid import UUID
 
 
@@ -27,6 +27,8 @@ class AdvocateRow(TypedDict):
     name: str
     referral_code: str
     created_at: datetime
+    banned_at: datetime | None
+    ban_reason: str | None
 
 
 class LinkRow(TypedDict):
@@ -62,6 +64,17 @@ class RewardRow(TypedDict):
     state: str
 
 
+class FraudView(TypedDict):
+    """A conversion's fraud decision: the action, the rules that fired (each with its reason,
+    value, threshold and action) and the rules version that decided; its review, if held."""
+
+    action: str
+    findings: list[dict[str, Any]]
+    rules_version: int | None
+    review_id: UUID | None
+    review_status: str | None
+
+
 class ConversionRow(TypedDict):
     id: UUID
     event_id: str
@@ -76,6 +89,7 @@ class ConversionRow(TypedDict):
     attributed_click_id: UUID | None
     reason: str
     rules_version: int | None
+    fraud: FraudView
     rewards: list[RewardRow]
 
 

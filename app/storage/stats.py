@@ -25,16 +25,17 @@ async def program_funnel(
     """A program's funnel without reading its clicks: the daily counts the flusher keeps, and
     its visitors' HyperLogLog (None while Redis is unreachable)."""
     clicks = await pool.fetchrow(
-        "SELECT coalesce(sum(human), 0)::bigint AS human, coalesce(sum(bot), 0)::bigint AS bot"
-        " FROM program_click_counts WHERE merchant_id = $1 AND program_id = $2",
+        "SELECT coalesce(sum(human), 0)::bigint AS human, coalesce(sum(bot), 0)::bigint AS bot,"
+        " coalesce(sum(flagged), 0)::bigint AS flagged FROM program_click_counts"
+        " WHERE merchant_id = $1 AND program_id = $2",
         merchant_id,
         program_id,
     )
     assert clicks is not None  # an aggregate always returns a row
     visitors = await count_visitors(redis, program_id)
     rest = await _conversions_and_rewards(pool, merchant_id, program_id, None)
-    return {"clicks": clicks["human"], "bot_clicks": clicks["bot"], "unique_visitors": visitors,
-            **rest}  # fmt: skip
+    return {"clicks": clicks["human"], "bot_clicks": clicks["bot"],
+            "flagged_clicks": clicks["flagged"], "unique_visitors": visitors, **rest}  # fmt: skip
 
 
 async def advocate_funnel(
@@ -42,8 +43,9 @@ async def advocate_funnel(
 ) -> dict[str, Any]:
     """An advocate's funnel, from their own clicks (an index range: milliseconds)."""
     clicks = await pool.fetchrow(
-        "SELECT count(*) FILTER (WHERE NOT is_bot) AS human,"
+        "SELECT count(*) FILTER (WHERE NOT is_bot AND NOT flood) AS human,"
         " count(*) FILTER (WHERE is_bot) AS bot,"
+        " count(*) FILTER (WHERE flood AND NOT is_bot) AS flagged,"
         " count(DISTINCT visitor_id) FILTER (WHERE NOT is_bot) AS visitors"
         " FROM clicks WHERE merchant_id = $1 AND advocate_id = $2",
         merchant_id,
@@ -52,7 +54,8 @@ async def advocate_funnel(
     assert clicks is not None
     rest = await _conversions_and_rewards(pool, merchant_id, None, advocate_id)
     return {"clicks": clicks["human"], "bot_clicks": clicks["bot"],
-            "unique_visitors": clicks["visitors"], **rest}  # fmt: skip
+            "flagged_clicks": clicks["flagged"], "unique_visitors": clicks["visitors"],
+            **rest}  # fmt: skip
 
 
 async def _conversions_and_rewards(
@@ -63,10 +66,12 @@ async def _conversions_and_rewards(
     args = (merchant_id, program_id, advocate_id)
     # Verified conversions only: an order known from the anonymous pixel alone is counted apart
     # (unverified_orders), never as a purchase or revenue.
+    # Conversions the fraud rules rejected are counted apart too, never as purchases or revenue.
     conversions = await pool.fetch(
-        "SELECT type, currency, verified, count(*) AS n, sum(amount_minor) AS amount"
+        "SELECT type, currency, verified, fraud_action, count(*) AS n,"
+        " sum(amount_minor) AS amount"
         f" FROM conversions WHERE {scope} AND state = ANY($4::text[])"
-        " GROUP BY type, currency, verified",
+        " GROUP BY type, currency, verified, fraud_action",
         *args,
         [ConversionState.ATTRIBUTED.value, ConversionState.REFUNDED.value],
     )
@@ -78,9 +83,19 @@ async def _conversions_and_rewards(
     counts = {"signup": 0, "purchase": 0, "refund": 0}
     revenue: dict[str, int] = {}
     unverified = 0
+    fraud_counts = {action: 0 for action in ("flag", "hold", "reject")}
+    fraud_amounts: dict[str, dict[str, int]] = {"hold": {}, "reject": {}}
     for row in conversions:
         if not row["verified"]:
             unverified += row["n"]
+            continue
+        action = row["fraud_action"]
+        if action in fraud_counts and row["type"] != "refund":
+            fraud_counts[action] += row["n"]
+            if action in fraud_amounts and row["currency"] and row["type"] == "purchase":
+                amounts = fraud_amounts[action]
+                amounts[row["currency"]] = amounts.get(row["currency"], 0) + int(row["amount"])
+        if action == "reject":
             continue
         counts[row["type"]] += row["n"]
         if row["currency"] and row["type"] in ("purchase", "refund"):
@@ -95,6 +110,11 @@ async def _conversions_and_rewards(
         "purchases": counts["purchase"],
         "refunds": counts["refund"],
         "unverified_orders": unverified,
+        "flagged_conversions": fraud_counts["flag"],
+        "held_conversions": fraud_counts["hold"],
+        "rejected_conversions": fraud_counts["reject"],
+        "held_orders_minor": fraud_amounts["hold"],
+        "rejected_orders_minor": fraud_amounts["reject"],
         "revenue_minor": revenue,
         "rewards_minor": by_currency,
     }

@@ -1,4 +1,5 @@
-"""Scheduled jobs: approve rewards whose hold period has passed (every minute by default).
+"""Scheduled jobs (every minute by default): approve rewards whose hold period has passed, and
+flag the clicks of click floods for the statistics (app/services/fraud.py).
 
 Approval locks the due rewards before it reads their balances (app/services/rewards.py), so
 running it twice, or on two machines at once, approves nothing twice.
@@ -11,6 +12,7 @@ import logging
 import signal
 from datetime import UTC, datetime
 
+from app.services.fraud import flag_click_floods
 from app.services.rewards import approve_due
 from app.settings import Settings
 from app.storage.db import create_pool
@@ -28,10 +30,14 @@ async def run(settings: Settings, *, once: bool = False, interval: float = 60.0)
     approved_total = 0
     try:
         while True:
-            approved = await approve_due(pool, datetime.now(UTC))
+            now = datetime.now(UTC)
+            approved = await approve_due(pool, now)
             approved_total += approved
             if approved:
                 log.info("rewards approved", extra={"count": approved})
+            flagged = await flag_click_floods(pool, now)
+            if flagged:
+                log.info("flood clicks flagged", extra={"count": flagged})
             if once:
                 break
             try:

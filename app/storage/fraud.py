@@ -1,0 +1,263 @@
+"""The facts the fraud rules read, counted in SQL, and each conversion's decision stored.
+
+Which rule fires, and what it does, is decided in app/attribution/fraud.py; the thresholds come
+in as arguments, so a count stops at what the threshold needs. Reads run in the caller's
+transaction (app/services/processing.py holds the advocate's lock while it counts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from app.attribution.fraud import AdvocateFacts, Decision
+from app.pipeline.events import click_time
+
+Db = asyncpg.Connection | asyncpg.Pool
+
+
+async def advocate_facts(conn: Db, advocate_id: UUID) -> AdvocateFacts:
+    row = await conn.fetchrow(
+        "SELECT external_id, email_hash, email_canonical, email_near, banned_at FROM advocates"
+        " WHERE id = $1",
+        advocate_id,
+    )
+    assert row is not None  # attribution found this advocate
+    return AdvocateFacts(
+        row["external_id"], row["email_hash"], row["email_canonical"],
+        frozenset(row["email_near"] or ()), row["banned_at"] is not None,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ClickDetails:
+    link_id: UUID
+    clicked_at: datetime
+    visitor_id: UUID | None
+    ip_hash: bytes | None
+    ip_prefix: str | None
+    user_agent: str | None
+    ad_click_param: str | None
+
+
+async def click_details(conn: Db, click_id: UUID) -> ClickDetails | None:
+    row = await conn.fetchrow(
+        "SELECT link_id, clicked_at, visitor_id, ip_hash, ip_prefix, user_agent, ad_click_param"
+        " FROM clicks WHERE click_id = $1 AND clicked_at = $2",
+        click_id,
+        click_time(click_id.hex),
+    )
+    return ClickDetails(**dict(row)) if row else None
+
+
+async def shared_device(
+    conn: Db, merchant: UUID, advocate: AdvocateFacts, conversion: UUID,
+    visitor: UUID | None, ip_hash: bytes | None, user_agent: str | None,
+) -> str | None:  # fmt: skip
+    """What of this browser was seen on the advocate's own conversions (those where the customer
+    is the advocate), in words; None when nothing was."""
+    if visitor is None and (ip_hash is None or user_agent is None):
+        return None
+    row = await conn.fetchrow(
+        "SELECT bool_or(visitor_id = $6) AS browser,"
+        " bool_or(ip_hash = $7 AND user_agent = $8) AS network"
+        " FROM conversions WHERE merchant_id = $1 AND id <> $2 AND type <> 'refund'"
+        " AND (customer_id = $3 OR customer_email_hash = $4 OR customer_email_canonical = $5)"
+        " AND (visitor_id = $6 OR (ip_hash = $7 AND user_agent = $8))",
+        merchant, conversion, advocate.external_id, advocate.email_hash,
+        advocate.email_canonical, visitor, ip_hash, user_agent,
+    )  # fmt: skip
+    if row is None or not (row["browser"] or row["network"]):
+        return None
+    if row["browser"]:
+        return "the same browser (our cookie)"
+    return "the same IP address and user agent"
+
+
+async def flood_clicks(
+    conn: Db, link_id: UUID, ip_prefix: str, clicked_at: datetime, minutes: int, most: int
+) -> int:
+    """The clicks on the link from the prefix in the `minutes` before the click or the
+    `minutes` after it, whichever holds more — counted up to `most` + 1 (enough to decide)."""
+    window = timedelta(minutes=minutes)
+    counts = []
+    for start, end in ((clicked_at - window, clicked_at), (clicked_at, clicked_at + window)):
+        counts.append(
+            await conn.fetchval(
+                "SELECT count(*) FROM (SELECT 1 FROM clicks WHERE link_id = $1"
+                " AND clicked_at BETWEEN $2 AND $3 AND ip_prefix = $4 AND NOT is_bot"
+                " LIMIT $5) AS hit",
+                link_id,
+                start,
+                end,
+                ip_prefix,
+                most + 1,
+            )
+        )
+    return int(max(counts))
+
+
+async def velocity(
+    conn: Db, merchant: UUID, advocate: UUID, conversion: UUID, visitor: UUID | None,
+    ip_prefix: str | None, occurred_at: datetime, days: int,
+) -> int:  # fmt: skip
+    """The advocate's conversions (signups and purchases) from this browser or IP prefix in
+    the `days` before this one, this one included."""
+    earlier: int = await conn.fetchval(
+        "SELECT count(*) FROM conversions WHERE merchant_id = $1 AND advocate_id = $2"
+        " AND id <> $3 AND type <> 'refund' AND occurred_at > $6 AND occurred_at <= $7"
+        " AND (visitor_id = $4 OR ip_prefix = $5)",
+        merchant, advocate, conversion, visitor, ip_prefix,
+        occurred_at - timedelta(days=days), occurred_at,
+    )  # fmt: skip
+    return int(earlier) + 1
+
+
+async def period_rewards(
+    conn: Db, merchant: UUID, advocate: UUID, conversion: UUID, currency: str, start: datetime,
+    end: datetime,
+) -> int:  # fmt: skip
+    """The advocate's own rewards for other conversions in [start, end), except what was
+    rejected or reversed."""
+    total = await conn.fetchval(
+        "SELECT coalesce(sum(b.amount_minor), 0) FROM rewards r"
+        " JOIN conversions c ON c.id = r.conversion_id"
+        " JOIN reward_balances b ON b.reward_id = r.id"
+        " WHERE r.merchant_id = $1 AND r.advocate_id = $2 AND r.beneficiary = 'advocate'"
+        " AND r.currency = $3 AND c.occurred_at >= $4 AND c.occurred_at < $5 AND c.id <> $6"
+        " AND b.state IN ('pending', 'held', 'approved', 'paid')",
+        merchant, advocate, currency, start, end, conversion,
+    )  # fmt: skip
+    return int(total)
+
+
+async def set_decision(
+    conn: asyncpg.Connection, conversion: UUID, decision: Decision,
+    visitor: UUID | None, ip_hash: bytes | None, ip_prefix: str | None, user_agent: str | None,
+) -> None:  # fmt: skip
+    """The decision, and the converting browser as the rules saw it (the postback's, or else the
+    attributed click's), which later conversions' rules compare with."""
+    await conn.execute(
+        "UPDATE conversions SET fraud_action = $2, fraud_findings = $3::jsonb,"
+        " visitor_id = coalesce(visitor_id, $4), ip_hash = coalesce(ip_hash, $5),"
+        " ip_prefix = coalesce(ip_prefix, $6), user_agent = coalesce(user_agent, $7)"
+        " WHERE id = $1",
+        conversion, decision.outcome, findings_json(decision), visitor, ip_hash, ip_prefix,
+        user_agent,
+    )  # fmt: skip
+
+
+async def set_browser(conn: asyncpg.Connection, conversion: UUID, visitor: UUID) -> None:
+    """The converting browser of an unattributed conversion (an advocate's own purchase is
+    later compared with it)."""
+    await conn.execute(
+        "UPDATE conversions SET visitor_id = coalesce(visitor_id, $2) WHERE id = $1",
+        conversion,
+        visitor,
+    )
+
+
+def findings_json(decision: Decision) -> str:
+    return orjson.dumps([f.as_json() for f in decision.findings]).decode()
+
+
+async def fraud_of(conn: Db, conversion: UUID) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        "SELECT c.fraud_action, c.fraud_findings, c.rules_version, r.id AS review_id,"
+        " r.status AS review_status FROM conversions c"
+        " LEFT JOIN review_items r ON r.conversion_id = c.id WHERE c.id = $1",
+        conversion,
+    )
+    assert row is not None
+    return {
+        "action": row["fraud_action"], "findings": orjson.loads(row["fraud_findings"]),
+        "rules_version": row["rules_version"], "review_id": row["review_id"],
+        "review_status": row["review_status"],
+    }  # fmt: skip
+
+
+# -- The preview and the click-flood sweep ------------------------------------------------------
+
+
+async def recent_conversions(
+    conn: Db, merchant: UUID, program: UUID, since: datetime, limit: int
+) -> list[dict[str, Any]]:
+    """The program's attributed signups and purchases since `since`, oldest first, with what
+    their advocate was awarded."""
+    rows = await conn.fetch(
+        "SELECT c.id, c.event_id, c.type, c.occurred_at, c.received_at, c.amount_minor,"
+        " c.currency, c.customer_id, c.customer_email_hash, c.customer_email_canonical,"
+        " c.customer_email_near, c.customer_email_disposable, c.advocate_id,"
+        " c.attributed_click_id, c.visitor_id, c.ip_hash, c.ip_prefix, c.user_agent,"
+        " c.fraud_action, coalesce((SELECT sum(r.amount_minor) FROM rewards r"
+        "   WHERE r.conversion_id = c.id AND r.beneficiary = 'advocate'), 0) AS advocate_reward"
+        " FROM conversions c WHERE c.merchant_id = $1 AND c.program_id = $2 AND c.verified"
+        " AND c.type <> 'refund' AND c.advocate_id IS NOT NULL AND c.occurred_at >= $3"
+        " ORDER BY c.occurred_at, c.id LIMIT $4",
+        merchant, program, since, limit,
+    )  # fmt: skip
+    return [dict(r) for r in rows]
+
+
+async def active_programs(conn: Db) -> list[tuple[UUID, UUID]]:
+    """(program, merchant) of every active program."""
+    rows = await conn.fetch("SELECT id, merchant_id FROM programs WHERE active ORDER BY id")
+    return [(r["id"], r["merchant_id"]) for r in rows]
+
+
+async def swept_until(conn: Db, program: UUID) -> datetime | None:
+    until: datetime | None = await conn.fetchval(
+        "SELECT swept_until FROM click_flood_sweeps WHERE program_id = $1", program
+    )
+    return until
+
+
+async def mark_floods(
+    conn: asyncpg.Connection, merchant: UUID, program: UUID, start: datetime, end: datetime,
+    minutes: int, most: int,
+) -> int:  # fmt: skip
+    """Flag the program's human clicks in [start, end) that have more than `most` clicks from
+    their IP prefix on their link in the `minutes` before or after them (themselves included),
+    move them from `human` to `flagged` in the daily counts, and record how far this looked.
+    Returns how many were flagged now (each click once, whoever else sweeps)."""
+    flagged: int = await conn.fetchval(
+        """
+        WITH recent AS (
+            SELECT click_id, clicked_at,
+                   count(*) OVER (PARTITION BY link_id, ip_prefix ORDER BY clicked_at
+                                  RANGE BETWEEN $6::interval PRECEDING AND CURRENT ROW) AS back,
+                   count(*) OVER (PARTITION BY link_id, ip_prefix ORDER BY clicked_at
+                                  RANGE BETWEEN CURRENT ROW AND $6::interval FOLLOWING) AS ahead
+            FROM clicks
+            WHERE merchant_id = $1 AND program_id = $2 AND clicked_at >= $3 AND clicked_at < $4
+              AND NOT is_bot AND ip_prefix IS NOT NULL
+        ), marked AS (
+            UPDATE clicks c SET flood = true FROM recent r
+            WHERE c.click_id = r.click_id AND c.clicked_at = r.clicked_at AND NOT c.flood
+              AND (r.back > $5 OR r.ahead > $5)
+            RETURNING c.clicked_at
+        ), counted AS (
+            INSERT INTO program_click_counts AS p (program_id, day, merchant_id, human, bot,
+                                                   flagged)
+            SELECT $2, (clicked_at AT TIME ZONE 'UTC')::date, $1, -count(*), 0, count(*)
+            FROM marked GROUP BY 2
+            ON CONFLICT (program_id, day) DO UPDATE
+            SET human = p.human + excluded.human, flagged = p.flagged + excluded.flagged
+        )
+        SELECT count(*) FROM marked
+        """,
+        merchant, program, start, end, most, timedelta(minutes=minutes),
+    )  # fmt: skip
+    await conn.execute(
+        "INSERT INTO click_flood_sweeps (program_id, swept_until) VALUES ($1, $2)"
+        " ON CONFLICT (program_id) DO UPDATE SET swept_until = greatest("
+        " click_flood_sweeps.swept_until, excluded.swept_until)",
+        program,
+        end,
+    )
+    return int(flagged)
