@@ -161,7 +161,7 @@ class ConversionFacts:
     ad_click_param: str | None = None
     # What of the converting browser was seen on the advocate's own conversions, in words.
     shared_device: str | None = None
-    # The most clicks from the click's IP prefix on its link in `minutes` before or after it.
+    # The most clicks from the click's IP prefix on its link in any `minutes` window holding it.
     flood_clicks: int | None = None
     # The advocate's conversions from this browser or IP prefix within `days`, this one included.
     velocity_conversions: int | None = None

@@ -368,9 +368,8 @@ async def gather_facts(
     flood = None
     if config.click_flood.action != fraud.RuleAction.OFF and click and click.ip_prefix:
         flood = await fraud_repo.flood_clicks(
-            conn, click.link_id, click.ip_prefix, click.clicked_at, config.click_flood.minutes,
-            config.click_flood.max_clicks,
-        )  # fmt: skip
+            conn, click.link_id, click.ip_prefix, click.clicked_at, config.click_flood.minutes
+        )
     velocity = None
     rule = config.conversion_velocity
     if rule.action != fraud.RuleAction.OFF and (device.visitor or device.ip_prefix):

@@ -80,26 +80,22 @@ async def shared_device(
 
 
 async def flood_clicks(
-    conn: Db, link_id: UUID, ip_prefix: str, clicked_at: datetime, minutes: int, most: int
+    conn: Db, link_id: UUID, ip_prefix: str, clicked_at: datetime, minutes: int
 ) -> int:
-    """The clicks on the link from the prefix in the `minutes` before the click or the
-    `minutes` after it, whichever holds more — counted up to `most` + 1 (enough to decide)."""
+    """The most clicks on the link from the prefix in any `minutes`-long window that holds this
+    click (windows that start at a click: the densest ones do)."""
     window = timedelta(minutes=minutes)
-    counts = []
-    for start, end in ((clicked_at - window, clicked_at), (clicked_at, clicked_at + window)):
-        counts.append(
-            await conn.fetchval(
-                "SELECT count(*) FROM (SELECT 1 FROM clicks WHERE link_id = $1"
-                " AND clicked_at BETWEEN $2 AND $3 AND ip_prefix = $4 AND NOT is_bot"
-                " LIMIT $5) AS hit",
-                link_id,
-                start,
-                end,
-                ip_prefix,
-                most + 1,
-            )
-        )
-    return int(max(counts))
+    most = await conn.fetchval(
+        "SELECT coalesce(max(n), 0) FROM ("
+        "  SELECT clicked_at, count(*) OVER (ORDER BY clicked_at"
+        "    RANGE BETWEEN CURRENT ROW AND $4::interval FOLLOWING) AS n"
+        "  FROM clicks WHERE link_id = $1 AND ip_prefix = $2 AND NOT is_bot"
+        "  AND clicked_at BETWEEN $3::timestamptz - $4::interval"
+        "  AND $3::timestamptz + $4::interval"
+        ") AS w WHERE clicked_at <= $3 AND clicked_at >= $3::timestamptz - $4::interval",
+        link_id, ip_prefix, clicked_at, window,
+    )  # fmt: skip
+    return int(most)
 
 
 async def velocity(
@@ -221,25 +217,29 @@ async def mark_floods(
     conn: asyncpg.Connection, merchant: UUID, program: UUID, start: datetime, end: datetime,
     minutes: int, most: int,
 ) -> int:  # fmt: skip
-    """Flag the program's human clicks in [start, end) that have more than `most` clicks from
-    their IP prefix on their link in the `minutes` before or after them (themselves included),
+    """Flag the program's human clicks in [start, end) that lie in a `minutes`-long window
+    holding more than `most` clicks from their IP prefix on their link (themselves included),
     move them from `human` to `flagged` in the daily counts, and record how far this looked.
     Returns how many were flagged now (each click once, whoever else sweeps)."""
     flagged: int = await conn.fetchval(
         """
-        WITH recent AS (
-            SELECT click_id, clicked_at,
-                   count(*) OVER (PARTITION BY link_id, ip_prefix ORDER BY clicked_at
-                                  RANGE BETWEEN $6::interval PRECEDING AND CURRENT ROW) AS back,
+        WITH counted_ahead AS (
+            SELECT click_id, clicked_at, link_id, ip_prefix,
                    count(*) OVER (PARTITION BY link_id, ip_prefix ORDER BY clicked_at
                                   RANGE BETWEEN CURRENT ROW AND $6::interval FOLLOWING) AS ahead
             FROM clicks
             WHERE merchant_id = $1 AND program_id = $2 AND clicked_at >= $3 AND clicked_at < $4
               AND NOT is_bot AND ip_prefix IS NOT NULL
+        ), recent AS (
+            -- The densest window holding each click starts at a click at most `minutes` before.
+            SELECT click_id, clicked_at,
+                   max(ahead) OVER (PARTITION BY link_id, ip_prefix ORDER BY clicked_at
+                                    RANGE BETWEEN $6::interval PRECEDING AND CURRENT ROW) AS densest
+            FROM counted_ahead
         ), marked AS (
             UPDATE clicks c SET flood = true FROM recent r
             WHERE c.click_id = r.click_id AND c.clicked_at = r.clicked_at AND NOT c.flood
-              AND (r.back > $5 OR r.ahead > $5)
+              AND r.densest > $5
             RETURNING c.clicked_at
         ), counted AS (
             INSERT INTO program_click_counts AS p (program_id, day, merchant_id, human, bot,
