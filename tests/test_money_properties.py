@@ -1,7 +1,8 @@
 """Money, by generated examples (hypothesis): the domain's functions over any amounts, and the
-ledger over generated sequences of moves against real PostgreSQL. The invariants: balances
-always sum to the reward, nothing is ever negative, a refund never takes more than the order or
-the reward, and what is paid is what the paid entries say."""
+ledger over generated sequences of moves (fraud holds and reviews included) against real
+PostgreSQL. The invariants: balances always sum to the reward, nothing is ever negative, a
+refund never takes more than the order or the reward, and what is paid is what the paid entries
+say."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ import asyncpg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.attribution.ledger import plan_reversal
+from app.attribution.ledger import (
+    LedgerAction,
+    Move,
+    RewardState,
+    plan_reversal,
+    plan_transition,
+)
 from app.attribution.refunds import reversal_amount, settle_refund
 from app.attribution.rewards import RewardDraft, Sale, compute_rewards
 from app.attribution.rules import ProgramRules
@@ -98,8 +105,12 @@ moves = st.lists(
         st.just(("pay",)),
         st.just(("reject",)),
         st.tuples(st.just("refund"), st.integers(min_value=1, max_value=20_000)),
+        # The fraud rules' hold (all, or a cap's excess), and a reviewer's release or refusal.
+        st.tuples(st.just("hold"), st.integers(min_value=1, max_value=5_000)),
+        st.just(("release",)),
+        st.just(("refuse",)),
     ),
-    max_size=10,
+    max_size=12,
 )
 
 
@@ -134,16 +145,21 @@ async def _play(dsn: str, reward_minor: int, steps: list[tuple[Any, ...]]) -> No
                 elif step[0] == "pay" and b["approved"]:
                     await _entry(conn, reward, merchant, "approved", "paid", b["approved"])
                     paid += b["approved"]
-                elif step[0] == "reject":
-                    for state in ("pending", "approved"):
-                        if b[state]:
-                            await _entry(conn, reward, merchant, state, "rejected", b[state])
+                elif step[0] in ("reject", "release", "refuse"):
+                    action = {"reject": LedgerAction.REJECT, "release": LedgerAction.RELEASE,
+                              "refuse": LedgerAction.REFUSE}[step[0]]  # fmt: skip
+                    await rewards_repo.write_moves(
+                        conn, reward, merchant, plan_transition(b, action), step[0]
+                    )
+                elif step[0] == "hold" and b["pending"]:
+                    hold = Move(RewardState.PENDING, RewardState.HELD, min(step[1], b["pending"]))
+                    await rewards_repo.write_moves(conn, reward, merchant, [hold], "hold")
                 elif step[0] == "refund":
                     applied = settle_refund(10_000, refunded, step[1], "o").applied_minor
                     refunded += applied
                     due = reversal_amount(reward_minor, b["reversed"], 10_000, refunded)
                     # Rejected money is not reversed again: only what is still owed.
-                    due = min(due, b["pending"] + b["approved"] + b["paid"])
+                    due = min(due, b["pending"] + b["held"] + b["approved"] + b["paid"])
                     if due:
                         moves = plan_reversal(b, due)
                         await rewards_repo.write_moves(
