@@ -45,8 +45,9 @@ ERROR_SCHEMA: dict[str, Any] = {
 _DESCRIPTIONS = {
     "401": "Missing or invalid credentials (API key, signature or token); the field says which.",
     "404": "Not found, or another merchant's.",
-    "409": "A conflict: the event id was already used for a different conversion, or the review "
-    "item was already decided otherwise.",
+    "409": "A conflict: the event id was already used for a different conversion, the review "
+    "item was already decided otherwise, the program already runs an experiment, or another "
+    "variant was promoted.",
     "413": "The request body is larger than the limit (64 KiB by default).",
     "422": "Invalid input: `error.field` names the first failing field, `errors` lists all.",
     "429": "Rate limited: see Retry-After and the RateLimit-* headers.",
@@ -75,7 +76,8 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> list[str]:
         statuses.append("413")
     if path == "/v1/conversions" and method == "post":
         statuses += ["409", "413"]
-    if path.endswith("/decision"):
+    starts_experiment = path == "/v1/programs/{program_id}/experiments" and method == "post"
+    if path.endswith(("/decision", "/promote")) or starts_experiment:
         statuses.append("409")
     return sorted(set(statuses))
 

@@ -150,6 +150,12 @@ class LinkWithClicks(Link):
     clicks: dict[str, int] = Field(description="Stored clicks: human and bot.")
 
 
+class AdvocateOffer(BaseModel):
+    experiment_id: UUID
+    variant: str
+    share_message: str | None
+
+
 class Advocate(BaseModel):
     id: UUID
     program_id: UUID
@@ -163,6 +169,9 @@ class Advocate(BaseModel):
         "redirect and their conversions earn nothing.",
     )
     ban_reason: str | None = None
+    experiment: AdvocateOffer | None = Field(
+        None, description="The advocate's variant in the program's running experiment."
+    )
     links: list[Link]
 
 

@@ -13,6 +13,7 @@ from app.destinations import is_allowed
 from app.errors import InvalidInput
 from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient
 from app.security import email_prints, hash_email
+from app.services import experiments as experiments_service
 from app.services.tenancy import found
 from app.services.tx import transaction
 from app.storage import advocates as advocates_repo
@@ -94,6 +95,13 @@ async def enroll_advocate(
             email_hash=hash_email(email) if email else None,
             email_prints=email_prints(email) if email else None,
         )
+        if created:
+            await experiments_service.assign_new_advocate(conn, program_id, advocate["id"])
+        # Read back with the offer (the experiment's variant) it has now.
+        advocate = found(
+            await advocates_repo.get_advocate(conn, merchant_id, advocate["id"]), "advocate",
+            "advocate_id",
+        )  # fmt: skip
         if created:
             link = await links_repo.create_link(
                 conn,

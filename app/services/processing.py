@@ -50,8 +50,10 @@ from app.pipeline import keys
 from app.pipeline.events import ConversionEvent, PixelEvent, StreamedConversion, decode_conversion
 from app.pipeline.flusher import Batch, RetryLater, entry_ms
 from app.pipeline.redis_client import RedisClient
+from app.services import experiments as experiments_service
 from app.storage import conversions as repo
 from app.storage import dead_letters, evidence
+from app.storage import experiments as experiments_repo
 from app.storage import fraud as fraud_repo
 from app.storage import review as review_repo
 from app.storage import rewards as rewards_repo
@@ -264,6 +266,10 @@ async def _attribute_and_reward(conn: asyncpg.Connection, e: ConversionEvent) ->
         await repo.set_reason(conn, e.id, words.NO_RULES)  # stated, not a crash
         return None
     version, program_rules = rules[advocate.program_id]
+    # A running experiment gives the advocate their variant's rules (rewards and fraud rules).
+    offer = await experiments_service.offer_for(conn, advocate.program_id, advocate.id)
+    if offer is not None:
+        program_rules = offer[2]
     # Counted per customer and per advocate: decided one conversion at a time.
     lock_keys = [f"advocate:{advocate.id}"]
     if e.customer_id:
@@ -326,6 +332,8 @@ async def _attribute_and_reward(conn: asyncpg.Connection, e: ConversionEvent) ->
     await fraud_repo.set_decision(
         conn, e.id, decision, device.visitor, device.ip_hash, device.ip_prefix, device.user_agent
     )
+    if offer is not None:
+        await experiments_repo.set_conversion_variant(conn, e.id, offer[0], offer[1])
     if decision.holds and rewarded:
         await review_repo.open_item(
             conn, e.merchant_id, advocate.program_id, advocate.id, e.id,

@@ -6,6 +6,7 @@ from typing import cast
 from uuid import UUID
 
 import asyncpg
+import orjson
 
 from app.codes import new_referral_code
 from app.security import EmailPrints
@@ -15,6 +16,20 @@ _COLUMNS = (
     "id, merchant_id, program_id, external_id, name, referral_code, created_at, banned_at,"
     " ban_reason"
 )
+# The advocate's variant in the program's running experiment (their offer), as JSON or NULL.
+_OFFER = (
+    "(SELECT jsonb_build_object('experiment_id', e.id, 'variant', x.variant,"
+    " 'share_message', v.share_message) FROM experiment_assignments x"
+    " JOIN experiments e ON e.id = x.experiment_id AND e.status = 'running'"
+    " JOIN experiment_variants v ON v.experiment_id = e.id AND v.key = x.variant"
+    " WHERE x.advocate_id = advocates.id) AS experiment"
+)
+
+
+def _row(row: asyncpg.Record) -> AdvocateRow:
+    out = dict(row)
+    out["experiment"] = orjson.loads(out["experiment"]) if out.get("experiment") else None
+    return cast(AdvocateRow, out)
 
 
 async def enroll_advocate(
@@ -63,8 +78,8 @@ async def get_advocate(
     pool: asyncpg.Pool | asyncpg.Connection, merchant_id: UUID, advocate_id: UUID
 ) -> AdvocateRow | None:
     row = await pool.fetchrow(
-        f"SELECT {_COLUMNS} FROM advocates WHERE merchant_id = $1 AND id = $2",
+        f"SELECT {_COLUMNS}, {_OFFER} FROM advocates WHERE merchant_id = $1 AND id = $2",
         merchant_id,
         advocate_id,
     )
-    return cast(AdvocateRow, dict(row)) if row else None
+    return _row(row) if row else None

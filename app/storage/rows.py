@@ -4,7 +4,7 @@ time, so routes shape them into answers without copying; typed for the checker.)
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 from uuid import UUID
 
 
@@ -29,6 +29,7 @@ class AdvocateRow(TypedDict):
     created_at: datetime
     banned_at: datetime | None
     ban_reason: str | None
+    experiment: NotRequired[dict[str, Any] | None]  # the running experiment's variant
 
 
 class LinkRow(TypedDict):
