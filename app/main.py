@@ -22,7 +22,17 @@ from app.edge import EdgeGuard, GuardRuntime
 from app.errors import install_error_handlers
 from app.logs import configure_logging, correlation_id
 from app.openapi import complete_openapi
-from app.routes import conversions, experiments, links, ops, programs, review, rewards, stats
+from app.routes import (
+    conversions,
+    experiments,
+    links,
+    ops,
+    payouts,
+    programs,
+    review,
+    rewards,
+    stats,
+)
 from app.routes.redirect import RedirectEndpoint
 from app.runtime import open_runtime
 from app.settings import Settings, load_settings
@@ -137,5 +147,6 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
     api.include_router(rewards.router)
     api.include_router(review.router)
     api.include_router(experiments.router)
+    api.include_router(payouts.router)
     app = TrackingApp(api, settings.max_body_bytes)
     return app

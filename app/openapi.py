@@ -46,8 +46,9 @@ _DESCRIPTIONS = {
     "401": "Missing or invalid credentials (API key, signature or token); the field says which.",
     "404": "Not found, or another merchant's.",
     "409": "A conflict: the event id was already used for a different conversion, the review "
-    "item was already decided otherwise, the program already runs an experiment, or another "
-    "variant was promoted.",
+    "item was already decided otherwise, the program already runs an experiment, another "
+    "variant was promoted, an Idempotency-Key was used for another request, or a payout batch "
+    "is past that step.",
     "413": "The request body is larger than the limit (64 KiB by default).",
     "422": "Invalid input: `error.field` names the first failing field, `errors` lists all.",
     "429": "Rate limited: see Retry-After and the RateLimit-* headers.",
@@ -77,7 +78,8 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> list[str]:
     if path == "/v1/conversions" and method == "post":
         statuses += ["409", "413"]
     starts_experiment = path == "/v1/programs/{program_id}/experiments" and method == "post"
-    if path.endswith(("/decision", "/promote")) or starts_experiment:
+    payout_moves = path.startswith("/v1/payouts") and method == "post"
+    if path.endswith(("/decision", "/promote")) or starts_experiment or payout_moves:
         statuses.append("409")
     return sorted(set(statuses))
 

@@ -1,13 +1,15 @@
 """The reward ledger's states and the moves between them: one state machine for the routes, the
-scheduler, refunds and statistics.
+scheduler, refunds, payouts and statistics.
 
 A reward's amount in a state is what entered the state minus what left it (entries are never
-changed). Creating a reward puts its amount in `pending`; approval moves it to `approved`, payout
-to `paid`; a fraud rule may move it (or part of it) to `held`, where it waits for a person —
-the scheduler never approves what is held — who releases it back to `pending` (its normal hold
-goes on) or rejects it; a person may reject what is pending, held or approved; a refund moves a
-share to `reversed` from wherever it sits (pending, held, approved, then paid: a clawback). Pure
-functions over balances; the caller writes the entries they return.
+changed). Creating a reward puts its amount in `pending`; approval moves it to `approved`,
+payout to `paid` (directly, or through `reserved` while it is in a payout batch: completed →
+`paid`, failed → `approved` again). A fraud rule may move it (or part of it) to `held`, where it
+waits for a person — the scheduler never approves what is held — who releases it back to
+`pending` (its normal hold goes on) or rejects it; a person may reject what is pending, held or
+approved. A refund moves a share to `reversed` from wherever it sits (pending, held, approved,
+then paid or reserved: a clawback, which the advocate then owes). Pure functions over balances;
+the caller writes the entries they return.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class RewardState(StrEnum):
     PENDING = "pending"
     HELD = "held"  # waiting for a person's review (app/services/review.py)
     APPROVED = "approved"
+    RESERVED = "reserved"  # in a payout batch not yet completed or failed
     PAID = "paid"
     REVERSED = "reversed"
     REJECTED = "rejected"
@@ -38,6 +41,9 @@ class LedgerAction(StrEnum):
     HOLD = "hold"  # for review
     RELEASE = "release"  # reviewed: back to pending, to its normal hold
     REFUSE = "refuse"  # reviewed: what waits (pending, held) is rejected; approved stays
+    RESERVE = "reserve"  # gathered into a payout batch
+    SETTLE = "settle"  # the batch's line completed: paid
+    RETURN = "return"  # the line failed: approved again
 
 
 # Where each transition takes money from, and where it puts it.
@@ -51,11 +57,18 @@ MOVES: dict[LedgerAction, tuple[tuple[RewardState, ...], RewardState]] = {
     LedgerAction.HOLD: ((RewardState.PENDING,), RewardState.HELD),
     LedgerAction.RELEASE: ((RewardState.HELD,), RewardState.PENDING),
     LedgerAction.REFUSE: ((RewardState.PENDING, RewardState.HELD), RewardState.REJECTED),
+    LedgerAction.RESERVE: ((RewardState.APPROVED,), RewardState.RESERVED),
+    LedgerAction.SETTLE: ((RewardState.RESERVED,), RewardState.PAID),
+    LedgerAction.RETURN: ((RewardState.RESERVED,), RewardState.APPROVED),
 }
 # Where a reversal takes money from, in order.
+# What was paid, or is in a payout in flight, is taken last: that is a clawback, which the
+# advocate then owes (app/services/payouts.py nets it in their next payout).
 REVERSIBLE: tuple[RewardState, ...] = (
     RewardState.PENDING, RewardState.HELD, RewardState.APPROVED, RewardState.PAID,
+    RewardState.RESERVED,
 )  # fmt: skip
+CLAWBACK_SOURCES = (RewardState.PAID, RewardState.RESERVED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +103,8 @@ def plan_reversal(balance: Balances, amount_minor: int) -> list[Move]:
 
 def current_state(balance: Balances) -> RewardState:
     """The state holding the reward's money (the furthest along), or where it all went."""
-    for state in (RewardState.PAID, RewardState.APPROVED, RewardState.HELD, RewardState.PENDING):
+    for state in (RewardState.PAID, RewardState.RESERVED, RewardState.APPROVED, RewardState.HELD,
+                  RewardState.PENDING):  # fmt: skip
         if balance[state] > 0:
             return state
     return RewardState.REJECTED if balance[RewardState.REJECTED] > 0 else RewardState.REVERSED

@@ -98,3 +98,60 @@ def compute_rewards(rules: ProgramRules, sale: Sale) -> list[RewardDraft] | NoRe
         if amount > 0:
             drafts.append(RewardDraft(beneficiary, amount, rules.currency, hold_until))
     return drafts or NoReward("the rules define no reward")
+
+
+# -- Renewals -------------------------------------------------------------------------------------
+
+
+def _add_months(at: datetime, months: int) -> datetime:
+    """The same day and time `months` calendar months later (the month's last day when it has
+    fewer days)."""
+    month = at.month - 1 + months
+    year, month = at.year + month // 12, month % 12 + 1
+    days = [31, 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28, 31, 30,
+            31, 30, 31, 31, 30, 31, 30, 31][month - 1]  # fmt: skip
+    return at.replace(year=year, month=month, day=min(at.day, days))
+
+
+def renewal_rewards(
+    rules: ProgramRules, amount_minor: int, currency: str | None, occurred_at: datetime,
+    first_purchase_at: datetime, rewarded_renewals: int,
+) -> list[RewardDraft] | NoReward:  # fmt: skip
+    """The advocate's commission on a renewal of a subscription they referred (the friend earns
+    nothing on renewals), by the program's recurring rule."""
+    recurring = rules.recurring
+    if recurring.mode == "none":
+        return NoReward("the program does not reward renewals")
+    if currency != rules.currency:
+        return NoReward(f"order currency {currency} is not the program currency {rules.currency}")
+    if recurring.mode == "months":
+        assert recurring.months is not None  # validated with the rules
+        if occurred_at >= _add_months(first_purchase_at, recurring.months):
+            return NoReward(f"past the {recurring.months} months of recurring commission after "
+                            "the first purchase")  # fmt: skip
+    if recurring.mode == "payments":
+        assert recurring.payments is not None
+        if rewarded_renewals >= recurring.payments:
+            return NoReward(f"the first {recurring.payments} renewals were already rewarded")
+    if recurring.percent_after_first is not None:
+        amount = int((Decimal(amount_minor) * recurring.percent_after_first / 100)
+                     .to_integral_value(ROUND_DOWN))  # fmt: skip
+    elif rules.advocate_reward is not None:
+        sale = Sale("purchase", amount_minor, currency, occurred_at, 0, 0)
+        amount = _amount(rules.advocate_reward, sale)
+    else:
+        amount = 0
+    if amount <= 0:
+        return NoReward("the rules define no reward for renewals")
+    hold_until = occurred_at + timedelta(days=rules.hold_days)
+    return [RewardDraft("advocate", amount, rules.currency, hold_until)]
+
+
+# -- Orders in another currency ------------------------------------------------------------------
+
+
+def convert(amount_minor: int, from_exponent: int, to_exponent: int, rate: Decimal) -> int:
+    """An amount in minor units of one currency in minor units of another, at `rate` (one unit
+    of the first in units of the second), rounded down — exactly, in Decimal."""
+    value = Decimal(amount_minor).scaleb(-from_exponent) * rate
+    return int(value.scaleb(to_exponent).to_integral_value(ROUND_DOWN))

@@ -72,6 +72,32 @@ class TieredReward(_Rule):
 Reward = Annotated[FixedReward | PercentReward | TieredReward, Field(discriminator="kind")]
 
 
+class RecurringRule(_Rule):
+    """Commission on a subscription's renewals, for the advocate of its first purchase."""
+
+    mode: Literal["none", "lifetime", "months", "payments"] = Field(
+        "none",
+        description="none; lifetime; for `months` after the first purchase; or for the "
+        "first `payments` renewals.",
+    )
+    months: Int | None = Field(None, ge=1, le=120)
+    payments: Int | None = Field(None, ge=1, le=1000)
+    percent_after_first: Annotated[Decimal, WithJsonSchema(
+        {"anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 100, "multipleOf": 0.001},
+                   {"type": "string",
+                    "pattern": r"^(100(\.0{1,3})?|[0-9]{1,2}(\.[0-9]{1,3})?)$"}, {"type": "null"}],
+         "description": "A renewal's percent; without, the advocate reward applies to it."}
+    )] | None = Field(None, gt=0, le=100, max_digits=6, decimal_places=3)  # fmt: skip
+
+    @model_validator(mode="after")
+    def _needs_its_count(self) -> RecurringRule:
+        if self.mode == "months" and self.months is None:
+            raise ValueError("mode months needs months")
+        if self.mode == "payments" and self.payments is None:
+            raise ValueError("mode payments needs payments")
+        return self
+
+
 class ProgramRules(_Rule):
     attribution_window_days: Int = Field(30, ge=1, le=365)
     attribution_model: Literal["last_click", "first_click"] = "last_click"
@@ -87,6 +113,13 @@ class ProgramRules(_Rule):
     currency: Currency = "EUR"
     advocate_reward: Reward | None = FixedReward(amount_minor=1000)
     friend_reward: Reward | None = None
+    recurring: RecurringRule = Field(
+        RecurringRule(), description="Commission on renewals (subscriptions)."
+    )
+    min_payout_minor: Int = Field(
+        0, ge=0, le=MAX_AMOUNT_MINOR,
+        description="An advocate's approved balance is paid out from this amount on.",
+    )  # fmt: skip
     fraud: FraudRules = Field(
         FraudRules(),
         description="Fraud rules: each an action (off, flag, hold, reject) and its "

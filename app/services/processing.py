@@ -51,6 +51,7 @@ from app.pipeline.events import ConversionEvent, PixelEvent, StreamedConversion,
 from app.pipeline.flusher import Batch, RetryLater, entry_ms
 from app.pipeline.redis_client import RedisClient
 from app.services import experiments as experiments_service
+from app.services import payouts as payouts_service
 from app.storage import conversions as repo
 from app.storage import dead_letters, evidence
 from app.storage import experiments as experiments_repo
@@ -441,9 +442,12 @@ async def _apply_refund(
         balance = reward["balances"]
         due = reversal_amount(reward["amount_minor"], balance["reversed"], order, refunded_total)
         if due:
-            await rewards_repo.write_moves(
-                conn, reward["id"], merchant, plan_reversal(balance, due),
-                f"refund of {settlement.applied_minor} of order {refund_of}", refund_id,
+            moves = plan_reversal(balance, due)
+            why = f"refund of {settlement.applied_minor} of order {refund_of}"
+            await rewards_repo.write_moves(conn, reward["id"], merchant, moves, why, refund_id)
+            await payouts_service.record_clawbacks(
+                conn, merchant, purchase.advocate_id, reward["currency"], reward["id"],
+                reward["beneficiary"], moves, why,
             )  # fmt: skip
             reversed_now += due
     await repo.set_refund_outcome(

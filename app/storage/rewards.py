@@ -84,6 +84,16 @@ async def lock_reward(conn: asyncpg.Connection, merchant_id: UUID, reward_id: UU
     return bool(owner == merchant_id)
 
 
+async def lock_rewards(conn: asyncpg.Connection, merchant_id: UUID, reward_ids: list[UUID]) -> None:
+    """Lock the rewards, in id order, before their balances are read and moved."""
+    await conn.execute(
+        "SELECT 1 FROM rewards WHERE merchant_id = $1 AND id = ANY($2::uuid[]) ORDER BY id"
+        " FOR UPDATE",
+        merchant_id,
+        reward_ids,
+    )
+
+
 async def lock_rewards_of_conversion(
     conn: asyncpg.Connection, merchant_id: UUID, conversion_id: UUID
 ) -> None:
