@@ -98,7 +98,9 @@ IdempotencyKey = Annotated[
 ]  # fmt: skip
 
 
-_SAME_BATCH = {200: {"model": PayoutBatch, "description": "The batch of this key, made before."}}
+_SAME_BATCH: dict[int | str, dict[str, Any]] = {
+    200: {"model": PayoutBatch, "description": "The batch of this key, made before."}
+}
 
 
 @router.post("/v1/payouts", status_code=201, response_model=PayoutBatch, responses=_SAME_BATCH)
