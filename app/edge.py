@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 _POSTBACK = "/v1/conversions"
 _ADVOCATE_PREFIX = "/v1/advocate/"
 _PIXEL = "/t/pixel.gif"
+_UPLOADS = "/v1/reconciliation-reports"
 
 
 def _error(error: AppError) -> bytes:
@@ -71,9 +72,10 @@ class GuardRuntime:
 
 
 class EdgeGuard:
-    def __init__(self, app: Any, max_body_bytes: int) -> None:
+    def __init__(self, app: Any, max_body_bytes: int, max_upload_bytes: int = 0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max(max_upload_bytes, max_body_bytes)
         self.runtime: GuardRuntime | None = None  # set by the lifespan
         # Unknown keys, remembered a minute: repeating one costs no query.
         self.unknown_keys: TtlCache[bytes, bool] = TtlCache(max_entries=50_000, ttl=60.0)
@@ -85,10 +87,12 @@ class EdgeGuard:
             return
         headers = dict(scope["headers"])
         length = headers.get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.max_body_bytes:
+        path: str = scope["path"]
+        # Uploads are larger; their body, like every other, is read only after the key is known.
+        limit = self.max_upload_bytes if path == _UPLOADS else self.max_body_bytes
+        if not length.isdigit() or int(length) > limit:
             await _respond(send, 413, _TOO_LARGE)
             return
-        path: str = scope["path"]
         ip = self._client_ip(scope, headers)
         verdict: Verdict | None = None
         if path.startswith("/v1/") or path == _PIXEL:
@@ -113,11 +117,11 @@ class EdgeGuard:
             if verdict is not None and not verdict.allowed:
                 await _respond(send, 429, _TOO_MANY, verdict.headers())
                 return
-        await self._forward(scope, receive, send, runtime, ip, verdict)
+        await self._forward(scope, receive, send, runtime, ip, verdict, limit)
 
     async def _forward(
         self, scope: dict[str, Any], receive: Any, send: Any, runtime: GuardRuntime, ip: str,
-        verdict: Verdict | None,
+        verdict: Verdict | None, limit: int,
     ) -> None:  # fmt: skip
         received = 0
         overflowed = False
@@ -128,7 +132,7 @@ class EdgeGuard:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     overflowed = True
                     raise _BodyTooLarge
             return message

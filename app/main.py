@@ -29,6 +29,7 @@ from app.routes import (
     ops,
     payouts,
     programs,
+    reconciliation,
     review,
     rewards,
     stats,
@@ -94,10 +95,10 @@ class ObserveRequests:
 class TrackingApp:
     """Routes /r/… to the hot path and everything else to the FastAPI app."""
 
-    def __init__(self, api: FastAPI, max_body_bytes: int) -> None:
+    def __init__(self, api: FastAPI, max_body_bytes: int, max_upload_bytes: int) -> None:
         self.api = api
         self.redirect: RedirectEndpoint | None = None
-        self.guard = EdgeGuard(api, max_body_bytes)
+        self.guard = EdgeGuard(api, max_body_bytes, max_upload_bytes)
         self._observed = ObserveRequests(self.guard)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -148,5 +149,6 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
     api.include_router(review.router)
     api.include_router(experiments.router)
     api.include_router(payouts.router)
-    app = TrackingApp(api, settings.max_body_bytes)
+    api.include_router(reconciliation.router)
+    app = TrackingApp(api, settings.max_body_bytes, settings.max_upload_bytes)
     return app

@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         65_536, ge=1024, description="Largest request body; larger ones are 413 before reading."
     )
+    max_upload_bytes: int = Field(
+        10_485_760,
+        ge=1024,
+        description="Largest upload (a reconciliation's orders), read only "
+        "once its API key is known.",
+    )
     rate_limit_api_key: str = "1200/minute"
     rate_limit_postbacks: str = Field("60000/minute", description="Per merchant.")
     rate_limit_pixels_per_merchant: str = "30000/minute"

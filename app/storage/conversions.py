@@ -180,6 +180,16 @@ async def refunded_before(
     return int(total)
 
 
+async def refunded_total(conn: asyncpg.Connection, merchant: UUID, order_id: str) -> int:
+    """The refunds applied to the order so far."""
+    total: int = await conn.fetchval(
+        "SELECT coalesce(sum(amount_minor), 0) FROM conversions WHERE merchant_id = $1"
+        " AND refund_of = $2 AND type = 'refund' AND state = $3",
+        merchant, order_id, ConversionState.REFUNDED.value,
+    )  # fmt: skip
+    return int(total)
+
+
 async def waiting_refunds(
     conn: asyncpg.Connection, merchant: UUID, order_id: str
 ) -> list[WaitingRefund]:
