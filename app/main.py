@@ -24,6 +24,7 @@ from app.logs import configure_logging, correlation_id
 from app.openapi import complete_openapi
 from app.routes import (
     conversions,
+    exchange_rates,
     experiments,
     links,
     ops,
@@ -149,6 +150,7 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
     api.include_router(review.router)
     api.include_router(experiments.router)
     api.include_router(payouts.router)
+    api.include_router(exchange_rates.router)
     api.include_router(reconciliation.router)
     app = TrackingApp(api, settings.max_body_bytes, settings.max_upload_bytes)
     return app

@@ -188,7 +188,9 @@ class ConversionIn(_Strict):
         max_length=200,
         description="Your id for this event: retries reuse it.",
     )
-    type: Literal["signup", "purchase", "refund"]
+    type: Literal["signup", "purchase", "refund", "renewal"] = Field(
+        description="renewal: a subscription's later invoice (needs subscription_id)."
+    )
     occurred_at: OccurredAt | None = Field(None, description="Default: when we receive it.")
     order_id: Text | None = Field(
         None, min_length=1, max_length=200, description="Required for purchases."
@@ -214,6 +216,10 @@ class ConversionIn(_Strict):
         description="The rcid parameter the shop received (32 hex digits).",
     )
     referral_code: Text | None = Field(None, min_length=1, max_length=64)
+    subscription_id: Text | None = Field(
+        None, min_length=1, max_length=200,
+        description="Ties a subscription's renewals to its first purchase (send it on both).",
+    )  # fmt: skip
     ip: IPvAnyAddress | None = None
     user_agent: Text | None = Field(None, max_length=512)
 
@@ -226,11 +232,13 @@ class ConversionIn(_Strict):
 
     @model_validator(mode="after")
     def _by_type(self) -> ConversionIn:
-        if self.type == "purchase":
+        if self.type in ("purchase", "renewal"):
             if not self.order_id:
-                raise ValueError("order_id is required for a purchase")
+                raise ValueError(f"order_id is required for a {self.type}")
             if self.amount_minor is None or self.currency is None:
-                raise ValueError("amount_minor and currency are required for a purchase")
+                raise ValueError(f"amount_minor and currency are required for a {self.type}")
+        if self.type == "renewal" and not self.subscription_id:
+            raise ValueError("subscription_id is required for a renewal")
         if self.type == "refund" and not self.refund_of:
             raise ValueError("refund_of (the refunded order_id) is required for a refund")
         if self.amount_minor is not None and self.currency is None:
@@ -309,6 +317,7 @@ class Funnel(BaseModel):
     signups: int
     purchases: int
     refunds: int
+    renewals: int = Field(description="Subscription renewals credited to an advocate.")
     unverified_orders: int = Field(
         description="Orders known only from the anonymous order pixel (no signed postback): "
         "attributed by cookie, never counted as purchases or revenue, never rewarded."
@@ -321,7 +330,9 @@ class Funnel(BaseModel):
     )
     held_orders_minor: dict[str, int] = Field(description="Order totals of held purchases.")
     rejected_orders_minor: dict[str, int] = Field(description="Order totals of rejected purchases.")
-    revenue_minor: dict[str, int] = Field(description="Attributed purchases minus refunds.")
+    revenue_minor: dict[str, int] = Field(
+        description="Attributed purchases and renewals minus refunds."
+    )
     rewards_minor: dict[str, dict[str, int]] = Field(
         description="Per currency, the amount in each state (from the ledger)."
     )

@@ -115,3 +115,7 @@ CREATE TABLE exchange_rates (
 ALTER TABLE rewards ADD COLUMN fx_rate numeric;
 ALTER TABLE rewards ADD COLUMN order_currency char(3);
 ALTER TABLE rewards ADD COLUMN order_amount_minor bigint;
+-- A renewal is attributed through its subscription's first purchase.
+ALTER TABLE conversions DROP CONSTRAINT conversions_attribution_method_check;
+ALTER TABLE conversions ADD CONSTRAINT conversions_attribution_method_check
+    CHECK (attribution_method IN ('referral_code', 'click_id', 'cookie', 'subscription'));

@@ -188,8 +188,8 @@ def test_cap_periods_are_calendar_periods_in_utc() -> None:
 
 
 def test_a_held_amount_is_never_approved_and_a_review_moves_it() -> None:
-    balance = {"pending": 0, "held": 1000, "approved": 0, "paid": 0, "reversed": 0,
-               "rejected": 0}  # fmt: skip
+    balance = {"pending": 0, "held": 1000, "approved": 0, "reserved": 0, "paid": 0,
+               "reversed": 0, "rejected": 0}  # fmt: skip
     assert plan_transition(balance, LedgerAction.APPROVE) == []
     assert plan_transition(balance, LedgerAction.RELEASE) == [
         Move(RewardState.HELD, RewardState.PENDING, 1000)

@@ -310,5 +310,5 @@ async def test_a_refund_reversal_waits_for_a_move_in_flight_and_reads_after_it(
         await racing
     balances = await rewards_repo.balances(db, reward_ids)
     for b in balances.values():  # reversed from approved, where the money was: nothing negative
-        assert b == {"pending": 0, "held": 0, "approved": 0, "paid": 0, "reversed": 1000,
-                     "rejected": 0}  # fmt: skip
+        assert b == {"pending": 0, "held": 0, "approved": 0, "reserved": 0, "paid": 0,
+                     "reversed": 1000, "rejected": 0}  # fmt: skip

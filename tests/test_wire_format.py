@@ -32,9 +32,11 @@ PREVIOUS_CONVERSION_KEYS = {
     "refund_of", "customer_id", "customer_email_hash", "amount_minor", "currency", "click_id",
     "referral_code", "ip_hash", "ip_prefix", "user_agent",
 }  # fmt: skip
-# The email's prints and disposable flag for the fraud rules: absent from earlier events.
+# The email's prints and disposable flag for the fraud rules, and a renewal's subscription:
+# absent from earlier events.
 ADDED_CONVERSION_KEYS = {
     "customer_email_canonical", "customer_email_near", "customer_email_disposable",
+    "subscription_id",
 }  # fmt: skip
 PREVIOUS_PIXEL_KEYS = {
     "id", "type", "merchant_id", "order_id", "visitor_id", "amount_minor", "currency",

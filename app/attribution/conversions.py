@@ -24,6 +24,7 @@ _METHOD_WORDS: dict[Method, str] = {
     "referral_code": "referral code",
     "click_id": "click id",
     "cookie": "cookie",
+    "subscription": "the subscription's first purchase",
 }
 
 # The event id of an order known from the pixel alone; no postback may use the prefix.
@@ -31,6 +32,14 @@ PIXEL_EVENT_ID_PREFIX = "pixel:"
 
 SUPERSEDED_REASON = "a signed postback for this order arrived"
 NO_RULES = "the program the evidence points at has no reward rules"
+SUBSCRIPTION_NOT_REFERRED = "the subscription's first purchase was not referred"
+
+
+def no_subscription_purchase(subscription_id: str) -> str:
+    return (f"no signed purchase with subscription_id {subscription_id!r} has been received: "
+            "a renewal is credited through its subscription's first purchase")  # fmt: skip
+
+
 UNVERIFIED_ATTRIBUTED = (
     "unverified (pixel only): attributed by cookie, no reward until a signed postback"
 )

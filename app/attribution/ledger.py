@@ -91,7 +91,7 @@ def plan_transition(balance: Balances, transition: LedgerAction) -> list[Move]:
 
 
 def plan_reversal(balance: Balances, amount_minor: int) -> list[Move]:
-    """Take `amount_minor` to reversed, from pending first, then held, approved, then paid."""
+    """Take `amount_minor` to reversed, in the order of REVERSIBLE (pending first)."""
     moves, remaining = [], amount_minor
     for state in REVERSIBLE:
         take = min(remaining, balance[state])

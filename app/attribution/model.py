@@ -14,7 +14,8 @@ from datetime import datetime, timedelta
 from typing import Literal
 from uuid import UUID
 
-Method = Literal["referral_code", "click_id", "cookie"]
+# "subscription": a renewal, credited to the advocate of its subscription's first purchase.
+Method = Literal["referral_code", "click_id", "cookie", "subscription"]
 
 
 @dataclass(frozen=True, slots=True)

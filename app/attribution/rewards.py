@@ -62,7 +62,8 @@ def eligibility(rules: ProgramRules, sale: Sale) -> str | None:
     if sale.type != "purchase":
         return "the program rewards purchases, not signups"
     if sale.currency != rules.currency:
-        return f"order currency {sale.currency} is not the program currency {rules.currency}"
+        return (f"order currency {sale.currency} is not the program currency {rules.currency}, "
+                "and no exchange rate for its day was posted")  # fmt: skip
     if sale.amount_minor < rules.min_order_minor:
         return f"order below the minimum of {rules.min_order_minor} minor units"
     counts_per_customer = (
@@ -123,7 +124,10 @@ def renewal_rewards(
     if recurring.mode == "none":
         return NoReward("the program does not reward renewals")
     if currency != rules.currency:
-        return NoReward(f"order currency {currency} is not the program currency {rules.currency}")
+        return NoReward(
+            f"order currency {currency} is not the program currency {rules.currency}, and no "
+            "exchange rate for its day was posted"
+        )
     if recurring.mode == "months":
         assert recurring.months is not None  # validated with the rules
         if occurred_at >= _add_months(first_purchase_at, recurring.months):

@@ -104,7 +104,7 @@ def is_click_id(value: str) -> bool:
 # either way): ids as UUID strings, times as ISO 8601, hashes as hex, a pixel marked
 # "type": "pixel".
 
-ConversionType = Literal["signup", "purchase", "refund"]
+ConversionType = Literal["signup", "purchase", "refund", "renewal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +130,7 @@ class ConversionEvent:
     currency: str | None = None
     click_id: str | None = None
     referral_code: str | None = None
+    subscription_id: str | None = None  # absent from events of earlier versions
     ip_hash: bytes | None = None
     ip_prefix: str | None = None
     user_agent: str | None = None
@@ -193,6 +194,7 @@ def encode_conversion(event: StreamedConversion) -> bytes:
             "currency": event.currency,
             "click_id": event.click_id,
             "referral_code": event.referral_code,
+            "subscription_id": event.subscription_id,
             "ip_hash": _hex(event.ip_hash),
             "ip_prefix": event.ip_prefix,
             "user_agent": event.user_agent,
@@ -212,7 +214,7 @@ def decode_conversion(raw: dict[str, Any]) -> StreamedConversion:
             currency=raw.get("currency"),
             received_at=datetime.fromisoformat(raw["received_at"]),
         )
-    if raw["type"] not in ("signup", "purchase", "refund"):
+    if raw["type"] not in ("signup", "purchase", "refund", "renewal"):
         raise ValueError(f"unknown conversion type {raw['type']!r}")
     return ConversionEvent(
         id=UUID(raw["id"]),
@@ -232,6 +234,7 @@ def decode_conversion(raw: dict[str, Any]) -> StreamedConversion:
         currency=raw.get("currency"),
         click_id=raw.get("click_id"),
         referral_code=raw.get("referral_code"),
+        subscription_id=raw.get("subscription_id"),
         ip_hash=_unhex(raw.get("ip_hash")),
         ip_prefix=raw.get("ip_prefix"),
         user_agent=raw.get("user_agent"),

@@ -34,11 +34,11 @@ class ExperimentIn(BaseModel):
         min_length=2, max_length=5, description="The first is the control."
     )
     baseline_rate: float = Field(
-        gt=0, lt=1, description="The referral rate expected without a change: the share of "
+        ge=0.001, le=0.99, description="The referral rate expected without a change: the share of "
         "advocates who bring at least one converting friend."
     )  # fmt: skip
     minimum_detectable_effect: float = Field(
-        gt=0, lt=1, description="The smallest absolute difference in referral rate worth "
+        ge=0.001, le=0.5, description="The smallest absolute difference in referral rate worth "
         "detecting (0.02 = two points)."
     )  # fmt: skip
     alpha: float = Field(0.05, ge=0.001, le=0.2, description="The chance of calling a winner "

@@ -146,6 +146,7 @@ def conversion_event(
         currency=body.currency,
         click_id=body.click_id,
         referral_code=body.referral_code,
+        subscription_id=body.subscription_id,
         ip_hash=bytes.fromhex(ip_hash) if ip_hash else None,
         ip_prefix=ip_prefix,
         user_agent=body.user_agent,

@@ -21,7 +21,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID
 
@@ -33,6 +34,7 @@ from app.errors import Conflict, InvalidInput, NotFound
 from app.services.programs import get_program
 from app.services.tenancy import found
 from app.services.tx import transaction
+from app.storage import exchange_rates as rates_repo
 from app.storage import payouts as repo
 from app.storage import rewards as rewards_repo
 from app.storage.rules import current_rules
@@ -292,3 +294,22 @@ async def export(
                 line["currency"], "EMAIL",
             ])  # fmt: skip
     return out.getvalue(), omitted
+
+
+# -- Exchange rates -------------------------------------------------------------------------------
+
+
+async def put_rates(
+    pool: asyncpg.Pool, merchant_id: UUID, rates: list[tuple[str, str, date, Decimal]]
+) -> None:
+    """Rates for orders in another currency than the program's (processing converts with the
+    rate of the order's UTC day, and stores it with the reward)."""
+    if any(base == quote for base, quote, _, _ in rates):
+        raise InvalidInput("base and quote must differ", field="body.rates")
+    await rates_repo.upsert(pool, merchant_id, rates)
+
+
+async def list_rates(
+    pool: asyncpg.Pool, merchant_id: UUID, base: str | None, quote: str | None, limit: int
+) -> list[dict[str, Any]]:
+    return await rates_repo.list_rates(pool, merchant_id, base, quote, limit)

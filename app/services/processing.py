@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, cast
 from uuid import UUID
 
@@ -38,13 +39,22 @@ from app.attribution.model import (
     Attributed,
     Customer,
     Evidence,
+    Method,
     NotAttributed,
     ProgramTerms,
     attribute,
 )
+from app.attribution.payouts import exponent
 from app.attribution.pixels import pixel_evidence
 from app.attribution.refunds import currency_refusal, reversal_amount, settle_refund
-from app.attribution.rewards import NoReward, Sale, compute_rewards
+from app.attribution.rewards import (
+    NoReward,
+    RewardDraft,
+    Sale,
+    compute_rewards,
+    convert,
+    renewal_rewards,
+)
 from app.attribution.rules import ProgramRules
 from app.pipeline import keys
 from app.pipeline.events import ConversionEvent, PixelEvent, StreamedConversion, decode_conversion
@@ -54,6 +64,7 @@ from app.services import experiments as experiments_service
 from app.services import payouts as payouts_service
 from app.storage import conversions as repo
 from app.storage import dead_letters, evidence
+from app.storage import exchange_rates as rates_repo
 from app.storage import experiments as experiments_repo
 from app.storage import fraud as fraud_repo
 from app.storage import review as review_repo
@@ -149,14 +160,17 @@ async def process(
             conn, event.merchant_id, event.id, event.refund_of, event.amount_minor, event.currency
         )
         return 1
-    decision = await _attribute_and_reward(conn, event)
+    if event.type == "renewal":
+        decision = await _reward_renewal(conn, event)
+    else:
+        decision = await _attribute_and_reward(conn, event)
     if decision is not None and decided is not None:
         decided.append(decision)
     if event.order_id:
         await repo.supersede_unverified(
             conn, event.merchant_id, event.order_id, words.SUPERSEDED_REASON
         )
-        if event.type == "purchase":
+        if event.type in ("purchase", "renewal"):
             for waiting in await repo.waiting_refunds(conn, event.merchant_id, event.order_id):
                 await _apply_refund(
                     conn, event.merchant_id, waiting.id, event.order_id,
@@ -278,10 +292,11 @@ async def _attribute_and_reward(conn: asyncpg.Connection, e: ConversionEvent) ->
     if e.customer_email_hash:
         lock_keys.append(f"email:{advocate.program_id}:{e.customer_email_hash.hex()}")
     await repo.lock(conn, *lock_keys)
+    priced, fx = await _in_program_currency(conn, e, program_rules.currency)
     sale = Sale(
         type="purchase" if e.type == "purchase" else "signup",
-        amount_minor=e.amount_minor or 0,
-        currency=e.currency,
+        amount_minor=priced.amount_minor or 0,
+        currency=priced.currency,
         occurred_at=found.occurred_at,
         prior_rewarded_purchases=await repo.prior_rewarded_purchases(
             conn, e.merchant_id, advocate.program_id, e.id, e.customer_id, e.customer_email_hash
@@ -291,9 +306,6 @@ async def _attribute_and_reward(conn: asyncpg.Connection, e: ConversionEvent) ->
         ),
         customer_known=bool(e.customer_id or e.customer_email_hash),
     )
-    drafts = compute_rewards(program_rules, sale)
-    no_reward = drafts.reason if isinstance(drafts, NoReward) else None
-    rewarded = [] if isinstance(drafts, NoReward) else drafts
     click = await fraud_repo.click_details(conn, result.click.click_id) if result.click else None
     device = Device(
         visitor=click.visitor_id if click and click.visitor_id else visitor,
@@ -301,22 +313,53 @@ async def _attribute_and_reward(conn: asyncpg.Connection, e: ConversionEvent) ->
         ip_prefix=e.ip_prefix or (click.ip_prefix if click else None),
         user_agent=e.user_agent or (click.user_agent if click else None),
     )
+    return await _reward(
+        conn, priced, Credit(advocate.id, advocate.program_id, version, program_rules, offer, fx),
+        compute_rewards(program_rules, sale), click, device, result.method, visitor is not None,
+        result.click.click_id if result.click else None,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """Who is credited, in which program, under which rules (the experiment's variant, if any),
+    and the exchange rate an order in another currency was converted at."""
+
+    advocate_id: UUID
+    program_id: UUID
+    rules_version: int
+    rules: ProgramRules
+    offer: tuple[UUID, str, ProgramRules] | None
+    fx: tuple[Decimal, str, int] | None  # rate, order currency, order amount
+
+
+async def _reward(
+    conn: asyncpg.Connection, e: ConversionEvent, credit: Credit,
+    drafts: list[RewardDraft] | NoReward, click: fraud_repo.ClickDetails | None, device: Device,
+    method: Method, by_pixel: bool, click_id: UUID | None,
+) -> Decision:  # fmt: skip
+    """The fraud rules' decision on the rewards, the rewards with the decision's moves, and the
+    conversion's outcome — for any attributed conversion (`e` priced in the program currency)."""
+    rules = credit.rules
+    no_reward = drafts.reason if isinstance(drafts, NoReward) else None
+    rewarded = [] if isinstance(drafts, NoReward) else drafts
     advocate_reward = sum(d.amount_minor for d in rewarded if d.beneficiary == "advocate")
     facts = await gather_facts(
-        conn, program_rules, e, advocate.id, click, device, advocate_reward, program_rules.currency
+        conn, rules, e, credit.advocate_id, click, device, advocate_reward, rules.currency
     )
-    decision = fraud.evaluate(program_rules.fraud, facts.advocate, facts.conversion)
+    decision = fraud.evaluate(rules.fraud, facts.advocate, facts.conversion)
     for draft in rewarded:
         reward_id = await rewards_repo.create_reward(
             conn,
             merchant_id=e.merchant_id,
-            program_id=advocate.program_id,
-            advocate_id=advocate.id,
+            program_id=credit.program_id,
+            advocate_id=credit.advocate_id,
             conversion_id=e.id,
             customer_id=e.customer_id,
-            rules_version=version,
+            rules_version=credit.rules_version,
             draft=draft,
             reason=f"{e.type} {e.order_id or e.event_id}",
+            fx=credit.fx,
         )
         moves = fraud.reward_moves(decision, draft.beneficiary, draft.amount_minor)
         if moves:
@@ -324,23 +367,71 @@ async def _attribute_and_reward(conn: asyncpg.Connection, e: ConversionEvent) ->
                 conn, reward_id, e.merchant_id, moves, fraud.decision_reason(decision)
             )
     await repo.set_attributed(
-        conn, e.id, program=advocate.program_id, advocate=advocate.id,
-        click=result.click.click_id if result.click else None, method=result.method,
-        reason=words.attributed_reason(result.method, visitor is not None, no_reward,
+        conn, e.id, program=credit.program_id, advocate=credit.advocate_id, click=click_id,
+        method=method,
+        reason=words.attributed_reason(method, by_pixel, no_reward,
                                        fraud.decision_reason(decision)),
-        rules_version=version,
+        rules_version=credit.rules_version,
     )  # fmt: skip
     await fraud_repo.set_decision(
         conn, e.id, decision, device.visitor, device.ip_hash, device.ip_prefix, device.user_agent
     )
-    if offer is not None:
-        await experiments_repo.set_conversion_variant(conn, e.id, offer[0], offer[1])
+    if credit.offer is not None:
+        await experiments_repo.set_conversion_variant(conn, e.id, credit.offer[0],
+                                                      credit.offer[1])  # fmt: skip
     if decision.holds and rewarded:
         await review_repo.open_item(
-            conn, e.merchant_id, advocate.program_id, advocate.id, e.id,
+            conn, e.merchant_id, credit.program_id, credit.advocate_id, e.id,
             decision.held_by or ["reward_cap"],
         )  # fmt: skip
     return decision
+
+
+async def _in_program_currency(
+    conn: asyncpg.Connection, e: ConversionEvent, currency: str
+) -> tuple[ConversionEvent, tuple[Decimal, str, int] | None]:
+    """The conversion priced in the program currency, at the merchant's exchange rate for its
+    day (and the rate used); unchanged when it is already, or when no rate was posted."""
+    if not e.currency or e.currency == currency or e.amount_minor is None:
+        return e, None
+    rate = await rates_repo.rate(conn, e.merchant_id, e.currency, currency, e.occurred_at.date())
+    if rate is None:
+        return e, None
+    converted = convert(e.amount_minor, exponent(e.currency), exponent(currency), rate)
+    return replace(e, amount_minor=converted, currency=currency), (rate, e.currency,
+                                                                   e.amount_minor)  # fmt: skip
+
+
+async def _reward_renewal(conn: asyncpg.Connection, e: ConversionEvent) -> Decision | None:
+    """A renewal earns the advocate of its subscription's first purchase their recurring
+    commission (no click needed); the subscription's renewals are decided one at a time."""
+    assert e.subscription_id is not None  # intake requires it
+    await repo.lock(conn, f"subscription:{e.merchant_id}:{e.subscription_id}")
+    first = await repo.first_purchase_of(conn, e.merchant_id, e.subscription_id)
+    if first is None:
+        await repo.set_reason(conn, e.id, words.no_subscription_purchase(e.subscription_id))
+        return None
+    if first.advocate_id is None or first.program_id is None:
+        await repo.set_reason(conn, e.id, words.SUBSCRIPTION_NOT_REFERRED)
+        return None
+    rules = await current_rules(conn, [first.program_id])
+    if first.program_id not in rules:
+        await repo.set_reason(conn, e.id, words.NO_RULES)
+        return None
+    version, program_rules = rules[first.program_id]
+    offer = await experiments_service.offer_for(conn, first.program_id, first.advocate_id)
+    if offer is not None:
+        program_rules = offer[2]
+    await repo.lock(conn, f"advocate:{first.advocate_id}")
+    priced, fx = await _in_program_currency(conn, e, program_rules.currency)
+    earlier = await repo.rewarded_renewals(conn, e.merchant_id, e.subscription_id, e.id)
+    drafts = renewal_rewards(
+        program_rules, priced.amount_minor or 0, priced.currency, e.occurred_at,
+        first.occurred_at, earlier,
+    )  # fmt: skip
+    device = Device(None, e.ip_hash, e.ip_prefix, e.user_agent)
+    credit = Credit(first.advocate_id, first.program_id, version, program_rules, offer, fx)
+    return await _reward(conn, priced, credit, drafts, None, device, "subscription", False, None)
 
 
 @dataclass(frozen=True, slots=True)

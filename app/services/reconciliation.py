@@ -54,7 +54,13 @@ def parse_orders(content_type: str, body: bytes) -> list[ShopOrder]:
                 records.append(value)
         first = 1
     else:
-        records = list(csv.DictReader(io.StringIO(text)))
+        reader = csv.DictReader(io.StringIO(text))
+        columns = set(reader.fieldnames or ())
+        missing = {"order_id", "status", "currency"} - columns
+        if missing or not columns & {"amount", "amount_minor"}:
+            raise InvalidInput("the CSV's header row must name order_id, status, currency and "
+                               "amount (or amount_minor)", field="body")  # fmt: skip
+        records = list(reader)
         first = 2  # after the header
     if len(records) > MAX_ORDERS:
         raise InvalidInput(f"at most {MAX_ORDERS} orders per report", field="body")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import cast
 from uuid import UUID
 
@@ -30,15 +31,16 @@ async def insert(conn: asyncpg.Connection, e: ConversionEvent) -> bool:
         INSERT INTO conversions (id, merchant_id, event_id, type, order_id, refund_of,
             customer_id, customer_email_hash, amount_minor, currency, click_id, referral_code,
             ip_hash, ip_prefix, user_agent, occurred_at, received_at, state,
-            requested_amount_minor)
+            requested_amount_minor, subscription_id)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                $19)
+                $19, $20)
         ON CONFLICT DO NOTHING RETURNING id
         """,
         e.id, e.merchant_id, e.event_id, e.type, e.order_id, e.refund_of, e.customer_id,
         e.customer_email_hash, e.amount_minor or 0, e.currency, e.click_id, e.referral_code,
         e.ip_hash, e.ip_prefix, e.user_agent, e.occurred_at, e.received_at,
         ConversionState.UNATTRIBUTED.value, e.amount_minor if e.type == "refund" else None,
+        e.subscription_id,
     )  # fmt: skip
     return inserted is not None
 
@@ -156,8 +158,8 @@ async def signed_purchase(
 ) -> SignedPurchase | None:
     row = await conn.fetchrow(
         "SELECT id, amount_minor, currency, program_id, advocate_id FROM conversions"
-        " WHERE merchant_id = $1 AND order_id = $2 AND type = 'purchase' AND verified"
-        " ORDER BY received_at LIMIT 1",
+        " WHERE merchant_id = $1 AND order_id = $2 AND type IN ('purchase', 'renewal')"
+        " AND verified ORDER BY received_at LIMIT 1",
         merchant,
         order_id,
     )
@@ -224,6 +226,43 @@ async def set_refund_outcome(
         refund, state.value, reason, amount_minor or 0, purchase.currency, purchase.program_id,
         purchase.advocate_id,
     )  # fmt: skip
+
+
+# -- Subscriptions --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FirstPurchase:
+    id: UUID
+    occurred_at: datetime
+    program_id: UUID | None
+    advocate_id: UUID | None
+
+
+async def first_purchase_of(
+    conn: asyncpg.Connection, merchant: UUID, subscription: str
+) -> FirstPurchase | None:
+    row = await conn.fetchrow(
+        "SELECT id, occurred_at, program_id, advocate_id FROM conversions WHERE merchant_id = $1"
+        " AND subscription_id = $2 AND type = 'purchase' AND verified"
+        " ORDER BY occurred_at, received_at LIMIT 1",
+        merchant,
+        subscription,
+    )
+    return FirstPurchase(**dict(row)) if row else None
+
+
+async def rewarded_renewals(
+    conn: asyncpg.Connection, merchant: UUID, subscription: str, renewal: UUID
+) -> int:
+    """The subscription's other renewals that earned a reward."""
+    count: int = await conn.fetchval(
+        "SELECT count(DISTINCT c.id) FROM conversions c JOIN rewards r ON r.conversion_id = c.id"
+        " WHERE c.merchant_id = $1 AND c.subscription_id = $2 AND c.type = 'renewal'"
+        " AND c.id <> $3",
+        merchant, subscription, renewal,
+    )  # fmt: skip
+    return int(count)
 
 
 # -- Counts the reward rules need --------------------------------------------------------------

@@ -5,6 +5,7 @@ services' (app/services/rewards.py, app/services/processing.py)."""
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import cast
 from uuid import UUID
 
@@ -28,13 +29,19 @@ async def create_reward(
     rules_version: int,
     draft: RewardDraft,
     reason: str,
+    fx: tuple[Decimal, str, int] | None = None,
 ) -> UUID:
+    """The reward and its first entry (pending); `fx`: the rate an order in another currency
+    was converted at, with the order's currency and amount."""
+    rate, order_currency, order_amount = fx if fx is not None else (None, None, None)
     reward_id: UUID = await conn.fetchval(
         "INSERT INTO rewards (merchant_id, program_id, advocate_id, conversion_id, beneficiary,"
-        " customer_id, amount_minor, currency, rules_version, hold_until)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        " customer_id, amount_minor, currency, rules_version, hold_until, fx_rate,"
+        " order_currency, order_amount_minor)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
         merchant_id, program_id, advocate_id, conversion_id, draft.beneficiary, customer_id,
-        draft.amount_minor, draft.currency, rules_version, draft.hold_until,
+        draft.amount_minor, draft.currency, rules_version, draft.hold_until, rate,
+        order_currency, order_amount,
     )  # fmt: skip
     await conn.execute(
         "INSERT INTO reward_entries (reward_id, merchant_id, from_state, to_state, amount_minor,"

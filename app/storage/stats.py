@@ -80,7 +80,7 @@ async def _conversions_and_rewards(
         f" WHERE {scope} GROUP BY currency, state",
         *args,
     )
-    counts = {"signup": 0, "purchase": 0, "refund": 0}
+    counts = {"signup": 0, "purchase": 0, "refund": 0, "renewal": 0}
     revenue: dict[str, int] = {}
     unverified = 0
     fraud_counts = {action: 0 for action in ("flag", "hold", "reject")}
@@ -98,8 +98,8 @@ async def _conversions_and_rewards(
         if action == "reject":
             continue
         counts[row["type"]] += row["n"]
-        if row["currency"] and row["type"] in ("purchase", "refund"):
-            sign = 1 if row["type"] == "purchase" else -1
+        if row["currency"] and row["type"] in ("purchase", "renewal", "refund"):
+            sign = -1 if row["type"] == "refund" else 1
             revenue[row["currency"]] = revenue.get(row["currency"], 0) + sign * int(row["amount"])
     by_currency: dict[str, dict[str, int]] = {}
     for row in rewards:
@@ -109,6 +109,7 @@ async def _conversions_and_rewards(
         "signups": counts["signup"],
         "purchases": counts["purchase"],
         "refunds": counts["refund"],
+        "renewals": counts["renewal"],
         "unverified_orders": unverified,
         "flagged_conversions": fraud_counts["flag"],
         "held_conversions": fraud_counts["hold"],
