@@ -15,6 +15,8 @@ from uuid import UUID
 
 from iso4217 import Currency
 
+from app.bounds import MAX_AMOUNT_MINOR
+
 
 @dataclass(frozen=True, slots=True)
 class Balance:
@@ -108,7 +110,11 @@ def parse_amount(text: str, currency: str) -> int:
         raise ValueError(f"{text!r} is not an amount") from None
     if not value.is_finite() or value < 0:
         raise ValueError(f"{text!r} is not an amount")
+    if value.adjusted() > 18:
+        raise ValueError(f"{text!r} is beyond any amount we hold")
     minor = value.scaleb(exponent(currency))
+    if minor > MAX_AMOUNT_MINOR:
+        raise ValueError(f"{text!r} is beyond any amount we hold")
     if minor != minor.to_integral_value():
         raise ValueError(f"{text!r} has more decimals than {currency} has ({exponent(currency)})")
     return int(minor)
