@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from app.attribution.payouts import Balance, format_amount, parse_amount, plan_batch
 from app.attribution.rewards import convert, renewal_rewards
 from app.attribution.rules import ProgramRules
+from app.bounds import MAX_AMOUNT_MINOR
 
 
 @pytest.mark.parametrize(
@@ -27,7 +28,7 @@ def test_amounts_are_written_and_read_exactly(minor: int, currency: str, text: s
     assert parse_amount(text, currency) == minor
 
 
-@given(minor=st.integers(min_value=0, max_value=10**15),
+@given(minor=st.integers(min_value=0, max_value=MAX_AMOUNT_MINOR),
        currency=st.sampled_from(["EUR", "JPY", "KWD", "CLF"]))  # fmt: skip
 def test_every_amount_round_trips(minor: int, currency: str) -> None:
     assert parse_amount(format_amount(minor, currency), currency) == minor
