@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from app.settings import Settings
 from app.storage.merchants import CreatedMerchant
@@ -198,3 +199,34 @@ async def test_a_refund_after_payout_is_netted_in_the_next_batch_never_a_negativ
     assert owed == 0 and sent == 1000 + 2000
     # What was sent is what is paid in the ledger plus what is still owed.
     assert await ledger(db, "paid") + owed == sent
+
+
+async def test_a_batch_broken_off_midway_reserves_nothing_and_its_retry_creates_it(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The database connection is lost after the first line is written: the whole batch rolls
+    back (nothing reserved, no batch under the key), and the retry with the same key pays all."""
+    from app.storage import payouts as payouts_repo
+
+    program = await make_program(client, merchant, rules={**PAYOUT_RULES, "min_payout_minor": 0})
+    people = [await advocate(client, merchant, program, f"p{n}", f"p{n}@x.example")
+              for n in range(3)]  # fmt: skip
+    await purchases(client, merchant, settings, [(p, f"o{n}") for n, p in enumerate(people)])
+    real, written = payouts_repo.insert_line, []
+
+    async def breaks_after_one(*args: Any) -> Any:
+        if written:
+            raise asyncpg.PostgresConnectionError("connection lost mid-batch")
+        written.append(await real(*args))
+        return written[-1]
+
+    monkeypatch.setattr(payouts_repo, "insert_line", breaks_after_one)
+    broken = await batch(client, merchant, "k1")
+    assert broken.status_code == 503  # retry later, with the same key
+    assert await db.fetchval("SELECT count(*) FROM payout_batches") == 0
+    assert await ledger(db, "reserved") == 0 and await ledger(db, "approved") == 3000
+    monkeypatch.setattr(payouts_repo, "insert_line", real)
+    retried = await batch(client, merchant, "k1")
+    assert retried.status_code == 201 and len(retried.json()["lines"]) == 3
+    assert await ledger(db, "reserved") == 3000
