@@ -28,10 +28,11 @@ from uuid import UUID
 
 import asyncpg
 
-from app.attribution.ledger import CLAWBACK_SOURCES, LedgerAction, Move, plan_transition
+from app.attribution.ledger import CLAWBACK_SOURCES, LedgerAction, Move
 from app.attribution.payouts import Balance, format_amount, plan_batch
 from app.errors import Conflict, InvalidInput, NotFound
 from app.services.programs import get_program
+from app.services.rewards import move_all
 from app.services.tenancy import found
 from app.services.tx import transaction
 from app.storage import exchange_rates as rates_repo
@@ -87,24 +88,9 @@ async def _create(
             conn, batch, merchant_id, line.advocate_id, line.currency, line.gross_minor,
             line.clawback_minor, list(line.reward_ids),
         )  # fmt: skip
-        await _move_all(conn, merchant_id, list(line.reward_ids), LedgerAction.RESERVE,
+        await move_all(conn, merchant_id, list(line.reward_ids), LedgerAction.RESERVE,
                         f"payout batch {batch}")  # fmt: skip
     return batch
-
-
-async def _move_all(
-    conn: asyncpg.Connection, merchant: UUID, reward_ids: list[UUID], action: LedgerAction,
-    reason: str,
-) -> int:  # fmt: skip
-    """The action's moves on each (locked) reward; returns the amount moved."""
-    balances = await rewards_repo.balances(conn, reward_ids)
-    moved = 0
-    for reward_id in reward_ids:
-        moves = plan_transition(balances[reward_id], action)
-        if moves:
-            await rewards_repo.write_moves(conn, reward_id, merchant, moves, reason)
-            moved += sum(m.amount_minor for m in moves)
-    return moved
 
 
 async def get_batch(pool: asyncpg.Pool, merchant_id: UUID, batch_id: UUID) -> dict[str, Any]:
@@ -188,7 +174,7 @@ async def _settle_line(
 ) -> None:
     ids = sorted(line["reward_ids"])
     await rewards_repo.lock_rewards(conn, merchant, ids)
-    await _move_all(conn, merchant, ids, LedgerAction.SETTLE, f"payout line {line['id']} paid")
+    await move_all(conn, merchant, ids, LedgerAction.SETTLE, f"payout line {line['id']} paid")
     if line["clawback_minor"]:
         await repo.add_owed(conn, merchant, line["advocate_id"], line["currency"],
                             -line["clawback_minor"], f"netted in payout line {line['id']}",
@@ -201,7 +187,7 @@ async def _fail_line(
 ) -> None:
     ids = sorted(line["reward_ids"])
     await rewards_repo.lock_rewards(conn, merchant, ids)
-    returned = await _move_all(conn, merchant, ids, LedgerAction.RETURN,
+    returned = await move_all(conn, merchant, ids, LedgerAction.RETURN,
                                f"payout line {line['id']} failed: {reason}")  # fmt: skip
     # What a refund reversed while the line was in flight was recorded as owed; it was never
     # sent, so it is not owed after all.

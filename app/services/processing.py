@@ -518,7 +518,7 @@ async def _apply_refund(
     if (refusal := currency_refusal(currency, purchase.currency)) is not None:
         await repo.set_refund_outcome(conn, refund_id, ConversionState.REFUND_UNMATCHED, refusal)
         return
-    earlier = await repo.refunded_before(conn, merchant, refund_of, refund_id)
+    earlier = await repo.refunded_total(conn, merchant, refund_of, excluding=refund_id)
     order = purchase.amount_minor
     settlement = settle_refund(order, earlier, requested_minor, refund_of)
     if settlement.applied_minor == 0:

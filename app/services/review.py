@@ -21,10 +21,11 @@ from uuid import UUID
 
 import asyncpg
 
-from app.attribution.ledger import LedgerAction, plan_transition
+from app.attribution.ledger import LedgerAction
 from app.errors import Conflict
 from app.pipeline.redis_client import RedisClient
 from app.services import links as links_service
+from app.services.rewards import move_all
 from app.services.tenancy import found
 from app.services.tx import transaction
 from app.storage import conversions as conversions_repo
@@ -91,7 +92,7 @@ async def decide(
             rewards = await rewards_repo.rewards_of_conversion(
                 conn, merchant.id, item["conversion_id"]
             )
-            await _move_all(conn, merchant.id, [r["id"] for r in rewards], action,
+            await move_all(conn, merchant.id, [r["id"] for r in rewards], action,
                             _reason(decision, note))  # fmt: skip
             await review_repo.resolve(conn, [item_id], status, merchant.key_id, note, now)
     if queued_at is not None:
@@ -107,23 +108,11 @@ async def _ban(
     reason = note or "banned after review"
     codes = await review_repo.ban_advocate(conn, merchant.id, advocate, reason, now)
     reward_ids = await review_repo.lock_rewards_of_advocate(conn, merchant.id, advocate)
-    await _move_all(conn, merchant.id, reward_ids, LedgerAction.REFUSE,
+    await move_all(conn, merchant.id, reward_ids, LedgerAction.REFUSE,
                     _reason("ban_advocate", note))  # fmt: skip
     items = await review_repo.open_items_of_advocate(conn, merchant.id, advocate)
     await review_repo.resolve(conn, items, "banned", merchant.key_id, note, now)
     return codes
-
-
-async def _move_all(
-    conn: asyncpg.Connection, merchant: UUID, reward_ids: list[UUID], action: LedgerAction,
-    reason: str,
-) -> None:  # fmt: skip
-    """The action's moves on each (locked) reward, from balances read after the lock."""
-    balances = await rewards_repo.balances(conn, reward_ids)
-    for reward_id in reward_ids:
-        moves = plan_transition(balances[reward_id], action)
-        if moves:
-            await rewards_repo.write_moves(conn, reward_id, merchant, moves, reason)
 
 
 def _reason(decision: str, note: str) -> str:

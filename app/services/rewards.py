@@ -67,3 +67,22 @@ async def move_reward(
         await rewards_repo.write_moves(conn, reward_id, merchant_id, moves, reason)
         after = (await rewards_repo.balances(conn, [reward_id]))[reward_id]
     return Moved(reward_id, current_state(after).value, after)
+
+
+async def move_all(
+    conn: asyncpg.Connection,
+    merchant: UUID,
+    reward_ids: list[UUID],
+    action: LedgerAction,
+    reason: str,
+) -> int:
+    """The action's moves on each reward (locked by the caller), from balances read after the
+    lock; returns the amount moved. (Reviews and payouts move many rewards at once.)"""
+    balances = await rewards_repo.balances(conn, reward_ids)
+    moved = 0
+    for reward_id in reward_ids:
+        moves = plan_transition(balances[reward_id], action)
+        if moves:
+            await rewards_repo.write_moves(conn, reward_id, merchant, moves, reason)
+            moved += sum(m.amount_minor for m in moves)
+    return moved

@@ -171,23 +171,15 @@ async def signed_purchase(
     )  # fmt: skip
 
 
-async def refunded_before(
-    conn: asyncpg.Connection, merchant: UUID, order_id: str, refund: UUID
+async def refunded_total(
+    conn: asyncpg.Connection, merchant: UUID, order_id: str, excluding: UUID | None = None
 ) -> int:
+    """The refunds applied to the order so far (but `excluding`)."""
     total: int = await conn.fetchval(
         "SELECT coalesce(sum(amount_minor), 0) FROM conversions WHERE merchant_id = $1"
-        " AND refund_of = $2 AND type = 'refund' AND state = $4 AND id <> $3",
-        merchant, order_id, refund, ConversionState.REFUNDED.value,
-    )  # fmt: skip
-    return int(total)
-
-
-async def refunded_total(conn: asyncpg.Connection, merchant: UUID, order_id: str) -> int:
-    """The refunds applied to the order so far."""
-    total: int = await conn.fetchval(
-        "SELECT coalesce(sum(amount_minor), 0) FROM conversions WHERE merchant_id = $1"
-        " AND refund_of = $2 AND type = 'refund' AND state = $3",
-        merchant, order_id, ConversionState.REFUNDED.value,
+        " AND refund_of = $2 AND type = 'refund' AND state = $3"
+        " AND ($4::uuid IS NULL OR id <> $4)",
+        merchant, order_id, ConversionState.REFUNDED.value, excluding,
     )  # fmt: skip
     return int(total)
 
