@@ -10,6 +10,7 @@ from uuid import UUID
 import orjson
 
 from app.logs import configure_logging
+from app.scopes import SCOPES
 from app.settings import load_settings
 
 
@@ -92,13 +93,30 @@ async def _create_merchant(name: str) -> None:
     )
 
 
-async def _add_api_key(merchant_id: UUID, label: str) -> None:
-    from app.services.merchants import add_api_key
+async def _api_keys(args: argparse.Namespace) -> None:
+    """add-api-key, api-keys, rotate-api-key, revoke-api-key: the API's key management."""
+    from datetime import UTC, datetime
+
+    from app.services import api_keys
     from app.storage.db import create_pool
 
     pool = await create_pool(load_settings().database_url)
     try:
-        print(await add_api_key(pool, merchant_id, label))
+        if args.command == "add-api-key":
+            issued = await api_keys.issue(
+                pool, args.merchant_id, args.label, args.scope or ["admin"]
+            )
+            print(issued["key"])
+        elif args.command == "api-keys":
+            for key in await api_keys.list_keys(pool, args.merchant_id):
+                print(orjson.dumps(key, default=str).decode())
+        elif args.command == "rotate-api-key":
+            issued = await api_keys.rotate(pool, args.merchant_id, args.key_id,
+                                           args.overlap_seconds, datetime.now(UTC))  # fmt: skip
+            print(issued["key"])
+        else:
+            await api_keys.revoke(pool, args.merchant_id, args.key_id)
+            print("revoked")
     finally:
         await pool.close()
 
@@ -162,6 +180,18 @@ def main(argv: list[str] | None = None) -> None:
     key = sub.add_parser("add-api-key", help="issue another API key for a merchant")
     key.add_argument("merchant_id", type=UUID)
     key.add_argument("--label", default="")
+    key.add_argument("--scope", action="append", choices=SCOPES,
+                     help="repeatable; default admin (everything)")  # fmt: skip
+    listed = sub.add_parser("api-keys", help="a merchant's API keys (never their secrets)")
+    listed.add_argument("merchant_id", type=UUID)
+    rotate = sub.add_parser("rotate-api-key", help="a new key with the same scopes")
+    rotate.add_argument("merchant_id", type=UUID)
+    rotate.add_argument("key_id", type=UUID)
+    rotate.add_argument("--overlap-seconds", type=int, default=0,
+                        help="how long the old key keeps working")  # fmt: skip
+    revoke = sub.add_parser("revoke-api-key", help="the key stops working at once")
+    revoke.add_argument("merchant_id", type=UUID)
+    revoke.add_argument("key_id", type=UUID)
 
     sub.add_parser(
         "rebuild-visitor-counts",
@@ -201,8 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(_migrate())
     elif args.command == "create-merchant":
         asyncio.run(_create_merchant(args.name))
-    elif args.command == "add-api-key":
-        asyncio.run(_add_api_key(args.merchant_id, args.label))
+    elif args.command in ("add-api-key", "api-keys", "rotate-api-key", "revoke-api-key"):
+        asyncio.run(_api_keys(args))
     elif args.command in ("dead-letters", "replay-dead-letters"):
         asyncio.run(_dead_letters(args))
     elif args.command == "rebuild-visitor-counts":

@@ -68,6 +68,11 @@ class Unauthorized(AppError):
     code = "unauthorized"
 
 
+class Forbidden(AppError):
+    status_code = 403
+    code = "insufficient_scope"
+
+
 class Conflict(AppError):
     status_code = 409
     code = "conflict"

@@ -23,6 +23,7 @@ from app.errors import install_error_handlers
 from app.logs import configure_logging, correlation_id
 from app.openapi import complete_openapi
 from app.routes import (
+    api_keys,
     conversions,
     exchange_rates,
     experiments,
@@ -151,6 +152,7 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
     api.include_router(experiments.router)
     api.include_router(payouts.router)
     api.include_router(exchange_rates.router)
+    api.include_router(api_keys.router)
     api.include_router(reconciliation.router)
     app = TrackingApp(api, settings.max_body_bytes, settings.max_upload_bytes)
     return app

@@ -14,6 +14,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from app import scopes
+
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["error"],
@@ -44,6 +46,7 @@ ERROR_SCHEMA: dict[str, Any] = {
 
 _DESCRIPTIONS = {
     "401": "Missing or invalid credentials (API key, signature or token); the field says which.",
+    "403": "The API key lacks the scope this operation needs (the message names it).",
     "404": "Not found, or another merchant's.",
     "409": "A conflict: the event id was already used for a different conversion, the review "
     "item was already decided otherwise, the program already runs an experiment, another "
@@ -62,6 +65,8 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> list[str]:
     statuses = ["422", "429", "503"]
     if path != "/t/pixel.gif":
         statuses.append("401")
+    if scopes.needed(method.upper(), path) != scopes.PUBLIC:
+        statuses.append("403")
     names_an_object = any(
         p.get("in") == "query" and p.get("name") == "cursor"
         for p in operation.get("parameters", [])

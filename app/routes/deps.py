@@ -10,7 +10,8 @@ import asyncpg
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.errors import INVALID_KEY, MISSING_KEY, Unauthorized
+from app import scopes
+from app.errors import INVALID_KEY, MISSING_KEY, Forbidden, Unauthorized
 from app.pipeline.event_buffer import EventBuffer
 from app.pipeline.redis_client import RedisClient
 from app.runtime import Runtime
@@ -70,14 +71,18 @@ async def _merchant(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Merchant:
     # Authenticated at the edge (app/edge.py), before the body was read.
-    known: Merchant | None = getattr(request.state, "merchant", None)
-    if known is not None:
-        return known
-    if credentials is None:
-        raise Unauthorized(MISSING_KEY, field="authorization")
-    merchant = await merchant_for_api_key(pool, credentials.credentials)
+    merchant: Merchant | None = getattr(request.state, "merchant", None)
     if merchant is None:
-        raise Unauthorized(INVALID_KEY, field="authorization")
+        if credentials is None:
+            raise Unauthorized(MISSING_KEY, field="authorization")
+        merchant = await merchant_for_api_key(pool, credentials.credentials)
+        if merchant is None:
+            raise Unauthorized(INVALID_KEY, field="authorization")
+    # What this operation needs of the key (one table: app/scopes.py).
+    route = request.scope.get("route")
+    scope = scopes.needed(request.method, getattr(route, "path", request.url.path))
+    if not scopes.grants(merchant.scopes, scope):
+        raise Forbidden(f"this API key lacks the {scope!r} scope", field="authorization")
     return merchant
 
 

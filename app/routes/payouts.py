@@ -48,7 +48,7 @@ class SkippedBalance(BaseModel):
 
 class PayoutBatch(BaseModel):
     id: UUID
-    program_id: UUID | None
+    only_program_id: UUID | None = Field(description="The program it was limited to, if any.")
     idempotency_key: str
     status: Status
     created_at: datetime
@@ -61,7 +61,7 @@ class PayoutBatch(BaseModel):
 
 class PayoutSummary(BaseModel):
     id: UUID
-    program_id: UUID | None
+    only_program_id: UUID | None = Field(description="The program it was limited to, if any.")
     idempotency_key: str
     status: Status
     created_at: datetime

@@ -3,8 +3,6 @@ hashes are stored (the webhook secret is needed to verify signatures, so it is k
 
 from __future__ import annotations
 
-from uuid import UUID
-
 import asyncpg
 
 from app.security import new_api_key, new_webhook_secret
@@ -20,9 +18,3 @@ async def create_merchant(pool: asyncpg.Pool, name: str) -> CreatedMerchant:
         merchant_id = await merchants_repo.insert_merchant(conn, name, secret)
         await merchants_repo.insert_api_key(conn, merchant_id, key, "initial")
     return CreatedMerchant(id=merchant_id, name=name, api_key=key.key, webhook_secret=secret)
-
-
-async def add_api_key(pool: asyncpg.Pool, merchant_id: UUID, label: str) -> str:
-    key = new_api_key()
-    await merchants_repo.insert_api_key(pool, merchant_id, key, label)
-    return key.key

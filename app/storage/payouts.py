@@ -14,7 +14,8 @@ import orjson
 Db = asyncpg.Connection | asyncpg.Pool
 
 _BATCH = (
-    "id, program_id, idempotency_key, request_digest, status, skipped, created_at, sent_at,"
+    "id, program_id AS only_program_id, idempotency_key, request_digest, status, skipped,"
+    " created_at, sent_at,"
     " finished_at"
 )
 _LINE = (
