@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app import metrics
+from app import audit, metrics
 from app.edge import EdgeGuard, GuardRuntime
 from app.errors import install_error_handlers
 from app.logs import configure_logging, correlation_id
@@ -35,6 +35,9 @@ from app.routes import (
     review,
     rewards,
     stats,
+)
+from app.routes import (
+    audit as audit_routes,
 )
 from app.routes.redirect import RedirectEndpoint
 from app.runtime import open_runtime
@@ -74,9 +77,12 @@ class ObserveRequests:
                 ]
             await send(message)
 
+        # The audit context (app/audit.py) lives for this request only.
+        audit_token = audit.current.set(None)
         try:
             await self.app(scope, receive, send_observed)
         finally:
+            audit.current.reset(audit_token)
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             elapsed = time.perf_counter() - started
@@ -153,6 +159,7 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
     api.include_router(payouts.router)
     api.include_router(exchange_rates.router)
     api.include_router(api_keys.router)
+    api.include_router(audit_routes.router)
     api.include_router(reconciliation.router)
     app = TrackingApp(api, settings.max_body_bytes, settings.max_upload_bytes)
     return app

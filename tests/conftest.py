@@ -39,7 +39,7 @@ BROWSER_UA = (
 
 _TABLES = [
     "clicks", "links", "advocates", "programs", "api_keys", "merchants", "dead_letters",
-    "link_outbox", "review_items", "click_flood_sweeps", "advocate_owed",
+    "link_outbox", "review_items", "click_flood_sweeps", "advocate_owed", "audit_log",
 ]  # fmt: skip
 
 

@@ -10,7 +10,7 @@ import asyncpg
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app import scopes
+from app import audit, scopes
 from app.errors import INVALID_KEY, MISSING_KEY, Forbidden, Unauthorized
 from app.pipeline.event_buffer import EventBuffer
 from app.pipeline.redis_client import RedisClient
@@ -83,6 +83,14 @@ async def _merchant(
     scope = scopes.needed(request.method, getattr(route, "path", request.url.path))
     if not scopes.grants(merchant.scopes, scope):
         raise Forbidden(f"this API key lacks the {scope!r} scope", field="authorization")
+    if request.method not in ("GET", "HEAD") and scope not in ("read", scopes.PUBLIC):
+        # A management write: the first transaction it commits records it (app/audit.py).
+        body = await request.body()
+        audit.current.set(audit.AuditContext(
+            merchant.id, merchant.key_id, f"{request.method} {getattr(route, 'path', '?')}",
+            {k: str(v) for k, v in request.path_params.items()},
+            audit.describe_body(body, request.headers.get("content-type", "")),
+        ))  # fmt: skip
     return merchant
 
 

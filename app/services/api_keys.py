@@ -15,6 +15,7 @@ from app.scopes import Scope
 from app.security import new_api_key
 from app.services.tenancy import found
 from app.services.tx import transaction
+from app.storage import audit as audit_repo
 from app.storage import merchants as repo
 
 
@@ -22,7 +23,8 @@ async def issue(
     pool: asyncpg.Pool, merchant_id: UUID, label: str, scopes: list[Scope]
 ) -> dict[str, Any]:
     key = new_api_key()
-    row = await repo.insert_api_key(pool, merchant_id, key, label, sorted(set(scopes)))
+    async with transaction(pool) as conn:
+        row = await repo.insert_api_key(conn, merchant_id, key, label, sorted(set(scopes)))
     return {**row, "key": key.key}
 
 
@@ -47,6 +49,21 @@ async def rotate(
 
 
 async def revoke(pool: asyncpg.Pool, merchant_id: UUID, key_id: UUID) -> None:
+    """The key stops working at once (and is kept, revoked, for the record)."""
     async with transaction(pool) as conn:
         found(await repo.lock_api_key(conn, merchant_id, key_id), "API key", "key_id")
         await repo.end_api_key(conn, key_id, revoked=True)
+
+
+async def audit_page(
+    pool: asyncpg.Pool, merchant_id: UUID, *, before: int | None, key_id: UUID | None,
+    object_id: str | None, operation: str | None, limit: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The audit trail, newest first (who changed what, with which key)."""
+    records = await audit_repo.list_records(
+        pool, merchant_id, before=before, key_id=key_id, object_id=object_id,
+        operation=operation, limit=limit + 1,
+    )  # fmt: skip
+    more = len(records) > limit
+    records = records[:limit]
+    return {"records": records, "next_cursor": records[-1]["id"] if more else None}

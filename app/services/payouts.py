@@ -217,8 +217,10 @@ async def set_payout_details(
     pool: asyncpg.Pool, merchant_id: UUID, advocate_id: UUID, email: str | None,
     name: str | None, reference: str | None,
 ) -> None:  # fmt: skip
-    if not await repo.set_payout_details(pool, merchant_id, advocate_id, email, name, reference):
-        raise NotFound("advocate not found", field="advocate_id")
+    async with transaction(pool) as conn:
+        if not await repo.set_payout_details(conn, merchant_id, advocate_id, email, name,
+                                             reference):  # fmt: skip
+            raise NotFound("advocate not found", field="advocate_id")
 
 
 # -- Exports --------------------------------------------------------------------------------------
@@ -292,7 +294,8 @@ async def put_rates(
     rate of the order's UTC day, and stores it with the reward)."""
     if any(base == quote for base, quote, _, _ in rates):
         raise InvalidInput("base and quote must differ", field="body.rates")
-    await rates_repo.upsert(pool, merchant_id, rates)
+    async with transaction(pool) as conn:
+        await rates_repo.upsert(conn, merchant_id, rates)
 
 
 async def list_rates(

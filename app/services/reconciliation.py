@@ -127,7 +127,8 @@ async def create_report(
         for order_id, click in click_ids.items() if click in known
     }  # fmt: skip
     differences = [d.as_json() for d in compare(orders, ours, in_period, evidence)]
-    report = await repo.insert(pool, merchant_id, start, end, len(orders), differences)
+    async with transaction(pool) as conn:
+        report = await repo.insert(conn, merchant_id, start, end, len(orders), differences)
     return await get_report(pool, merchant_id, report)
 
 

@@ -14,13 +14,16 @@ from app.pipeline.redis_client import RedisClient
 from app.security import InvalidToken, advocate_token, read_advocate_token
 from app.services.programs import get_program
 from app.services.tenancy import found
+from app.services.tx import transaction
 from app.settings import Settings
 from app.storage import advocates as advocates_repo
 from app.storage import stats as stats_repo
 from app.storage.rows import AdvocateRow
 
 
-async def _advocate(pool: asyncpg.Pool, merchant_id: UUID, advocate_id: UUID) -> AdvocateRow:
+async def _advocate(
+    pool: asyncpg.Pool | asyncpg.Connection, merchant_id: UUID, advocate_id: UUID
+) -> AdvocateRow:
     advocate = await advocates_repo.get_advocate(pool, merchant_id, advocate_id)
     return found(advocate, "advocate", "advocate_id")
 
@@ -44,7 +47,8 @@ async def dashboard_token(
     now: datetime,
 ) -> dict[str, Any]:  # fmt: skip
     """A link to hand to the advocate: it shows their own statistics only, until it expires."""
-    await _advocate(pool, merchant_id, advocate_id)
+    async with transaction(pool) as conn:  # the token is stateless; its issue is recorded
+        await _advocate(conn, merchant_id, advocate_id)
     expires = now + timedelta(days=days)
     token = advocate_token(settings.secret_bytes, merchant_id, advocate_id, expires)
     url = f"{settings.public_base_url.rstrip('/')}/v1/advocate/stats?token={token}"
