@@ -16,6 +16,7 @@ The redirect (/r/…) never comes here.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,14 @@ _POSTBACK = "/v1/conversions"
 _ADVOCATE_PREFIX = "/v1/advocate/"
 _PIXEL = "/t/pixel.gif"
 _UPLOADS = "/v1/reconciliation-reports"
+# What only operators read: behind OPS_TOKEN when it is set (/readyz then answers its status
+# alone to anyone else: load balancers need no token).
+_OPS_PATHS = frozenset({"/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
+
+
+def _has_token(headers: dict[bytes, bytes], token: str) -> bool:
+    given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")[2].strip()
+    return hmac.compare_digest(given.encode(), token.encode())
 
 
 def _error(error: AppError) -> bytes:
@@ -55,6 +64,8 @@ def _error(error: AppError) -> bytes:
 _TOO_LARGE = _error(AppError("the request body is too large", field="body", code="body_too_large"))
 _NO_KEY = _error(Unauthorized(MISSING_KEY, field="authorization"))
 _BAD_KEY = _error(Unauthorized(INVALID_KEY, field="authorization"))
+_OPS_KEY = _error(Unauthorized("the ops surface needs `Authorization: Bearer <OPS_TOKEN>`",
+                               field="authorization"))  # fmt: skip
 _UNAVAILABLE = orjson.dumps(UNAVAILABLE_BODY)
 _TOO_MANY = _error(AppError("too many requests: slow down (see Retry-After)", code="rate_limited"))
 
@@ -69,6 +80,7 @@ class GuardRuntime:
     limits: RateLimits
     lookups: asyncio.Semaphore  # PostgreSQL lookups that untrusted input can cause, bounded
     trust_forwarded_for: bool
+    ops_token: str | None = None  # when set, the ops surface asks for it (OPS_TOKEN)
 
 
 class EdgeGuard:
@@ -92,6 +104,9 @@ class EdgeGuard:
         limit = self.max_upload_bytes if path == _UPLOADS else self.max_body_bytes
         if not length.isdigit() or int(length) > limit:
             await _respond(send, 413, _TOO_LARGE)
+            return
+        if runtime.ops_token and path in _OPS_PATHS and not _has_token(headers, runtime.ops_token):
+            await _respond(send, 401, _OPS_KEY, [(b"www-authenticate", b"Bearer")])
             return
         ip = self._client_ip(scope, headers)
         verdict: Verdict | None = None

@@ -129,7 +129,11 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
                 runtime.link_cache, runtime.click_buffers, settings, runtime.anonymize_ip
             )
             app.guard.runtime = GuardRuntime(
-                runtime.pool, runtime.rate_limits, runtime.lookups, settings.trust_forwarded_for
+                runtime.pool,
+                runtime.rate_limits,
+                runtime.lookups,
+                settings.trust_forwarded_for,
+                settings.ops_token,
             )
             log.info("api started")
             try:

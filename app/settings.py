@@ -80,6 +80,10 @@ class Settings(BaseSettings):
         description="Largest upload (a reconciliation's orders), read only "
         "once its API key is known.",
     )
+    ops_token: str | None = Field(
+        None, min_length=16, description="When set, /metrics and the API docs need "
+        "`Authorization: Bearer <token>`, and /readyz shows its details only with it.",
+    )  # fmt: skip
     rate_limit_api_key: str = "1200/minute"
     rate_limit_postbacks: str = Field("60000/minute", description="Per merchant.")
     rate_limit_pixels_per_merchant: str = "30000/minute"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import BROWSER_UA
+from tests.conftest import BROWSER_UA, make_settings, serving
 
 
 async def test_healthz(client: httpx.AsyncClient) -> None:
@@ -101,3 +103,27 @@ async def test_openapi_document_builds_and_lists_the_api(client: httpx.AsyncClie
                  "/v1/links/{link_id}/qr", "/v1/advocate/stats", "/t/pixel.gif"]:  # fmt: skip
         assert path in paths, path
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_the_ops_surface_asks_for_its_token_when_one_is_set(
+    database_url: str, redis_url: str, tmp_path: Path, db: asyncpg.Pool
+) -> None:
+    token = "ops-token-0123456789"
+    settings = make_settings(database_url, redis_url, tmp_path, ops_token=token)
+    operator = {"Authorization": f"Bearer {token}"}
+    async with serving(settings) as (_, client):
+        for path in ("/metrics", "/openapi.json", "/docs"):
+            refused = await client.get(path)
+            assert (
+                refused.status_code == 401 and refused.json()["error"]["field"] == "authorization"
+            )
+            assert (await client.get(path, headers=operator)).status_code == 200
+        # A load balancer still learns whether to send traffic; only operators see why.
+        assert (await client.get("/readyz")).json() == {"status": "ok"}
+        assert set((await client.get("/readyz", headers=operator)).json()) == {
+            "status",
+            "postgres",
+            "redis",
+            "spool_files",
+        }
+        assert (await client.get("/healthz")).status_code == 200

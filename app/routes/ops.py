@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+import hmac
+
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -19,7 +21,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(runtime: AppRuntime) -> JSONResponse:
+async def readyz(request: Request, runtime: AppRuntime) -> JSONResponse:
     """503 when PostgreSQL is unreachable; 200 "degraded" while Redis is.
 
     Without Redis the redirect keeps answering (clicks go to the fsync'd local spool and are
@@ -27,7 +29,14 @@ async def readyz(runtime: AppRuntime) -> JSONResponse:
     stuck on our page. The body and `referral_degraded` tell operators what is going on.
     """
     body = await health.readiness(runtime)
-    return JSONResponse(body, status_code=503 if body["status"] == "unavailable" else 200)
+    status = 503 if body["status"] == "unavailable" else 200
+    token = runtime.settings.ops_token
+    if token and not hmac.compare_digest(
+        request.headers.get("authorization", "").partition(" ")[2].strip().encode(),
+        token.encode(),
+    ):
+        body = {"status": body["status"]}  # the details are for operators
+    return JSONResponse(body, status_code=status)
 
 
 @router.get("/metrics", include_in_schema=False)
