@@ -5,8 +5,11 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Secrets that appeared in examples (compose.yaml of earlier versions).
+_EXAMPLE_SECRETS = frozenset({"change-me-to-a-long-random-secret"})
 
 
 class Settings(BaseSettings):
@@ -21,6 +24,15 @@ class Settings(BaseSettings):
         min_length=16,
         description="Server secret: keys the IP hashes and signs advocate dashboard tokens.",
     )
+
+    @field_validator("secret_key")
+    @classmethod
+    def _not_an_example(cls, value: str) -> str:
+        # A secret copied from an example file is no secret: refuse to start with one.
+        if value in _EXAMPLE_SECRETS or "change-me" in value.lower():
+            raise ValueError("SECRET_KEY is an example value: generate one (openssl rand -hex 32)")
+        return value
+
     public_base_url: str = Field(
         "http://localhost:8000", description="Where /r/{code} links are served from."
     )

@@ -127,3 +127,11 @@ async def test_the_ops_surface_asks_for_its_token_when_one_is_set(
             "spool_files",
         }
         assert (await client.get("/healthz")).status_code == 200
+
+
+def test_the_service_refuses_to_start_with_an_example_secret(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="SECRET_KEY is an example value"):
+        make_settings(database_url, redis_url, tmp_path,
+                      secret_key="change-me-to-a-long-random-secret")  # fmt: skip
