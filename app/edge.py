@@ -16,7 +16,6 @@ The redirect (/r/…) never comes here.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +34,7 @@ from app.errors import (
     Unauthorized,
 )
 from app.ratelimits import RateLimits, Verdict
-from app.security import hash_api_key
+from app.security import bearer_matches, hash_api_key
 from app.storage.merchants import Merchant, merchant_for_api_key
 
 log = logging.getLogger(__name__)
@@ -48,11 +47,6 @@ _UPLOADS = "/v1/reconciliation-reports"
 # What only operators read: behind OPS_TOKEN when it is set (/readyz then answers its status
 # alone to anyone else: load balancers need no token).
 _OPS_PATHS = frozenset({"/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
-
-
-def _has_token(headers: dict[bytes, bytes], token: str) -> bool:
-    given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")[2].strip()
-    return hmac.compare_digest(given.encode(), token.encode())
 
 
 def _error(error: AppError) -> bytes:
@@ -105,7 +99,9 @@ class EdgeGuard:
         if not length.isdigit() or int(length) > limit:
             await _respond(send, 413, _TOO_LARGE)
             return
-        if runtime.ops_token and path in _OPS_PATHS and not _has_token(headers, runtime.ops_token):
+        authorization = headers.get(b"authorization", b"").decode("latin-1")
+        if (runtime.ops_token and path in _OPS_PATHS
+                and not bearer_matches(authorization, runtime.ops_token)):  # fmt: skip
             await _respond(send, 401, _OPS_KEY, [(b"www-authenticate", b"Bearer")])
             return
         ip = self._client_ip(scope, headers)

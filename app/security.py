@@ -35,6 +35,12 @@ def hash_api_key(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+def bearer_matches(authorization: str, token: str) -> bool:
+    """Whether an Authorization header carries `Bearer <token>` (compared in constant time)."""
+    given = authorization.partition(" ")[2].strip()
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
 def new_webhook_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
 

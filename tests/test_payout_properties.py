@@ -109,7 +109,7 @@ async def _refund(pool: asyncpg.Pool, merchant: UUID, reward: UUID, percent: int
         if due:
             moves = plan_reversal(balance, due)
             await rewards_repo.write_moves(conn, reward, merchant, moves, "refund")
-            await payouts.record_clawbacks(conn, merchant, row["advocate_id"], "EUR", reward,
+            await rewards.record_clawbacks(conn, merchant, row["advocate_id"], "EUR", reward,
                                            "advocate", moves, "refund")  # fmt: skip
 
 

@@ -110,14 +110,12 @@ def compare(shop: list[ShopOrder], ours: dict[str, OurOrder],
     return found
 
 
-def share_to_take_back(difference: dict[str, object]) -> tuple[int, int] | None:
-    """For applying a stored difference: (the order's total as we hold it, the part of it to
-    treat as refunded), or None when nothing is taken back."""
+def takes_back(difference: dict[str, object]) -> bool:
+    """Whether applying a stored difference reverses anything: a cancelled order we hold with
+    an amount, or a shop total below ours (missing orders are reported only)."""
     kind, ours, theirs = difference["kind"], difference["ours_minor"], difference["theirs_minor"]
     if not isinstance(ours, int) or ours <= 0:
-        return None
+        return False
     if kind == "rewarded_but_cancelled":
-        return ours, ours
-    if kind == "amount_differs" and isinstance(theirs, int) and theirs < ours:
-        return ours, ours - theirs
-    return None
+        return True
+    return kind == "amount_differs" and isinstance(theirs, int) and theirs < ours

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.routes.deps import AppRuntime, CurrentMerchant
 from app.schemas import MerchantInfo
+from app.security import bearer_matches
 from app.services import health
 
 router = APIRouter(tags=["ops"])
@@ -31,10 +30,7 @@ async def readyz(request: Request, runtime: AppRuntime) -> JSONResponse:
     body = await health.readiness(runtime)
     status = 503 if body["status"] == "unavailable" else 200
     token = runtime.settings.ops_token
-    if token and not hmac.compare_digest(
-        request.headers.get("authorization", "").partition(" ")[2].strip().encode(),
-        token.encode(),
-    ):
+    if token and not bearer_matches(request.headers.get("authorization", ""), token):
         body = {"status": body["status"]}  # the details are for operators
     return JSONResponse(body, status_code=status)
 

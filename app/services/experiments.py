@@ -201,18 +201,8 @@ async def _end(conn: asyncpg.Connection, merchant_id: UUID, experiment_id: UUID,
     if experiment["status"] == "running":
         experiment = {**experiment, "status": "ended", "ended_at": now}
         frozen = await _compute(conn, experiment, now)
-        await repo.end(conn, experiment_id, _jsonable(frozen), now)
+        await repo.end(conn, experiment_id, frozen, now)
     return experiment
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, UUID | datetime):
-        return str(value) if isinstance(value, UUID) else value.isoformat()
-    return value
 
 
 async def promote(

@@ -12,8 +12,8 @@ PayPal or Wise, and settle or return it when the money went out or did not.
   reserved amounts to paid and records the netted clawback as recovered; failing one returns
   them to approved. Every move is a ledger entry; what advocates owe is an append-only table.
 - A refund of money already paid (or reserved in a batch in flight) is a clawback: the advocate
-  owes it (`record_clawbacks`, called by refund processing and reconciliation), and it is
-  netted in their next line — never a negative line.
+  owes it (app/services/rewards.reverse_order_share, for refunds and reconciliation), and it
+  is netted in their next line — never a negative line.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from uuid import UUID
 
 import asyncpg
 
-from app.attribution.ledger import CLAWBACK_SOURCES, LedgerAction, Move
+from app.attribution.ledger import LedgerAction
 from app.attribution.payouts import Balance, format_amount, plan_batch
 from app.errors import Conflict, InvalidInput, NotFound
 from app.services.programs import get_program
@@ -197,20 +197,6 @@ async def _fail_line(
                             f"payout line {line['id']} failed: reversed before it was sent",
                             line=line["id"])  # fmt: skip
     await repo.set_line_status(conn, line["id"], "failed", now, reason)
-
-
-async def record_clawbacks(
-    conn: asyncpg.Connection, merchant: UUID, advocate: UUID | None, currency: str,
-    reward_id: UUID, beneficiary: str, moves: list[Move], reason: str,
-) -> None:  # fmt: skip
-    """An advocate owes what a reversal took from money already paid or in a payout in flight
-    (the caller writes the moves, in its transaction)."""
-    if beneficiary != "advocate" or advocate is None:
-        return
-    taken = sum(m.amount_minor for m in moves if m.source in CLAWBACK_SOURCES)
-    if taken:
-        await repo.add_owed(conn, merchant, advocate, currency, taken, f"clawback: {reason}",
-                            reward=reward_id)  # fmt: skip
 
 
 async def set_payout_details(

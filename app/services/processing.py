@@ -34,7 +34,6 @@ from app.attribution import conversions as words
 from app.attribution import fraud
 from app.attribution.conversions import ConversionState
 from app.attribution.fraud import Decision
-from app.attribution.ledger import plan_reversal
 from app.attribution.model import (
     Attributed,
     Customer,
@@ -46,7 +45,7 @@ from app.attribution.model import (
 )
 from app.attribution.payouts import exponent
 from app.attribution.pixels import pixel_evidence
-from app.attribution.refunds import currency_refusal, reversal_amount, settle_refund
+from app.attribution.refunds import currency_refusal, settle_refund
 from app.attribution.rewards import (
     NoReward,
     RewardDraft,
@@ -61,7 +60,7 @@ from app.pipeline.events import ConversionEvent, PixelEvent, StreamedConversion,
 from app.pipeline.flusher import Batch, RetryLater, entry_ms
 from app.pipeline.redis_client import RedisClient
 from app.services import experiments as experiments_service
-from app.services import payouts as payouts_service
+from app.services import rewards as rewards_service
 from app.storage import conversions as repo
 from app.storage import dead_letters, evidence
 from app.storage import exchange_rates as rates_repo
@@ -526,21 +525,10 @@ async def _apply_refund(
             conn, refund_id, ConversionState.REFUND_REFUSED, settlement.reason, purchase, 0
         )
         return
-    refunded_total = earlier + settlement.applied_minor
-    await rewards_repo.lock_rewards_of_conversion(conn, merchant, purchase.id)
-    reversed_now = 0
-    for reward in await rewards_repo.rewards_of_conversion(conn, merchant, purchase.id):
-        balance = reward["balances"]
-        due = reversal_amount(reward["amount_minor"], balance["reversed"], order, refunded_total)
-        if due:
-            moves = plan_reversal(balance, due)
-            why = f"refund of {settlement.applied_minor} of order {refund_of}"
-            await rewards_repo.write_moves(conn, reward["id"], merchant, moves, why, refund_id)
-            await payouts_service.record_clawbacks(
-                conn, merchant, purchase.advocate_id, reward["currency"], reward["id"],
-                reward["beneficiary"], moves, why,
-            )  # fmt: skip
-            reversed_now += due
+    reversed_now = await rewards_service.reverse_order_share(
+        conn, merchant, purchase, earlier + settlement.applied_minor,
+        f"refund of {settlement.applied_minor} of order {refund_of}", refund_id,
+    )  # fmt: skip
     await repo.set_refund_outcome(
         conn, refund_id, ConversionState.REFUNDED,
         words.refund_applied(settlement.reason, reversed_now), purchase,

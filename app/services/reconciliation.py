@@ -19,17 +19,14 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from app.attribution.ledger import plan_reversal
 from app.attribution.payouts import parse_amount
-from app.attribution.reconciliation import ShopOrder, compare, normalise_status, share_to_take_back
-from app.attribution.refunds import reversal_amount
+from app.attribution.reconciliation import ShopOrder, compare, normalise_status, takes_back
 from app.errors import InvalidInput
-from app.services import payouts as payouts_service
+from app.services import rewards as rewards_service
 from app.services.tenancy import found
 from app.services.tx import transaction
 from app.storage import conversions as conversions_repo
 from app.storage import reconciliation as repo
-from app.storage import rewards as rewards_repo
 
 MAX_ORDERS = 200_000
 
@@ -160,8 +157,7 @@ async def apply_report(
         if report["applied_at"] is None:
             applied = []
             for difference in report["differences"]:
-                share = share_to_take_back(difference)
-                if share is None:
+                if not takes_back(difference):
                     continue
                 reversed_minor = await _take_back(conn, merchant_id, report_id, difference)
                 applied.append({"order_id": difference["order_id"], "kind": difference["kind"],
@@ -186,21 +182,6 @@ async def _take_back(
         theirs = int(difference["theirs_minor"])
         taken_as_refunded = refunded + max(0, net - theirs)
     why = f"reconciliation report {report}: {difference['detail']}"
-    await rewards_repo.lock_rewards_of_conversion(conn, merchant, purchase.id)
-    total = 0
-    for reward in await rewards_repo.rewards_of_conversion(conn, merchant, purchase.id):
-        balance = reward["balances"]
-        due = reversal_amount(reward["amount_minor"], balance["reversed"], purchase.amount_minor,
-                              min(taken_as_refunded, purchase.amount_minor))  # fmt: skip
-        # Only what still stands (rejected money is not reversed again).
-        due = min(due, sum(balance[s] for s in ("pending", "held", "approved", "reserved",
-                                                 "paid")))  # fmt: skip
-        if due:
-            moves = plan_reversal(balance, due)
-            await rewards_repo.write_moves(conn, reward["id"], merchant, moves, why)
-            await payouts_service.record_clawbacks(
-                conn, merchant, purchase.advocate_id, reward["currency"], reward["id"],
-                reward["beneficiary"], moves, why,
-            )  # fmt: skip
-            total += due
-    return total
+    return await rewards_service.reverse_order_share(
+        conn, merchant, purchase, min(taken_as_refunded, purchase.amount_minor), why
+    )

@@ -15,15 +15,21 @@ from uuid import UUID
 import asyncpg
 
 from app.attribution.ledger import (
+    CLAWBACK_SOURCES,
     MOVES,
     Balances,
     LedgerAction,
+    Move,
     current_state,
+    plan_reversal,
     plan_transition,
 )
+from app.attribution.refunds import reversal_amount
 from app.errors import InvalidInput, NotFound
 from app.services.tx import transaction
+from app.storage import payouts as payouts_repo
 from app.storage import rewards as rewards_repo
+from app.storage.conversions import SignedPurchase
 
 APPROVAL_BATCH = 500
 
@@ -86,3 +92,40 @@ async def move_all(
             await rewards_repo.write_moves(conn, reward_id, merchant, moves, reason)
             moved += sum(m.amount_minor for m in moves)
     return moved
+
+
+async def reverse_order_share(
+    conn: asyncpg.Connection, merchant: UUID, purchase: SignedPurchase, refunded_minor: int,
+    reason: str, refund_id: UUID | None = None,
+) -> int:  # fmt: skip
+    """Take back from each reward of the purchase the share its order no longer holds once
+    `refunded_minor` of it is refunded (cumulative, rounded down: attribution/refunds), from
+    wherever the money sits; what comes out of paid or in-flight money the advocate owes. The
+    caller holds the order's lock. Returns the amount moved."""
+    await rewards_repo.lock_rewards_of_conversion(conn, merchant, purchase.id)
+    moved = 0
+    for reward in await rewards_repo.rewards_of_conversion(conn, merchant, purchase.id):
+        balance = reward["balances"]
+        due = reversal_amount(reward["amount_minor"], balance["reversed"], purchase.amount_minor,
+                              refunded_minor)  # fmt: skip
+        moves = plan_reversal(balance, due) if due else []
+        if moves:
+            await rewards_repo.write_moves(conn, reward["id"], merchant, moves, reason, refund_id)
+            await record_clawbacks(conn, merchant, purchase.advocate_id, reward["currency"],
+                                   reward["id"], reward["beneficiary"], moves, reason)  # fmt: skip
+            moved += sum(m.amount_minor for m in moves)
+    return moved
+
+
+async def record_clawbacks(
+    conn: asyncpg.Connection, merchant: UUID, advocate: UUID | None, currency: str,
+    reward_id: UUID, beneficiary: str, moves: list[Move], reason: str,
+) -> None:  # fmt: skip
+    """An advocate owes what a reversal took from money already paid or in a payout in flight
+    (app/services/payouts.py nets it in their next payout line)."""
+    if beneficiary != "advocate" or advocate is None:
+        return
+    taken = sum(m.amount_minor for m in moves if m.source in CLAWBACK_SOURCES)
+    if taken:
+        await payouts_repo.add_owed(conn, merchant, advocate, currency, taken,
+                                    f"clawback: {reason}", reward=reward_id)  # fmt: skip

@@ -181,7 +181,8 @@ async def end(
     await conn.execute(
         "UPDATE experiments SET status = 'ended', ended_at = $2, results = $3::jsonb"
         " WHERE id = $1 AND status = 'running'",
-        experiment, now, orjson.dumps(results).decode(),
+        # asyncpg's UUIDs are a subclass orjson does not take: written as their text.
+        experiment, now, orjson.dumps(results, default=str).decode(),
     )  # fmt: skip
 
 
