@@ -3,8 +3,7 @@ approvals, batches, sends, completions with failed lines, whole failures and ref
 of money already paid or in a batch in flight), through the same services and ledger moves as
 the API. After every step: each reward's ledger entries sum to its amount, no balance is
 negative, no advocate owes a negative amount, no reward is in two open lines, and what the
-completed lines sent equals what the ledger holds as paid plus what advocates still owe (less
-what was reversed from lines still in flight, owed already and not yet sent)."""
+completed lines sent equals what the ledger holds as paid plus what advocates still owe."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from app.attribution.ledger import plan_reversal
@@ -156,15 +155,7 @@ async def _check(pool: asyncpg.Pool, merchant: UUID) -> None:
         " AND status = 'completed'",
         merchant,
     )
-    # A refund of money reserved in a line still open is owed already, and not yet sent.
-    in_flight = await pool.fetchval(
-        "SELECT coalesce(sum(l.gross_minor - (SELECT coalesce(sum(b.amount_minor), 0)"
-        "   FROM reward_balances b WHERE b.reward_id = ANY(l.reward_ids)"
-        "   AND b.state = 'reserved')), 0)"
-        " FROM payout_lines l WHERE l.merchant_id = $1 AND l.status IN ('created', 'sent')",
-        merchant,
-    )
-    assert paid + owed - in_flight == sent, (paid, owed, in_flight, sent)
+    assert paid + owed == sent, (paid, owed, sent)
 
 
 async def _play(dsn: str, plan: list[tuple[Any, ...]]) -> None:
@@ -207,6 +198,21 @@ async def _play(dsn: str, plan: list[tuple[Any, ...]]) -> None:
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(plan=steps)
+# Found by CI: a refund of money in a line in flight was owed at once, netted in a second line,
+# and then the first line failed: the advocate was paid short and owed a negative amount.
+@example(
+    plan=[
+        ("reward", 0, 100),
+        ("approve",),
+        ("batch",),
+        ("refund", 0, 1),
+        ("reward", 0, 100),
+        ("approve",),
+        ("batch",),
+        ("complete", []),
+        ("complete", [True]),
+    ]
+)
 def test_payouts_keep_the_ledger_whole_under_any_sequence(
     database_url: str, plan: list[tuple[Any, ...]]
 ) -> None:

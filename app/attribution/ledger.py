@@ -62,13 +62,16 @@ MOVES: dict[LedgerAction, tuple[tuple[RewardState, ...], RewardState]] = {
     LedgerAction.RETURN: ((RewardState.RESERVED,), RewardState.APPROVED),
 }
 # Where a reversal takes money from, in order.
-# What was paid, or is in a payout in flight, is taken last: that is a clawback, which the
-# advocate then owes (app/services/payouts.py nets it in their next payout).
+# What was paid, or is in a payout in flight, is taken last. Taken from paid, it is a clawback
+# the advocate owes at once (app/services/payouts.py nets it in their next payout). Taken from
+# reserved, it is owed only if that line is then paid: a line that fails sent nothing, so the
+# debt is recorded when the line settles, never before (else a later line could net a debt that
+# a failed line then cancels, and pay the advocate short).
 REVERSIBLE: tuple[RewardState, ...] = (
     RewardState.PENDING, RewardState.HELD, RewardState.APPROVED, RewardState.PAID,
     RewardState.RESERVED,
 )  # fmt: skip
-CLAWBACK_SOURCES = (RewardState.PAID, RewardState.RESERVED)
+CLAWBACK_SOURCES = (RewardState.PAID,)
 
 
 @dataclass(frozen=True, slots=True)

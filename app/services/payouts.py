@@ -11,9 +11,10 @@ PayPal or Wise, and settle or return it when the money went out or did not.
 - A batch moves created → sent → completed or failed, per line too. Completing a line moves its
   reserved amounts to paid and records the netted clawback as recovered; failing one returns
   them to approved. Every move is a ledger entry; what advocates owe is an append-only table.
-- A refund of money already paid (or reserved in a batch in flight) is a clawback: the advocate
-  owes it (app/services/rewards.reverse_order_share, for refunds and reconciliation), and it
-  is netted in their next line — never a negative line.
+- A refund of money already paid is a clawback: the advocate owes it
+  (app/services/rewards.reverse_order_share, for refunds and reconciliation), and it is netted
+  in their next line — never a negative line. A refund of money reserved in a line in flight is
+  owed only once that line is paid (it went out anyway); if the line fails, nothing is owed.
 """
 
 from __future__ import annotations
@@ -174,7 +175,15 @@ async def _settle_line(
 ) -> None:
     ids = sorted(line["reward_ids"])
     await rewards_repo.lock_rewards(conn, merchant, ids)
-    await move_all(conn, merchant, ids, LedgerAction.SETTLE, f"payout line {line['id']} paid")
+    settled = await move_all(conn, merchant, ids, LedgerAction.SETTLE,
+                             f"payout line {line['id']} paid")  # fmt: skip
+    # What a refund reversed while the line was in flight went out anyway: the advocate owes it
+    # from now on (not from the refund: had the line failed, nothing would be owed).
+    in_flight = line["gross_minor"] - settled
+    if in_flight > 0:
+        await repo.add_owed(conn, merchant, line["advocate_id"], line["currency"], in_flight,
+                            f"clawback: reversed while payout line {line['id']} was in flight,"
+                            " paid anyway", line=line["id"])  # fmt: skip
     if line["clawback_minor"]:
         await repo.add_owed(conn, merchant, line["advocate_id"], line["currency"],
                             -line["clawback_minor"], f"netted in payout line {line['id']}",
@@ -187,15 +196,8 @@ async def _fail_line(
 ) -> None:
     ids = sorted(line["reward_ids"])
     await rewards_repo.lock_rewards(conn, merchant, ids)
-    returned = await move_all(conn, merchant, ids, LedgerAction.RETURN,
-                               f"payout line {line['id']} failed: {reason}")  # fmt: skip
-    # What a refund reversed while the line was in flight was recorded as owed; it was never
-    # sent, so it is not owed after all.
-    in_flight = line["gross_minor"] - returned
-    if in_flight > 0:
-        await repo.add_owed(conn, merchant, line["advocate_id"], line["currency"], -in_flight,
-                            f"payout line {line['id']} failed: reversed before it was sent",
-                            line=line["id"])  # fmt: skip
+    await move_all(conn, merchant, ids, LedgerAction.RETURN,
+                   f"payout line {line['id']} failed: {reason}")  # fmt: skip
     await repo.set_line_status(conn, line["id"], "failed", now, reason)
 
 

@@ -121,8 +121,9 @@ async def record_clawbacks(
     conn: asyncpg.Connection, merchant: UUID, advocate: UUID | None, currency: str,
     reward_id: UUID, beneficiary: str, moves: list[Move], reason: str,
 ) -> None:  # fmt: skip
-    """An advocate owes what a reversal took from money already paid or in a payout in flight
-    (app/services/payouts.py nets it in their next payout line)."""
+    """An advocate owes what a reversal took from money already paid (app/services/payouts.py
+    nets it in their next payout line; what it took from a line in flight is owed when that
+    line is paid)."""
     if beneficiary != "advocate" or advocate is None:
         return
     taken = sum(m.amount_minor for m in moves if m.source in CLAWBACK_SOURCES)
