@@ -50,10 +50,31 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 async def _migrate() -> None:
-    from app.storage.db import migrate
+    from app.services.merchant_keys import upgrade_all
+    from app.storage.db import create_pool, migrate
 
-    applied = await migrate(load_settings().database_url)
+    settings = load_settings()
+    applied = await migrate(settings.database_url)
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
+    pool = await create_pool(settings.database_url)
+    try:
+        upgraded = await upgrade_all(pool, settings.keyring)
+    finally:
+        await pool.close()
+    if upgraded:
+        print(f"merchants upgraded to encrypted secrets and keyed email hashes: {upgraded}")
+
+
+async def _reencrypt() -> int:
+    from app.services.merchant_keys import reencrypt_all
+    from app.storage.db import create_pool
+
+    settings = load_settings()
+    pool = await create_pool(settings.database_url)
+    try:
+        return await reencrypt_all(pool, settings.keyring)
+    finally:
+        await pool.close()
 
 
 async def _rebuild_visitor_counts() -> int:
@@ -75,9 +96,10 @@ async def _create_merchant(name: str) -> None:
     from app.services.merchants import create_merchant
     from app.storage.db import create_pool
 
-    pool = await create_pool(load_settings().database_url)
+    settings = load_settings()
+    pool = await create_pool(settings.database_url)
     try:
-        merchant = await create_merchant(pool, name)
+        merchant = await create_merchant(pool, settings.keyring, name)
     finally:
         await pool.close()
     print(
@@ -173,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     scheduler.add_argument("--once", action="store_true", help="run the jobs once, then exit")
 
     sub.add_parser("migrate", help="apply database migrations")
+    sub.add_parser("reencrypt", help="rewrite stored secrets under the newest of DATA_KEYS")
 
     create = sub.add_parser("create-merchant", help="create a merchant; prints its API key once")
     create.add_argument("name")
@@ -229,6 +252,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"rewards approved: {approved}")
     elif args.command == "migrate":
         asyncio.run(_migrate())
+    elif args.command == "reencrypt":
+        print(f"merchants re-encrypted: {asyncio.run(_reencrypt())}")
     elif args.command == "create-merchant":
         asyncio.run(_create_merchant(args.name))
     elif args.command in ("add-api-key", "api-keys", "rotate-api-key", "revoke-api-key"):

@@ -120,8 +120,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             negative_ttl=settings.link_cache_negative_ttl_seconds,
             lookups=lookups,
         ),
-        secrets=SecretCache(pool, lookups),
-        anonymize_ip=IpAnonymizer(settings.secret_bytes),
+        secrets=SecretCache(pool, settings.keyring, lookups),
+        anonymize_ip=IpAnonymizer(settings.keyring.ip_hash_key),
         rate_limits=RateLimits(settings),
         lookups=lookups,
     )

@@ -82,6 +82,11 @@ class ProgramCreate(_Strict):
         None,
         description="Reward rules (version 1). Default: 10.00 to the advocate per first purchase.",
     )
+    advocate_sees_amounts: bool = Field(
+        False,
+        description="Whether advocates' own pages show their friends' order amounts and rewards "
+        "(default: counts only).",
+    )
 
     _check_url = field_validator("destination_url")(_url)
 
@@ -103,6 +108,7 @@ class Program(BaseModel):
     allowed_domains: list[str]
     attribution_window_days: int
     active: bool
+    advocate_sees_amounts: bool
     created_at: datetime
 
 
@@ -338,7 +344,35 @@ class Funnel(BaseModel):
     )
 
 
-class AdvocateToken(BaseModel):
-    token: str
+class AdvocateTokenInfo(BaseModel):
+    id: UUID
+    created_at: datetime
     expires_at: datetime
+    revoked_at: datetime | None
+
+
+class AdvocateToken(AdvocateTokenInfo):
+    token: str = Field(description="Shown once: only its hash is stored.")
     url: str
+
+
+class AdvocatePage(BaseModel):
+    """What an advocate sees of their own referrals: counts, and their own rewards. Friends'
+    order amounts and rewards only when the program allows it (`advocate_sees_amounts`)."""
+
+    clicks: int
+    unique_visitors: int
+    signups: int
+    purchases: int
+    renewals: int
+    refunds: int
+    rewards_minor: dict[str, dict[str, int]] = Field(
+        description="The advocate's own rewards: currency → state → amount."
+    )
+    revenue_minor: dict[str, int] | None = Field(
+        description="Their friends' order totals per currency; null unless the program shows "
+        "amounts."
+    )
+    friend_rewards_minor: dict[str, dict[str, int]] | None = Field(
+        description="Their friends' rewards; null unless the program shows amounts."
+    )

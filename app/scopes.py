@@ -39,6 +39,7 @@ _WRITES: dict[tuple[str, str], str] = {
     ("POST", "/v1/advocates/{advocate_id}/links"): "links:write",
     ("PATCH", "/v1/links/{link_id}"): "links:write",
     ("POST", "/v1/advocates/{advocate_id}/dashboard-token"): "links:write",
+    ("DELETE", "/v1/advocates/{advocate_id}/dashboard-tokens/{token_id}"): "links:write",
     ("POST", "/v1/rewards/{reward_id}/paid"): "rewards:write",
     ("POST", "/v1/rewards/{reward_id}/reject"): "rewards:write",
     ("POST", "/v1/review/items/{item_id}/decision"): "rewards:write",

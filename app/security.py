@@ -1,5 +1,5 @@
-"""Secrets and personal data: API keys (stored hashed), IP anonymisation, email hashing (and the
-email prints the fraud rules compare)."""
+"""Secrets and personal data: API keys (stored hashed), IP anonymisation, email hashing under
+each merchant's own key (and the email prints the fraud rules compare), advocate page tokens."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
-from uuid import UUID
-
-import orjson
 
 from app.attribution.fraud import canonical_email, near_variants
+from app.keyring import Keyring
 
 API_KEY_PREFIX = "rk_"
 
@@ -45,9 +43,25 @@ def new_webhook_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
 
 
-def hash_email(email: str) -> bytes:
-    """Emails are compared, never stored: trimmed, lower-cased, then SHA-256."""
+def new_email_key() -> bytes:
+    return secrets.token_bytes(32)
+
+
+def _unkeyed_email(email: str) -> bytes:
+    # The first step of every email hash, and all that hashes held before per-merchant keys: the
+    # upgrade applies the key to what is stored (rekey_email_hash), without the email itself.
     return hashlib.sha256(email.strip().lower().encode()).digest()
+
+
+def rekey_email_hash(key: bytes, unkeyed: bytes) -> bytes:
+    return hmac.digest(key, unkeyed, hashlib.sha256)
+
+
+def hash_email(key: bytes, email: str) -> bytes:
+    """Emails are compared, never stored: trimmed, lower-cased, SHA-256, then HMAC under the
+    merchant's own key (a list of known emails cannot reverse it without the key, and the same
+    person is not linkable across merchants)."""
+    return rekey_email_hash(key, _unkeyed_email(email))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +73,18 @@ class EmailPrints:
     near: tuple[bytes, ...]
 
 
-def email_prints(email: str) -> EmailPrints:
+def rekey_near(key: bytes, unkeyed: bytes) -> bytes:
+    return hmac.digest(key, unkeyed, hashlib.sha256)[:16]
+
+
+def email_prints(key: bytes, email: str) -> EmailPrints:
     canonical = canonical_email(email)
     near = sorted(
-        hashlib.sha256(b"email-near:" + v.encode()).digest()[:16] for v in near_variants(canonical)
+        rekey_near(key, hashlib.sha256(b"email-near:" + v.encode()).digest()[:16])
+        for v in near_variants(canonical)
     )
-    return EmailPrints(hashlib.sha256(b"email-canonical:" + canonical.encode()).digest(),
-                       tuple(near))  # fmt: skip
+    unkeyed = hashlib.sha256(b"email-canonical:" + canonical.encode()).digest()
+    return EmailPrints(rekey_email_hash(key, unkeyed), tuple(near))
 
 
 class IpAnonymizer:
@@ -102,41 +121,45 @@ class InvalidToken(ValueError):
     pass
 
 
+ADVOCATE_TOKEN_PREFIX = "at_"
+# One spelling only: the key id, 32 random url-safe characters, and the signature's 43 (unpadded
+# base64url of 32 bytes). The signature is compared as text, so another encoding of the same
+# bytes is refused too.
+_ADVOCATE_TOKEN = re.compile(r"at_([A-Za-z0-9]{1,16})\.([A-Za-z0-9_-]{32})\.([A-Za-z0-9_-]{43})")
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+@dataclass(frozen=True, slots=True)
+class NewAdvocateToken:
+    token: str  # handed to the advocate, never stored
+    hash: bytes  # stored
 
 
-def advocate_token(secret: bytes, merchant_id: UUID, advocate_id: UUID, expires: datetime) -> str:
-    """A link token that lets an advocate read their own statistics, and nothing else, until
-    it expires. Signed with the server secret (HMAC-SHA256); nothing is stored."""
-    payload = _b64(
-        orjson.dumps(
-            {"m": str(merchant_id), "a": str(advocate_id), "exp": int(expires.timestamp())}
-        )
-    )
-    mac = hmac.new(secret, b"advocate:" + payload.encode(), hashlib.sha256).digest()
-    return f"{payload}.{_b64(mac)}"
+def new_advocate_token(keyring: Keyring) -> NewAdvocateToken:
+    """An opaque token: random, signed with the newest signing key (so that a forged or mistyped
+    one is refused without a query), stored only as its hash (so that it can be revoked)."""
+    nonce = secrets.token_urlsafe(24)
+    kid, mac = keyring.sign(b"advocate-token:" + nonce.encode())
+    token = f"{ADVOCATE_TOKEN_PREFIX}{kid}.{nonce}.{_b64(mac)}"
+    return NewAdvocateToken(token, hash_advocate_token(token))
 
 
-def read_advocate_token(secret: bytes, token: str, now: datetime) -> tuple[UUID, UUID]:
-    """(merchant id, advocate id) of a valid token, or InvalidToken."""
-    payload, _, mac = token.partition(".")
-    expected = hmac.new(secret, b"advocate:" + payload.encode(), hashlib.sha256).digest()
-    try:
-        signature = _unb64(mac)
-    except ValueError as exc:
-        raise InvalidToken("malformed token") from exc
-    if not hmac.compare_digest(expected, signature):
-        raise InvalidToken("bad signature")
-    try:
-        claims = orjson.loads(_unb64(payload))
-        merchant, advocate, expires = UUID(claims["m"]), UUID(claims["a"]), int(claims["exp"])
-    except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
-        raise InvalidToken("malformed token") from exc
-    if expires < now.timestamp():
-        raise InvalidToken("expired token")
-    return merchant, advocate
+def hash_advocate_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def check_advocate_token(keyring: Keyring, token: str) -> bytes:
+    """The stored hash to look the token up by; InvalidToken when it is not one of ours."""
+    match = _ADVOCATE_TOKEN.fullmatch(token)
+    if match is None:
+        raise InvalidToken("malformed token")
+    kid, nonce, mac = match.groups()
+    for known, key in keyring.signing_keys:
+        if known == kid:
+            expected = _b64(hmac.digest(key, b"advocate-token:" + nonce.encode(), hashlib.sha256))
+            if hmac.compare_digest(expected, mac):
+                return hash_advocate_token(token)
+    raise InvalidToken("bad signature")

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.keyring import Keyring, KeySettingError, parse_data_keys, parse_signing_keys
+
 # Secrets that appeared in examples (compose.yaml of earlier versions).
 _EXAMPLE_SECRETS = frozenset({"change-me-to-a-long-random-secret"})
 
@@ -22,7 +24,20 @@ class Settings(BaseSettings):
     )
     secret_key: str = Field(
         min_length=16,
-        description="Server secret: keys the IP hashes and signs advocate dashboard tokens.",
+        description="Server secret: the keys below not set are derived from it (HKDF).",
+    )
+    ip_hash_key: str | None = Field(
+        None, min_length=16, description="Keys the IP hashes (unset: SECRET_KEY, as before)."
+    )
+    signing_keys: str | None = Field(
+        None,
+        description="Sign advocate page tokens: id:secret[,id:secret…], newest first; every "
+        "one listed verifies (unset: derived from SECRET_KEY, id k0).",
+    )
+    data_keys: str | None = Field(
+        None,
+        description="Fernet keys encrypting secrets at rest, newest first; all decrypt (unset: "
+        "derived from SECRET_KEY).",
     )
 
     @field_validator("secret_key")
@@ -31,6 +46,26 @@ class Settings(BaseSettings):
         # A secret copied from an example file is no secret: refuse to start with one.
         if value in _EXAMPLE_SECRETS or "change-me" in value.lower():
             raise ValueError("SECRET_KEY is an example value: generate one (openssl rand -hex 32)")
+        return value
+
+    @field_validator("signing_keys")
+    @classmethod
+    def _signing_keys(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_signing_keys(value)
+            except KeySettingError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("data_keys")
+    @classmethod
+    def _data_keys(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_data_keys(value)
+            except KeySettingError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     public_base_url: str = Field(
@@ -107,8 +142,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     @cached_property
-    def secret_bytes(self) -> bytes:
-        return self.secret_key.encode()
+    def keyring(self) -> Keyring:
+        return Keyring.build(self.secret_key, self.ip_hash_key, self.signing_keys, self.data_keys)
 
     @cached_property
     def click_streams(self) -> list[str]:

@@ -24,6 +24,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from app.keyring import Keyring
 from app.main import TrackingApp, create_app
 from app.services.merchants import create_merchant
 from app.settings import Settings
@@ -62,11 +63,16 @@ def redis_url() -> str:
     return _require_env("REDIS_URL")
 
 
+TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
+# The keys the app under test derives from its settings (merchants made by tests use them too).
+TEST_KEYRING = Keyring.build(TEST_SECRET_KEY)
+
+
 def make_settings(database_url: str, redis_url: str, tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,
         "redis_url": redis_url,
-        "secret_key": "test-secret-key-0123456789abcdef",
+        "secret_key": TEST_SECRET_KEY,
         "public_base_url": "https://go.example.test",
         "spool_dir": tmp_path / "spool",
         "flush_max_wait_ms": 50,
@@ -148,12 +154,12 @@ async def client(app: TrackingApp) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def merchant(db: asyncpg.Pool) -> CreatedMerchant:
-    return await create_merchant(db, "Acme Shoes")
+    return await create_merchant(db, TEST_KEYRING, "Acme Shoes")
 
 
 @pytest.fixture
 async def other_merchant(db: asyncpg.Pool) -> CreatedMerchant:
-    return await create_merchant(db, "Rival Boots")
+    return await create_merchant(db, TEST_KEYRING, "Rival Boots")
 
 
 def auth(merchant: CreatedMerchant) -> dict[str, str]:

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from app.settings import Settings
-from tests.conftest import BROWSER_UA, flush, flusher_process
+from tests.conftest import BROWSER_UA, TEST_KEYRING, flush, flusher_process
 
 
 async def _click(client: httpx.AsyncClient, link: dict[str, Any], n: int) -> set[str]:
@@ -160,7 +160,7 @@ async def test_sharded_click_streams_store_every_click_once(
     settings = make_settings(database_url, redis_url, tmp_path, click_stream_shards=3)
     assert settings.click_streams == ["clicks:{0}", "clicks:{1}", "clicks:{2}"]
     app, lifespan = await start_app(settings)
-    merchant = await create_merchant(db, "Sharded Shop")
+    merchant = await create_merchant(db, TEST_KEYRING, "Sharded Shop")
     sent: set[str] = set()
     try:
         transport = httpx.ASGITransport(app=app)

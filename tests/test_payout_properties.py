@@ -24,6 +24,7 @@ from app.services.merchants import create_merchant
 from app.services.tx import transaction
 from app.storage import rewards as rewards_repo
 from app.storage import rules as rules_repo
+from tests.conftest import TEST_KEYRING
 
 # A month at a time, so that sequences that matter (a payout, then a refund of it, then the next
 # payout) come often: purchases, approval, a batch, what happened to it, refunds.
@@ -56,7 +57,7 @@ NOW = datetime.now(UTC)
 
 
 async def _setup(pool: asyncpg.Pool) -> tuple[UUID, UUID, list[UUID]]:
-    merchant = (await create_merchant(pool, "Payouts")).id
+    merchant = (await create_merchant(pool, TEST_KEYRING, "Payouts")).id
     async with transaction(pool) as conn:
         program = await conn.fetchval(
             "INSERT INTO programs (merchant_id, name, destination_url, allowed_domains)"

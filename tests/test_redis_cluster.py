@@ -22,7 +22,15 @@ from redis.crc import key_slot
 from app.services.merchants import create_merchant
 from app.settings import Settings
 from app.storage.merchants import CreatedMerchant
-from tests.conftest import auth, flush, make_advocate, make_program, make_settings, serving
+from tests.conftest import (
+    TEST_KEYRING,
+    auth,
+    flush,
+    make_advocate,
+    make_program,
+    make_settings,
+    serving,
+)
 from tests.test_conversions import RULES, click, post, read
 from tests.test_flusher import _click, _stored
 
@@ -49,7 +57,7 @@ async def test_clicks_links_and_conversions_on_a_cluster(
     cluster: RedisCluster, database_url: str, db: asyncpg.Pool, tmp_path: Path
 ) -> None:
     settings = cluster_settings(database_url, tmp_path, click_stream_shards=3)
-    merchant = await create_merchant(db, "Cluster Shop")
+    merchant = await create_merchant(db, TEST_KEYRING, "Cluster Shop")
     sent: set[str] = set()
     # A second API process beside the first: it must hear of link changes.
     async with serving(settings) as (_, api), serving(settings) as (_, other_api):
@@ -133,7 +141,7 @@ async def test_a_stream_moved_to_another_primary_loses_and_doubles_nothing(
     cluster: RedisCluster, database_url: str, db: asyncpg.Pool, tmp_path: Path
 ) -> None:
     settings = cluster_settings(database_url, tmp_path)
-    merchant: CreatedMerchant = await create_merchant(db, "Resharded Shop")
+    merchant: CreatedMerchant = await create_merchant(db, TEST_KEYRING, "Resharded Shop")
     sent: set[str] = set()
     async with serving(settings) as (app, api):
         program = await make_program(api, merchant)

@@ -52,10 +52,12 @@ async def post_conversion(
     """Signed with your webhook secret; idempotent on `event_id`. Answers once the conversion is
     durable; attribution and rewards follow within moments (see GET /v1/conversions/{id})."""
     # Who claims to send it, before the body is read (the edge bounds its size).
-    merchant_id, secret = await intake.postback_merchant(secrets, x_referral_merchant)
+    merchant_id, merchant_keys = await intake.postback_merchant(secrets, x_referral_merchant)
     body = await request.body()
     now = datetime.now(UTC)
-    await intake.verify_postback(redis, secret, x_referral_signature, body, now)
+    await intake.verify_postback(
+        redis, merchant_keys.webhook_secret, x_referral_signature, body, now
+    )
     try:
         conversion = ConversionIn.model_validate_json(body)
     except ValidationError as exc:
@@ -63,7 +65,7 @@ async def post_conversion(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         ) from None
     conversion_id, duplicate = await intake.accept_conversion(
-        redis, buffer, merchant_id, conversion, anonymize, now
+        redis, buffer, merchant_id, merchant_keys.email_key, conversion, anonymize, now
     )
     status = "duplicate" if duplicate else "accepted"
     return JSONResponse({"id": str(conversion_id), "status": status}, status_code=202)

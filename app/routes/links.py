@@ -51,6 +51,7 @@ async def enroll_advocate(
         external_id=body.external_id,
         name=body.name,
         email=body.email,
+        keyring=settings.keyring,
     )
     view = Advocate.model_validate(advocate_view(advocate, links, settings))
     return JSONResponse(view.model_dump(mode="json"), status_code=201 if created else 200)

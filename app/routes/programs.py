@@ -25,6 +25,7 @@ async def create_program(body: ProgramCreate, merchant: CurrentMerchant, pool: P
         allowed_domains=body.allowed_domains,
         attribution_window_days=body.attribution_window_days,
         rules=body.rules,
+        advocate_sees_amounts=body.advocate_sees_amounts,
     )
 
 

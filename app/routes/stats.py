@@ -1,4 +1,5 @@
-"""Statistics for merchants (API key) and for advocates themselves (signed, expiring token)."""
+"""Statistics for merchants (API key) and for advocates themselves (an opaque, revocable,
+expiring token)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from app.routes.deps import AppSettings, CurrentMerchant, Pool, RedisConn
-from app.schemas import AdvocateToken, Funnel
+from app.schemas import AdvocatePage, AdvocateToken, AdvocateTokenInfo, Funnel
 from app.services import stats as service
 
 router = APIRouter(tags=["statistics"])
@@ -37,15 +38,31 @@ async def create_advocate_token(
     settings: AppSettings,
     days: Annotated[int, Query(ge=1, le=90)] = 30,
 ) -> Any:
-    """A link to hand to the advocate: it shows their own statistics only, until it expires."""
+    """A link to hand to the advocate: it shows their own page only, until it expires or is
+    revoked. The token is shown once."""
     return await service.dashboard_token(
         pool, settings, merchant.id, advocate_id, days, datetime.now(UTC)
     )
 
 
-@router.get("/v1/advocate/stats", response_model=Funnel)
+@router.get("/v1/advocates/{advocate_id}/dashboard-tokens", response_model=list[AdvocateTokenInfo])
+async def list_advocate_tokens(advocate_id: UUID, merchant: CurrentMerchant, pool: Pool) -> Any:
+    """The advocate's tokens (never the tokens themselves)."""
+    return await service.list_dashboard_tokens(pool, merchant.id, advocate_id)
+
+
+@router.delete("/v1/advocates/{advocate_id}/dashboard-tokens/{token_id}", status_code=204)
+async def revoke_advocate_token(
+    advocate_id: UUID, token_id: UUID, merchant: CurrentMerchant, pool: Pool
+) -> Response:
+    """The token stops working at once."""
+    await service.revoke_dashboard_token(pool, merchant.id, advocate_id, token_id)
+    return Response(status_code=204)
+
+
+@router.get("/v1/advocate/stats", response_model=AdvocatePage)
 async def my_stats(
     pool: Pool, settings: AppSettings, token: Annotated[str, Query(max_length=400)]
 ) -> Any:
-    """An advocate's own statistics, with the token from their dashboard link."""
+    """An advocate's own page, with the token from their dashboard link."""
     return await service.own_stats(pool, settings, token, datetime.now(UTC))

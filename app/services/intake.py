@@ -24,12 +24,15 @@ from app.attribution.conversions import PIXEL_EVENT_ID_PREFIX, ConversionState
 from app.attribution.fraud import is_disposable
 from app.caches import MISSING, TtlCache
 from app.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
+from app.keyring import Keyring
 from app.pipeline import keys
 from app.pipeline.event_buffer import EventBuffer, EventsLost
 from app.pipeline.events import ConversionEvent, PixelEvent, encode_conversion, is_click_id
 from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient
 from app.schemas import ConversionIn
 from app.security import IpAnonymizer, email_prints, hash_email
+from app.services import merchant_keys
+from app.services.merchant_keys import MerchantKeys
 from app.storage import conversions as conversions_repo
 from app.storage.rows import ConversionRow
 
@@ -57,35 +60,33 @@ class SignatureRejected(Unauthorized):
 
 @dataclass
 class SecretCache:
-    """Webhook secrets by merchant, cached a minute so a postback costs no query. Unknown
-    merchant ids are cached too (as None), and the cache is bounded: a flood of made-up ids
-    costs one query each at most, and no memory beyond the cache's `max_entries`."""
+    """Merchants' secrets (postback secret, email key), decrypted, cached a minute so a postback
+    costs no query and no decryption. Unknown merchant ids are cached too (as None), and the
+    cache is bounded: a flood of made-up ids costs one query each at most, and no memory beyond
+    the cache's `max_entries`."""
 
     pool: asyncpg.Pool
+    keyring: Keyring
     # Bounds the queries untrusted input can cause (the runtime's shared semaphore).
     lookups: AbstractAsyncContextManager[Any] = field(default_factory=contextlib.nullcontext)
-    entries: TtlCache[UUID, str | None] = field(
+    entries: TtlCache[UUID, MerchantKeys | None] = field(
         default_factory=lambda: TtlCache(max_entries=50_000, ttl=60.0)
     )
 
-    async def get(self, merchant_id: UUID) -> str | None:
+    async def get(self, merchant_id: UUID) -> MerchantKeys | None:
         hit = self.entries.get(merchant_id)
         if hit is not MISSING:
             return hit
         async with self.lookups:
-            secret = await self._fetch(merchant_id)
-        self.entries.put(merchant_id, secret)
-        return secret
-
-    async def _fetch(self, merchant_id: UUID) -> str | None:
-        secret: str | None = await self.pool.fetchval(
-            "SELECT webhook_secret FROM merchants WHERE id = $1", merchant_id
-        )
-        return secret
+            found = await merchant_keys.keys_of(self.pool, self.keyring, merchant_id)
+        self.entries.put(merchant_id, found)
+        return found
 
 
-async def postback_merchant(secrets: SecretCache, merchant_header: str | None) -> tuple[UUID, str]:
-    """The merchant a postback claims to come from, and its secret — known before the body is
+async def postback_merchant(
+    secrets: SecretCache, merchant_header: str | None
+) -> tuple[UUID, MerchantKeys]:
+    """The merchant a postback claims to come from, and its secrets — known before the body is
     read. SignatureRejected when the header is malformed or names no merchant."""
     try:
         merchant_id = UUID(merchant_header or "")
@@ -93,10 +94,10 @@ async def postback_merchant(secrets: SecretCache, merchant_header: str | None) -
         raise SignatureRejected(
             "missing or malformed X-Referral-Merchant header", field="x-referral-merchant"
         ) from None
-    secret = await secrets.get(merchant_id)
-    if secret is None:
+    found = await secrets.get(merchant_id)
+    if found is None:
         raise SignatureRejected("unknown merchant", field="x-referral-merchant")
-    return merchant_id, secret
+    return merchant_id, found
 
 
 async def verify_postback(
@@ -122,12 +123,13 @@ async def verify_postback(
 
 
 def conversion_event(
-    merchant_id: UUID, body: ConversionIn, anonymize: IpAnonymizer, now: datetime
-) -> ConversionEvent:
+    merchant_id: UUID, email_key: bytes, body: ConversionIn, anonymize: IpAnonymizer,
+    now: datetime,
+) -> ConversionEvent:  # fmt: skip
     """The conversion as it travels through the stream to the flusher."""
     ip_hash, ip_prefix = anonymize(str(body.ip)) if body.ip else (None, None)
     email = body.customer_email
-    prints = email_prints(email) if email else None
+    prints = email_prints(email_key, email) if email else None
     return ConversionEvent(
         id=conversion_id(merchant_id, body.event_id),
         merchant_id=merchant_id,
@@ -138,7 +140,7 @@ def conversion_event(
         order_id=body.order_id,
         refund_of=body.refund_of,
         customer_id=body.customer_id,
-        customer_email_hash=hash_email(email) if email else None,
+        customer_email_hash=hash_email(email_key, email) if email else None,
         customer_email_canonical=prints.canonical if prints else None,
         customer_email_near=prints.near if prints else (),
         customer_email_disposable=is_disposable(email) if email else False,
@@ -157,6 +159,7 @@ async def accept_conversion(
     redis: RedisClient,
     buffer: EventBuffer,
     merchant_id: UUID,
+    email_key: bytes,
     body: ConversionIn,
     anonymize: IpAnonymizer,
     now: datetime,
@@ -167,7 +170,7 @@ async def accept_conversion(
             f"event_id must not start with {RESERVED_EVENT_ID_PREFIX!r} (reserved for the pixel)",
             field="body.event_id",
         )
-    event = conversion_event(merchant_id, body, anonymize, now)
+    event = conversion_event(merchant_id, email_key, body, anonymize, now)
     encoded = encode_conversion(event)  # before we answer: the writer only joins encoded events
     digest = hashlib.sha256(body.model_dump_json(exclude={"occurred_at"}).encode()).hexdigest()[:32]
     key = keys.conversion_digest(event.id)  # the id is derived from (merchant, event id)

@@ -11,9 +11,11 @@ import asyncpg
 
 from app.destinations import is_allowed
 from app.errors import InvalidInput
+from app.keyring import Keyring
 from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient
 from app.security import email_prints, hash_email
 from app.services import experiments as experiments_service
+from app.services import merchant_keys
 from app.services.tenancy import found
 from app.services.tx import transaction
 from app.storage import advocates as advocates_repo
@@ -78,6 +80,7 @@ async def enroll_advocate(
     external_id: str,
     name: str,
     email: str | None,
+    keyring: Keyring,
 ) -> tuple[AdvocateRow, list[LinkRow], bool]:
     """Enroll (or find) the advocate; a new advocate gets a default link. Returns
     (advocate, links, created)."""
@@ -86,14 +89,16 @@ async def enroll_advocate(
         program = found(
             await programs_repo.get_program(conn, merchant_id, program_id), "program", "program_id"
         )
+        keys = await merchant_keys.keys_of(conn, keyring, merchant_id)
+        assert keys is not None  # the merchant authenticated
         advocate, created = await advocates_repo.enroll_advocate(
             conn,
             merchant_id,
             program_id,
             external_id=external_id,
             name=name,
-            email_hash=hash_email(email) if email else None,
-            email_prints=email_prints(email) if email else None,
+            email_hash=hash_email(keys.email_key, email) if email else None,
+            email_prints=email_prints(keys.email_key, email) if email else None,
         )
         if created:
             await experiments_service.assign_new_advocate(conn, program_id, advocate["id"])

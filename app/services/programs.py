@@ -28,6 +28,7 @@ async def create_program(
     allowed_domains: list[str] | None,
     attribution_window_days: int,
     rules: ProgramRules | None,
+    advocate_sees_amounts: bool = False,
 ) -> ProgramRow:
     """A program and its first rules (default: the window given, 10.00 per first purchase)."""
     allowed = allowed_domains or [host_of(destination_url)]
@@ -44,6 +45,7 @@ async def create_program(
             destination_url=destination_url,
             allowed_domains=allowed,
             attribution_window_days=rules.attribution_window_days,
+            advocate_sees_amounts=advocate_sees_amounts,
         )
         await rules_repo.save_rules(conn, program["id"], rules)
     program["attribution_window_days"] = rules.attribution_window_days

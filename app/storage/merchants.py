@@ -28,13 +28,66 @@ class CreatedMerchant:
     webhook_secret: str
 
 
-async def insert_merchant(conn: asyncpg.Connection, name: str, webhook_secret: str) -> UUID:
+async def insert_merchant(
+    conn: asyncpg.Connection, name: str, webhook_secret_enc: str, email_key_enc: str,
+    keys_version: int,
+) -> UUID:  # fmt: skip
     merchant_id: UUID = await conn.fetchval(
-        "INSERT INTO merchants (name, webhook_secret) VALUES ($1, $2) RETURNING id",
-        name,
-        webhook_secret,
-    )
+        "INSERT INTO merchants (name, webhook_secret_enc, email_key_enc, keys_version)"
+        " VALUES ($1, $2, $3, $4) RETURNING id",
+        name, webhook_secret_enc, email_key_enc, keys_version,
+    )  # fmt: skip
     return merchant_id
+
+
+async def sealed_keys(
+    db: asyncpg.Pool | asyncpg.Connection, merchant_id: UUID, *, lock: bool = False
+) -> dict[str, Any] | None:
+    row = await db.fetchrow(
+        "SELECT webhook_secret, webhook_secret_enc, email_key_enc, keys_version FROM merchants"
+        " WHERE id = $1" + (" FOR UPDATE" if lock else ""),
+        merchant_id,
+    )
+    return dict(row) if row else None
+
+
+async def seal_keys(conn: asyncpg.Connection, merchant_id: UUID, sealed: Any, version: int) -> None:
+    await conn.execute(
+        "UPDATE merchants SET webhook_secret = NULL, webhook_secret_enc = $2, email_key_enc = $3,"
+        " keys_version = $4 WHERE id = $1",
+        merchant_id, sealed.webhook_secret_enc, sealed.email_key_enc, version,
+    )  # fmt: skip
+
+
+async def merchants_at_keys_version(db: asyncpg.Pool, version: int) -> list[UUID]:
+    rows = await db.fetch("SELECT id FROM merchants WHERE keys_version = $1 ORDER BY id", version)
+    return [r["id"] for r in rows]
+
+
+# Where email hashes are stored: (table, hash column, canonical column, near column).
+EMAIL_HASH_TABLES = {
+    "advocates": ("email_hash", "email_canonical", "email_near"),
+    "conversions": ("customer_email_hash", "customer_email_canonical", "customer_email_near"),
+}
+
+
+async def email_hashes(conn: asyncpg.Connection, table: str, merchant_id: UUID) -> list[Any]:
+    hashed, canonical, near = EMAIL_HASH_TABLES[table]
+    return await conn.fetch(
+        f"SELECT id, {hashed} AS email_hash, {canonical} AS canonical, {near} AS near FROM {table}"
+        f" WHERE merchant_id = $1 AND ({hashed} IS NOT NULL OR {canonical} IS NOT NULL)",
+        merchant_id,
+    )
+
+
+async def rewrite_email_hashes(
+    conn: asyncpg.Connection, table: str, rows: list[tuple[UUID, bytes | None, bytes | None,
+                                                           list[bytes]]],
+) -> None:  # fmt: skip
+    hashed, canonical, near = EMAIL_HASH_TABLES[table]
+    await conn.executemany(
+        f"UPDATE {table} SET {hashed} = $2, {canonical} = $3, {near} = $4 WHERE id = $1", rows
+    )
 
 
 _KEY_COLUMNS = (

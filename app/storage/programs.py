@@ -11,7 +11,7 @@ from app.storage.rows import ProgramRow
 
 _COLUMNS = (
     "id, merchant_id, name, destination_url, allowed_domains, attribution_window_days,"
-    " active, created_at"
+    " active, advocate_sees_amounts, created_at"
 )
 
 
@@ -23,16 +23,18 @@ async def create_program(
     destination_url: str,
     allowed_domains: list[str],
     attribution_window_days: int,
+    advocate_sees_amounts: bool = False,
 ) -> ProgramRow:
     row = await pool.fetchrow(
         "INSERT INTO programs (merchant_id, name, destination_url, allowed_domains,"
-        " attribution_window_days) VALUES ($1, $2, $3, $4, $5)"
+        " attribution_window_days, advocate_sees_amounts) VALUES ($1, $2, $3, $4, $5, $6)"
         f" RETURNING {_COLUMNS}",
         merchant_id,
         name,
         destination_url,
         allowed_domains,
         attribution_window_days,
+        advocate_sees_amounts,
     )
     assert row is not None  # INSERT … RETURNING always returns the row
     return cast(ProgramRow, dict(row))

@@ -16,6 +16,7 @@ class ProgramRow(TypedDict):
     allowed_domains: list[str]
     attribution_window_days: int
     active: bool
+    advocate_sees_amounts: bool
     created_at: datetime
 
 

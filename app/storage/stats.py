@@ -58,6 +58,25 @@ async def advocate_funnel(
             **rest}  # fmt: skip
 
 
+async def advocate_page(pool: asyncpg.Pool, merchant_id: UUID, advocate_id: UUID) -> dict[str, Any]:
+    """What the advocate's own page shows: their funnel, with rewards split into their own and
+    their friends' (the service decides what of it the advocate may see)."""
+    funnel = await advocate_funnel(pool, merchant_id, advocate_id)
+    rows = await pool.fetch(
+        "SELECT beneficiary, currency, state, sum(amount_minor) AS amount FROM reward_balances"
+        " WHERE merchant_id = $1 AND advocate_id = $2 GROUP BY beneficiary, currency, state",
+        merchant_id,
+        advocate_id,
+    )
+    split: dict[str, dict[str, dict[str, int]]] = {"advocate": {}, "friend": {}}
+    for row in rows:
+        bucket = split[row["beneficiary"]].setdefault(
+            row["currency"].strip(), {s.value: 0 for s in STATES}
+        )
+        bucket[row["state"]] += int(row["amount"])
+    return {**funnel, "rewards_minor": split["advocate"], "friend_rewards_minor": split["friend"]}
+
+
 async def _conversions_and_rewards(
     pool: asyncpg.Pool, merchant_id: UUID, program_id: UUID | None, advocate_id: UUID | None
 ) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).with_name("schemathesis.toml")
+SECRET_KEY = os.environ.get("SECRET_KEY", "fuzz-secret-0123456789abcdef")
 
 
 def _free_port() -> int:
@@ -35,12 +36,13 @@ def _free_port() -> int:
 
 async def _seed(dsn: str, base: str) -> str:
     """A merchant with real objects behind its key; returns the key."""
+    from app.keyring import Keyring
     from app.services.merchants import create_merchant
     from app.storage.db import create_pool
 
     pool = await create_pool(dsn, min_size=1, max_size=2)
     try:
-        merchant = await create_merchant(pool, "Fuzz Shop")
+        merchant = await create_merchant(pool, Keyring.build(SECRET_KEY), "Fuzz Shop")
     finally:
         await pool.close()
     headers = {"authorization": f"Bearer {merchant.api_key}"}
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     base = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
-        "SECRET_KEY": os.environ.get("SECRET_KEY", "fuzz-secret-0123456789abcdef"),
+        "SECRET_KEY": SECRET_KEY,
         "SPOOL_DIR": os.environ.get("SPOOL_DIR", str(ROOT / ".data" / "fuzz-spool")),
         "RATE_LIMIT_API_KEY": "1000000/minute",
         "RATE_LIMIT_AUTH_FAILURES_PER_IP": "1000000/minute",

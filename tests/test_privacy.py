@@ -1,0 +1,196 @@
+"""Privacy end to end (real PostgreSQL and Redis, through the API): secrets encrypted at rest and
+rotated, emails hashed under each merchant's own key (and the upgrade of merchants from before,
+self-referral detection intact), advocate page tokens (opaque, revocable, canonical, expiring,
+friends' amounts hidden unless the program shows them)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+from cryptography.fernet import Fernet
+
+from app.attribution.fraud import canonical_email, near_variants
+from app.keyring import Keyring
+from app.services import merchant_keys
+from app.services.merchants import create_merchant
+from app.settings import Settings
+from app.storage.merchants import CreatedMerchant
+from tests.conftest import TEST_KEYRING, TEST_SECRET_KEY, auth, flush, make_program
+from tests.test_conversions import RULES, click, read
+from tests.test_fraud import FRIEND_RULES, buy, enroll, rule_names
+
+
+async def test_secrets_are_encrypted_at_rest_and_emails_keyed_per_merchant(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, other_merchant: CreatedMerchant,
+    db: asyncpg.Pool,
+) -> None:  # fmt: skip
+    rows = await db.fetch("SELECT * FROM merchants")
+    for row in rows:
+        assert row["webhook_secret"] is None and row["keys_version"] == 1
+        stored = " ".join(str(v) for v in dict(row).values())
+        assert merchant.webhook_secret not in stored and other_merchant.webhook_secret not in stored
+    # The same person at two merchants: two unrelated hashes, neither the bare SHA-256.
+    for m in (merchant, other_merchant):
+        program = await make_program(client, m)
+        await enroll(client, m, program, email="Anna@Example.com")
+    hashes = [r["email_hash"] for r in await db.fetch("SELECT email_hash FROM advocates")]
+    assert len(set(hashes)) == 2
+    assert hashlib.sha256(b"anna@example.com").digest() not in hashes
+
+
+async def test_rotating_the_data_key_keeps_postbacks_verifying(
+    db: asyncpg.Pool, settings: Settings, tmp_path: Any
+) -> None:
+    old = Fernet.generate_key().decode()
+    new = Fernet.generate_key().decode()
+    before = Keyring.build(TEST_SECRET_KEY, data_keys=old)
+    merchant = await create_merchant(db, before, "Rotating")
+    both = Keyring.build(TEST_SECRET_KEY, data_keys=f"{new},{old}")
+    assert await merchant_keys.reencrypt_all(db, both) >= 1
+    after = Keyring.build(TEST_SECRET_KEY, data_keys=new)
+    keys = await merchant_keys.keys_of(db, after, merchant.id)
+    assert keys is not None and keys.webhook_secret == merchant.webhook_secret
+
+
+def _unkeyed(email: str) -> tuple[bytes, bytes, list[bytes]]:
+    """What hashes were before per-merchant keys: bare SHA-256."""
+    canonical = canonical_email(email)
+    return (hashlib.sha256(email.strip().lower().encode()).digest(),
+            hashlib.sha256(b"email-canonical:" + canonical.encode()).digest(),
+            sorted(hashlib.sha256(b"email-near:" + v.encode()).digest()[:16]
+                   for v in near_variants(canonical)))  # fmt: skip
+
+
+async def test_a_merchant_from_before_is_upgraded_and_still_catches_self_referrals(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool,
+) -> None:  # fmt: skip
+    program = await make_program(client, merchant, rules=FRIEND_RULES)
+    anna = await enroll(client, merchant, program)
+    # As the merchant was stored before this version: plain secret, bare SHA-256 hashes.
+    await db.execute(
+        "UPDATE merchants SET webhook_secret = $2, webhook_secret_enc = NULL,"
+        " email_key_enc = NULL, keys_version = 0 WHERE id = $1",
+        merchant.id, merchant.webhook_secret,
+    )  # fmt: skip
+    plain, canonical, near = _unkeyed("anna.maria@gmail.com")
+    await db.execute(
+        "UPDATE advocates SET email_hash = $2, email_canonical = $3, email_near = $4 WHERE id = $1",
+        anna["id"], plain, canonical, near,
+    )  # fmt: skip
+    assert await merchant_keys.upgrade_all(db, TEST_KEYRING) == 1
+    assert await merchant_keys.upgrade_all(db, TEST_KEYRING) == 0  # idempotent
+    row = await db.fetchrow("SELECT * FROM advocates WHERE id = $1", anna["id"])
+    assert row["email_hash"] != plain and row["email_canonical"] != canonical
+    # The secret still verifies, and a tagged address of the advocate is still a self-referral.
+    conversion = await buy(client, merchant, 1, customer_email="anna.maria+x@gmail.com",
+                           click_id=await click(client, anna["links"][0]))  # fmt: skip
+    await flush(settings)
+    found = await read(client, merchant, conversion)
+    assert "self_referral" in rule_names(found)
+
+
+# -- Advocate page tokens ------------------------------------------------------------------------
+
+
+async def _page(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    return await client.get("/v1/advocate/stats", params={"token": token})
+
+
+async def test_an_advocate_token_is_opaque_revocable_and_expires(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool,
+) -> None:  # fmt: skip
+    program = await make_program(client, merchant, rules=RULES)
+    anna = await enroll(client, merchant, program)
+    issued = await client.post(f"/v1/advocates/{anna['id']}/dashboard-token",
+                               headers=auth(merchant))  # fmt: skip
+    assert issued.status_code == 200
+    token = issued.json()["token"]
+    assert (
+        token.startswith("at_") and str(anna["id"]) not in token and str(merchant.id) not in token
+    )
+    assert issued.json()["url"].endswith(f"/v1/advocate/stats?token={token}")
+    assert (await _page(client, token)).status_code == 200
+    assert await db.fetchval("SELECT count(*) FROM advocate_tokens WHERE token_hash = $1",
+                             hashlib.sha256(token.encode()).digest()) == 1  # fmt: skip
+
+    kid, nonce, mac = token.removeprefix("at_").split(".")
+    other_char = "A" if mac[-1] != "A" else "B"
+    for bad, reason in [
+        (token[:-1] + other_char, "bad signature"),  # forged, or another encoding of the bytes
+        (f"at_{kid}.{nonce}.{mac}=", "malformed"),  # padding: one spelling only
+        ("x", "malformed"),
+    ]:
+        response = await _page(client, bad)
+        assert response.status_code == 401 and reason in response.json()["error"]["message"]
+
+    listed = await client.get(f"/v1/advocates/{anna['id']}/dashboard-tokens",
+                              headers=auth(merchant))  # fmt: skip
+    assert [t["id"] for t in listed.json()] == [issued.json()["id"]]
+    assert "token" not in listed.json()[0]
+    revoked = await client.delete(
+        f"/v1/advocates/{anna['id']}/dashboard-tokens/{issued.json()['id']}",
+        headers=auth(merchant),
+    )
+    assert revoked.status_code == 204
+    response = await _page(client, token)
+    assert response.status_code == 401 and "revoked" in response.json()["error"]["message"]
+
+    second = (await client.post(f"/v1/advocates/{anna['id']}/dashboard-token",
+                                headers=auth(merchant))).json()  # fmt: skip
+    await db.execute("UPDATE advocate_tokens SET expires_at = $2 WHERE id = $1",
+                     second["id"], datetime.now(UTC) - timedelta(seconds=1))  # fmt: skip
+    assert (await _page(client, second["token"])).status_code == 401
+
+
+async def test_a_retired_signing_key_stops_its_tokens(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings
+) -> None:
+    program = await make_program(client, merchant, rules=RULES)
+    anna = await enroll(client, merchant, program)
+    settings.__dict__["keyring"] = Keyring.build(TEST_SECRET_KEY,
+                                                 signing_keys="old:" + "o" * 32)  # fmt: skip
+    old = (await client.post(f"/v1/advocates/{anna['id']}/dashboard-token",
+                             headers=auth(merchant))).json()["token"]  # fmt: skip
+    # A new key in front: new tokens use it, the old ones still verify.
+    settings.__dict__["keyring"] = Keyring.build(
+        TEST_SECRET_KEY, signing_keys="new:" + "n" * 32 + ",old:" + "o" * 32
+    )
+    new = (await client.post(f"/v1/advocates/{anna['id']}/dashboard-token",
+                             headers=auth(merchant))).json()["token"]  # fmt: skip
+    assert new.startswith("at_new.") and old.startswith("at_old.")
+    assert (await _page(client, old)).status_code == 200
+    # The old key removed: what it signed stops working.
+    settings.__dict__["keyring"] = Keyring.build(TEST_SECRET_KEY, signing_keys="new:" + "n" * 32)
+    assert (await _page(client, old)).status_code == 401
+    assert (await _page(client, new)).status_code == 200
+
+
+async def test_the_advocate_page_hides_friends_amounts_unless_the_program_shows_them(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings
+) -> None:
+    for shown in (False, True):
+        response = await client.post(
+            "/v1/programs", headers=auth(merchant),
+            json={"name": f"p{shown}", "destination_url": "https://shop.example.com/",
+                  "rules": FRIEND_RULES, "advocate_sees_amounts": shown},
+        )  # fmt: skip
+        program = response.json()
+        anna = await enroll(client, merchant, program, external_id=f"anna-{shown}",
+                            email=f"anna{shown}@example.com")  # fmt: skip
+        await buy(client, merchant, int(shown), customer_email=f"friend{shown}@example.com",
+                  click_id=await click(client, anna["links"][0]))  # fmt: skip
+        await flush(settings)
+        token = (await client.post(f"/v1/advocates/{anna['id']}/dashboard-token",
+                                   headers=auth(merchant))).json()["token"]  # fmt: skip
+        page = (await _page(client, token)).json()
+        assert page["purchases"] == 1 and page["clicks"] == 1
+        assert sum(page["rewards_minor"]["EUR"].values()) == 1000  # their own reward
+        if shown:
+            assert page["revenue_minor"] == {"EUR": 5000}
+            assert sum(page["friend_rewards_minor"]["EUR"].values()) == 500
+        else:
+            assert page["revenue_minor"] is None and page["friend_rewards_minor"] is None
