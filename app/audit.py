@@ -31,8 +31,14 @@ class AuditContext:
 current: ContextVar[AuditContext | None] = ContextVar("audit", default=None)
 
 
-def describe_body(body: bytes, content_type: str) -> Any:
+# Operations whose body is personal data the operation exists to remove: recorded without it.
+NOT_RECORDED = frozenset({"POST /v1/customers/erase"})
+
+
+def describe_body(body: bytes, content_type: str, operation: str = "") -> Any:
     """The change as recorded: the JSON body, or the size and SHA-256 of anything else."""
+    if operation in NOT_RECORDED:
+        return {"not_recorded": "the subject of an erasure"}
     if not body:
         return None
     # PostgreSQL's jsonb holds no NUL character: such a body is recorded by its digest.

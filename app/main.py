@@ -25,6 +25,7 @@ from app.openapi import complete_openapi
 from app.routes import (
     api_keys,
     conversions,
+    erasure,
     exchange_rates,
     experiments,
     links,
@@ -165,5 +166,6 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
     api.include_router(api_keys.router)
     api.include_router(audit_routes.router)
     api.include_router(reconciliation.router)
+    api.include_router(erasure.router)
     app = TrackingApp(api, settings.max_body_bytes, settings.max_upload_bytes)
     return app

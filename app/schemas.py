@@ -84,6 +84,7 @@ class ProgramCreate(_Strict):
     )
     advocate_sees_amounts: bool = Field(
         False,
+        strict=True,
         description="Whether advocates' own pages show their friends' order amounts and rewards "
         "(default: counts only).",
     )
@@ -375,4 +376,31 @@ class AdvocatePage(BaseModel):
     )
     friend_rewards_minor: dict[str, dict[str, int]] | None = Field(
         description="Their friends' rewards; null unless the program shows amounts."
+    )
+
+
+class CustomerErasure(_Strict):
+    # At least one of the two (the service answers 422 naming customer_id otherwise).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"type": "string"}}}
+                for name in ("customer_id", "customer_email")
+            ]
+        }
+    )
+
+    customer_id: Text | None = Field(
+        None, min_length=1, max_length=200, description="Your customer id for the person."
+    )
+    customer_email: Email | None = Field(None, description="Their email (used, never stored).")
+
+
+class Erasure(BaseModel):
+    id: UUID
+    kind: Literal["customer", "advocate"]
+    pseudonym: str = Field(description="What the person's ids became, e.g. `erased:3f…`.")
+    requested_at: datetime = Field(description="When the person was first erased.")
+    changed: dict[str, int] = Field(
+        description="Rows this request changed per table (0 everywhere when repeated)."
     )

@@ -35,6 +35,8 @@ _WRITES: dict[tuple[str, str], str] = {
     ("POST", "/v1/api-keys/{key_id}/rotate"): "admin",
     ("DELETE", "/v1/api-keys/{key_id}"): "admin",
     ("GET", "/v1/audit"): "admin",
+    ("POST", "/v1/customers/erase"): "admin",
+    ("POST", "/v1/advocates/{advocate_id}/erase"): "admin",
     ("POST", "/v1/programs/{program_id}/advocates"): "links:write",
     ("POST", "/v1/advocates/{advocate_id}/links"): "links:write",
     ("PATCH", "/v1/links/{link_id}"): "links:write",

@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     conversion_stream: str = "conversions"
     click_id_param: str = Field("rcid", description="Query parameter carrying the click id.")
     cookie_name: str = "rt_ref"
+    click_retention_days: int = Field(
+        180,
+        ge=31,
+        le=3650,
+        description="Clicks older than this lose user agent, referer and IP data (per monthly "
+        "partition, by the scheduler).",
+    )
     cookie_secure: bool = True
     trust_forwarded_for: bool = Field(
         False, description="Take the client IP from X-Forwarded-For (only behind a trusted proxy)."

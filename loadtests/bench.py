@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from app.pipeline.events import EVENTS_FIELD, new_click_and_visitor_ids  # noqa: E402
 from app.services.merchants import create_merchant  # noqa: E402
 from app.services.visitors import rebuild_visitor_counts  # noqa: E402
+from app.settings import load_settings  # noqa: E402
 from app.storage.clicks import CLICK_COLUMNS, click_record  # noqa: E402
 from app.storage.db import migrate  # noqa: E402
 from app.storage.stats import advocate_funnel, program_funnel  # noqa: E402
@@ -290,7 +291,7 @@ async def prepare(dsn: str, redis_url: str, links: int) -> tuple[list[str], Any]
             "TRUNCATE clicks, links, advocates, programs, api_keys, merchants CASCADE"
         )
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-        merchant = await create_merchant(pool, "Load Test Shop")
+        merchant = await create_merchant(pool, load_settings().keyring, "Load Test Shop")
         await pool.close()
         await conn.execute("TRUNCATE conversions CASCADE")
         program_id = await conn.fetchval(

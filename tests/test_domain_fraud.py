@@ -24,7 +24,8 @@ from app.attribution.rules import ProgramRules
 from app.security import email_prints
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-ANNA = email_prints("anna.maria@gmail.com")
+KEY = b"k" * 32
+ANNA = email_prints(KEY, "anna.maria@gmail.com")
 ADVOCATE = AdvocateFacts("cust-anna", None, ANNA.canonical, frozenset(ANNA.near))
 ALL_OFF = FraudRules.model_validate({name: {"action": "off"} for name in FraudRules.model_fields})
 
@@ -75,7 +76,7 @@ def test_self_referral_by_id_normalised_email_and_one_edit(email: str, rule: str
     if email == "cust-anna":
         facts = purchase(customer_id="cust-anna")
     else:
-        prints = email_prints(email)
+        prints = email_prints(KEY, email)
         facts = purchase(email_canonical=prints.canonical, email_near=frozenset(prints.near))
     self_referral = rules(self_referral={"action": "reject", "max_edit_distance": 1})
     decision = evaluate(self_referral, ADVOCATE, facts)
@@ -88,7 +89,7 @@ def test_self_referral_by_id_normalised_email_and_one_edit(email: str, rule: str
 
 
 def test_self_referral_within_one_edit_is_off_at_distance_zero() -> None:
-    prints = email_prints("annamarie@gmail.com")
+    prints = email_prints(KEY, "annamarie@gmail.com")
     facts = purchase(email_canonical=prints.canonical, email_near=frozenset(prints.near))
     strict = rules(self_referral={"action": "reject", "max_edit_distance": 0})
     assert fired(strict, facts) == {}

@@ -173,7 +173,9 @@ async def test_first_purchase_without_a_customer_identity_is_a_stated_no_reward(
 
 async def _event(merchant: CreatedMerchant, **fields: Any) -> ConversionEvent:
     body = ConversionIn.model_validate(fields)
-    return intake.conversion_event(merchant.id, body, IpAnonymizer(b"k" * 16), datetime.now(UTC))
+    return intake.conversion_event(
+        merchant.id, b"k" * 32, body, IpAnonymizer(b"k" * 16), datetime.now(UTC)
+    )
 
 
 async def _blocked(task: asyncio.Task[Any]) -> bool:

@@ -73,7 +73,9 @@ async def _objects(
         headers={**h, "content-type": "text/csv"},
     )  # fmt: skip
     keys = (await client.get("/v1/api-keys", headers=h)).json()
+    token = await client.post(f"/v1/advocates/{anna['id']}/dashboard-token", headers=h)
     return {
+        "token_id": token.json()["id"],
         "key_id": keys[0]["id"],
         "program_id": program["id"], "advocate_id": anna["id"],
         "link_id": anna["links"][0]["id"], "conversion_id": conversion["id"],

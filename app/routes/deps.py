@@ -86,10 +86,11 @@ async def _merchant(
     if request.method not in ("GET", "HEAD") and scope not in ("read", scopes.PUBLIC):
         # A management write: the first transaction it commits records it (app/audit.py).
         body = await request.body()
+        operation = f"{request.method} {getattr(route, 'path', '?')}"
         audit.current.set(audit.AuditContext(
-            merchant.id, merchant.key_id, f"{request.method} {getattr(route, 'path', '?')}",
+            merchant.id, merchant.key_id, operation,
             {k: str(v) for k, v in request.path_params.items()},
-            audit.describe_body(body, request.headers.get("content-type", "")),
+            audit.describe_body(body, request.headers.get("content-type", ""), operation),
         ))  # fmt: skip
     return merchant
 
