@@ -107,3 +107,20 @@ async def test_another_merchants_report_is_not_found(
     applied = await client.post(f"/v1/reconciliation-reports/{report['id']}/apply",
                                 headers=auth(other_merchant))  # fmt: skip
     assert applied.status_code == 404
+
+
+async def test_a_file_that_is_not_csv_is_a_422_naming_the_line(
+    client: httpx.AsyncClient, merchant: CreatedMerchant
+) -> None:
+    # Found by the fuzzer: a lone carriage return, and a NUL, were a 500.
+    period = {"period_start": "2026-01-01T00:00:00Z", "period_end": "2026-02-01T00:00:00Z"}
+    for body in (
+        b"x#\xc2\xb3]\r-`\xc2\x98h",
+        b"order_id,status,amount,currency\no1,paid\x00,1,EUR\n",
+    ):
+        response = await client.post(
+            "/v1/reconciliation-reports", content=body, params=period,
+            headers={**auth(merchant), "content-type": "text/csv"},
+        )  # fmt: skip
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["field"] == "body"

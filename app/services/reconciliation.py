@@ -51,13 +51,17 @@ def parse_orders(content_type: str, body: bytes) -> list[ShopOrder]:
                 records.append(value)
         first = 1
     else:
-        reader = csv.DictReader(io.StringIO(text))
-        columns = set(reader.fieldnames or ())
-        missing = {"order_id", "status", "currency"} - columns
-        if missing or not columns & {"amount", "amount_minor"}:
-            raise InvalidInput("the CSV's header row must name order_id, status, currency and "
-                               "amount (or amount_minor)", field="body")  # fmt: skip
-        records = list(reader)
+        # newline="": the csv module reads line ends itself (a lone CR inside a field is data).
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            columns = set(reader.fieldnames or ())
+            missing = {"order_id", "status", "currency"} - columns
+            if missing or not columns & {"amount", "amount_minor"}:
+                raise InvalidInput("the CSV's header row must name order_id, status, currency "
+                                   "and amount (or amount_minor)", field="body")  # fmt: skip
+            records = list(reader)
+        except csv.Error as exc:
+            raise InvalidInput(f"line {reader.line_num}: not CSV ({exc})", field="body") from None
         first = 2  # after the header
     if len(records) > MAX_ORDERS:
         raise InvalidInput(f"at most {MAX_ORDERS} orders per report", field="body")
