@@ -1,4 +1,5 @@
-"""The `referral` command: serve, flusher, scheduler, migrate, create-merchant, add-api-key."""
+"""The `referral` command: serve, flusher, scheduler, webhooks, migrate, create-merchant, API
+keys, dead letters."""
 
 from __future__ import annotations
 
@@ -191,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     flusher = sub.add_parser("flusher", help="move buffered events from Redis to PostgreSQL")
     flusher.add_argument("--burst", action="store_true", help="drain the streams, then exit")
 
+    hooks = sub.add_parser("webhooks", help="deliver outgoing webhooks (several may run)")
+    hooks.add_argument("--once", action="store_true", help="one round of deliveries, then exit")
     scheduler = sub.add_parser("scheduler", help="scheduled jobs: approve rewards after their hold")
     scheduler.add_argument("--once", action="store_true", help="run the jobs once, then exit")
 
@@ -244,6 +247,12 @@ def main(argv: list[str] | None = None) -> None:
         from app.workers import flusher as flusher_worker
 
         uvloop.run(flusher_worker.run(settings, burst=args.burst))
+    elif args.command == "webhooks":
+        from app.workers import webhooks as webhooks_worker
+
+        sent = asyncio.run(webhooks_worker.run(settings, once=args.once))
+        if args.once:
+            print(f"webhook attempts: {sent}")
     elif args.command == "scheduler":
         from app.workers import scheduler as scheduler_worker
 

@@ -40,6 +40,9 @@ from app.routes import (
 from app.routes import (
     audit as audit_routes,
 )
+from app.routes import (
+    webhooks as webhooks_routes,
+)
 from app.routes.redirect import RedirectEndpoint
 from app.runtime import open_runtime
 from app.settings import Settings, load_settings
@@ -167,5 +170,6 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
     api.include_router(audit_routes.router)
     api.include_router(reconciliation.router)
     api.include_router(erasure.router)
+    api.include_router(webhooks_routes.router)
     app = TrackingApp(api, settings.max_body_bytes, settings.max_upload_bytes)
     return app

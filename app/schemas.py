@@ -27,6 +27,7 @@ from app.bounds import (
     Text,
 )
 from app.destinations import InvalidDestination, normalize_domain, normalize_url
+from app.event_types import EVENT_TYPES, EventType
 from app.pipeline.events import parse_click_id
 
 # A domain name, or "*." and one; letters of any script (IDNA), digits, hyphens and dots.
@@ -404,3 +405,89 @@ class Erasure(BaseModel):
     changed: dict[str, int] = Field(
         description="Rows this request changed per table (0 everywhere when repeated)."
     )
+
+
+# -- Webhooks and the event feed -----------------------------------------------------------------
+
+
+class WebhookEndpointCreate(_Strict):
+    url: str = Field(
+        max_length=2048,
+        description="Where we POST events (http or https; public addresses only).",
+        json_schema_extra=_URL_SCHEMA,
+    )
+    event_types: list[EventType] = Field(
+        default_factory=list, max_length=len(EVENT_TYPES), description="Empty: every type."
+    )
+    description: Text = Field("", max_length=200)
+
+    _check_url = field_validator("url")(_url)
+
+
+class WebhookEndpointUpdate(_Strict):
+    url: str | None = Field(None, max_length=2048, json_schema_extra=_URL_SCHEMA)
+    event_types: list[EventType] | None = Field(None, max_length=len(EVENT_TYPES))
+    description: Text | None = Field(None, max_length=200)
+    enabled: bool | None = Field(
+        None, strict=True, description="false disables; true enables again (after a disable)."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _update_url(cls, value: str | None) -> str | None:
+        return None if value is None else _url(value)
+
+
+class WebhookEndpoint(BaseModel):
+    id: UUID
+    url: str
+    description: str
+    event_types: list[str]
+    enabled: bool
+    disabled_reason: str | None
+    failing_since: datetime | None
+    previous_until: datetime | None = Field(
+        description="Until when the previous secret still signs (after a rotation)."
+    )
+    created_at: datetime
+
+
+class WebhookEndpointWithSecret(WebhookEndpoint):
+    secret: str = Field(description="Shown once: `whsec_…`, for the standardwebhooks library.")
+
+
+class SecretRotation(_Strict):
+    overlap_seconds: Int = Field(
+        86_400, ge=0, le=7 * 86_400,
+        description="How long the old secret keeps signing beside the new one (0: not at all).",
+    )  # fmt: skip
+
+
+class WebhookAttempt(BaseModel):
+    id: int
+    delivery_id: UUID
+    webhook_id: str
+    type: str
+    attempted_at: datetime
+    status_code: int | None
+    latency_ms: int
+    response_excerpt: str | None
+    error: str | None
+    delivery_status: Literal["pending", "delivered", "failed"]
+
+
+class Event(BaseModel):
+    id: str = Field(description="msg_…: the webhook-id of its deliveries.")
+    cursor: int
+    type: str
+    timestamp: datetime
+    data: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    events: list[Event]
+    next_cursor: int = Field(description="Pass as `after` for what follows.")
+
+
+class Queued(BaseModel):
+    status: Literal["queued"]

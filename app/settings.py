@@ -84,6 +84,24 @@ class Settings(BaseSettings):
     conversion_stream: str = "conversions"
     click_id_param: str = Field("rcid", description="Query parameter carrying the click id.")
     cookie_name: str = "rt_ref"
+    # Outgoing webhooks
+    webhook_allow_private: bool = Field(
+        False, description="Allow webhook URLs on loopback, link-local and private addresses."
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=60)
+    webhook_retry_seconds: str = Field(
+        "5,300,1800,7200,18000,36000,36000",
+        pattern=r"^\s*[0-9.]+(\s*,\s*[0-9.]+)*\s*$",
+        description="Waits between attempts, then the delivery is given up (about 27 h).",
+    )
+    webhook_disable_after_hours: float = Field(
+        120.0, ge=0, description="An endpoint failing this long is disabled (5 days)."
+    )
+    webhook_lease_seconds: float = Field(
+        60.0, gt=0, description="A claimed delivery is claimable again after this (a dead worker)."
+    )
+    webhook_concurrency: int = Field(16, ge=1, le=256)
+    event_retention_days: int = Field(30, ge=1, le=3650, description="The event feed keeps this.")
     click_retention_days: int = Field(
         180,
         ge=31,

@@ -40,7 +40,8 @@ BROWSER_UA = (
 
 _TABLES = [
     "clicks", "links", "advocates", "programs", "api_keys", "merchants", "dead_letters",
-    "link_outbox", "review_items", "click_flood_sweeps", "advocate_owed", "audit_log",
+    "link_outbox", "review_items", "click_flood_sweeps", "advocate_owed", "audit_log", "events",
+    "webhook_endpoints", "advocate_tokens", "erasures", "click_retention",
 ]  # fmt: skip
 
 

@@ -40,11 +40,13 @@ BODIES: dict[str, Any] = {
     "POST /v1/payouts/{payout_id}/complete": {},
     "POST /v1/payouts/{payout_id}/fail": {"reason": "intruder"},
     "POST /v1/api-keys/{key_id}/rotate": {},
+    "PATCH /v1/webhook-endpoints/{endpoint_id}": {"enabled": False},
+    "POST /v1/webhook-endpoints/{endpoint_id}/rotate-secret": {},
 }  # fmt: skip
 
 
 async def _objects(
-    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool
 ) -> dict[str, str]:
     """One of each kind of object of `merchant`, by the path parameter that names it."""
     rules = {**RULES, "hold_days": 0, "reward_event": "every_purchase",
@@ -74,7 +76,12 @@ async def _objects(
     )  # fmt: skip
     keys = (await client.get("/v1/api-keys", headers=h)).json()
     token = await client.post(f"/v1/advocates/{anna['id']}/dashboard-token", headers=h)
+    hook = await client.post("/v1/webhook-endpoints", json={"url": "https://hooks.example.com/"},
+                             headers=h)  # fmt: skip
+    await client.post(f"/v1/webhook-endpoints/{hook.json()['id']}/test", headers=h)
+    delivery = await db.fetchval("SELECT id FROM webhook_deliveries LIMIT 1")
     return {
+        "endpoint_id": hook.json()["id"], "delivery_id": str(delivery),
         "token_id": token.json()["id"],
         "key_id": keys[0]["id"],
         "program_id": program["id"], "advocate_id": anna["id"],
@@ -89,7 +96,7 @@ async def test_every_operation_on_another_merchants_object_answers_404(
     app: TrackingApp, client: httpx.AsyncClient, merchant: CreatedMerchant,
     other_merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool,
 ) -> None:  # fmt: skip
-    ids = await _objects(client, merchant, settings)
+    ids = await _objects(client, merchant, settings, db)
     document = app.api.openapi()
     checked, missing, leaks = [], [], []
     for path, operations in document["paths"].items():

@@ -8,7 +8,9 @@ advocate loses their personal data everywhere we hold it, and the books stay exa
   user agent, and their browser id becomes a keyed pseudonym (the same one everywhere, so that
   distinct counts hold); the person's clicks lose IP data, user agent and referer; their rewards'
   customer id becomes the pseudonym; order pixels and dead letters follow; recorded request
-  bodies holding the person's values are blanked in the audit trail. An advocate loses name,
+  bodies holding the person's values are blanked in the audit trail; the event feed's copies
+  of the ids take the pseudonym (webhooks already delivered are the merchant's copy). An
+  advocate loses name,
   emails, payout details and their own id (→ the pseudonym), gets a meaningless referral code,
   their links stop redirecting, and their page tokens are revoked.
 - Kept: amounts, currencies, states, ledger entries, order ids, times, the attribution and fraud
@@ -116,6 +118,8 @@ async def erase_customer(
             for h in (email_hash, prints.canonical, *prints.near):
                 replacements.append((h.hex(), "0" * len(h.hex())))
         changed["dead_letters"] = await repo.scrub_dead_letters(conn, replacements)
+        changed["events"] = await repo.scrub_customer_events(conn, merchant_id, customer_id,
+                                                            conversions, pseudonym)  # fmt: skip
         changed["audit_log"] = await repo.scrub_audit(conn, merchant_id, values, None, pseudonym)
         record = await repo.record(conn, merchant_id, "customer", _mac(key, subject), pseudonym,
                                    changed)  # fmt: skip
@@ -140,9 +144,13 @@ async def erase_advocate(
         values = [v for v in (advocate["external_id"], advocate["name"], advocate["payout_email"],
                               advocate["payout_name"], advocate["payout_reference"])
                   if v and v != pseudonym]  # fmt: skip
-        changed = {"advocates": await repo.scrub_advocate(
-            conn, merchant_id, advocate_id, pseudonym, new_referral_code("")
-        )}  # fmt: skip
+        code = new_referral_code("")
+        changed = {
+            "advocates": await repo.scrub_advocate(conn, merchant_id, advocate_id, pseudonym, code),
+            "events": await repo.scrub_advocate_events(
+                conn, merchant_id, advocate_id, pseudonym, code
+            ),
+        }
         codes = await repo.deactivate_links(conn, merchant_id, advocate_id)
         changed["links"] = len(codes)
         changed["advocate_tokens"] = await tokens_repo.revoke_all(conn, merchant_id, advocate_id)

@@ -121,6 +121,34 @@ async def scrub_audit(
     return len(rows)
 
 
+async def scrub_customer_events(
+    conn: asyncpg.Connection, merchant: UUID, customer_id: str | None, conversions: list[UUID],
+    pseudonym: str,
+) -> int:  # fmt: skip
+    """The event feed's copies (conversion and reward events) of the customer id."""
+    rows = await conn.fetch(
+        "UPDATE events SET data = jsonb_set(data, '{customer_id}', to_jsonb($4::text))"
+        " WHERE merchant_id = $1 AND data ->> 'customer_id' IS NOT NULL"
+        " AND (data ->> 'customer_id' = $2 OR data ->> 'conversion_id' = ANY($3::text[]))"
+        " RETURNING seq",
+        merchant, customer_id, [str(c) for c in conversions], pseudonym,
+    )  # fmt: skip
+    return len(rows)
+
+
+async def scrub_advocate_events(
+    conn: asyncpg.Connection, merchant: UUID, advocate: UUID, pseudonym: str, code: str
+) -> int:
+    rows = await conn.fetch(
+        "UPDATE events SET data = data || jsonb_build_object('external_id', $3::text,"
+        " 'name', '', 'referral_code', $4::text) WHERE merchant_id = $1"
+        " AND type = 'advocate.enrolled' AND data ->> 'advocate_id' = $2"
+        " AND data ->> 'external_id' <> $3 RETURNING seq",
+        merchant, str(advocate), pseudonym, code,
+    )  # fmt: skip
+    return len(rows)
+
+
 async def advocate_for_erasure(
     conn: asyncpg.Connection, merchant: UUID, advocate: UUID
 ) -> dict[str, Any] | None:

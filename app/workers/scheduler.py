@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from app.services.fraud import flag_click_floods
 from app.services.retention import strip_old_clicks
 from app.services.rewards import approve_due
+from app.services.webhooks import expire_events
 from app.settings import Settings
 from app.storage.db import create_pool
 
@@ -39,6 +40,7 @@ async def run(settings: Settings, *, once: bool = False, interval: float = 60.0)
             flagged = await flag_click_floods(pool, now)
             if flagged:
                 log.info("flood clicks flagged", extra={"count": flagged})
+            await expire_events(pool, now, settings.event_retention_days)
             stripped = await strip_old_clicks(pool, now, settings.click_retention_days)
             if stripped:
                 log.info("old clicks stripped of personal data", extra={"partitions": stripped})
