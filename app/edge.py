@@ -44,6 +44,20 @@ _POSTBACK = "/v1/conversions"
 _ADVOCATE_PREFIX = "/v1/advocate/"
 _PIXEL = "/t/pixel.gif"
 _UPLOADS = "/v1/reconciliation-reports"
+# Payment providers' webhooks: /v1/integrations/{provider}/{merchant_id}/events, signed by the
+# provider, limited per merchant like postbacks.
+_PROVIDERS = "/v1/integrations/"
+
+
+def _provider_merchant(path: str) -> UUID | bool | None:
+    """The merchant of a provider webhook path, None for a malformed one, False when the path
+    is not one."""
+    parts = path.split("/")
+    if len(parts) != 6 or not path.startswith(_PROVIDERS) or parts[5] != "events":
+        return False
+    return _uuid(parts[4])
+
+
 # What only operators read: behind OPS_TOKEN when it is set (/readyz then answers its status
 # alone to anyone else: load balancers need no token).
 _OPS_PATHS = frozenset({"/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
@@ -110,8 +124,13 @@ class EdgeGuard:
             if (refused := runtime.limits.blocked(ip)) is not None:
                 await _respond(send, 429, _TOO_MANY, refused.headers())
                 return
+            provider_merchant = _provider_merchant(path) if scope["method"] == "POST" else False
             if path == _POSTBACK and scope["method"] == "POST":
                 verdict = await self._limit_postback(runtime, headers)
+            elif provider_merchant is not False:
+                if isinstance(provider_merchant, UUID):
+                    verdict = await runtime.limits.hit(runtime.limits.postbacks, "postbacks",
+                                                       str(provider_merchant))  # fmt: skip
             elif path == _PIXEL:
                 verdict = await self._limit_pixel(runtime, scope, ip)
             elif not path.startswith(_ADVOCATE_PREFIX):

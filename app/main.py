@@ -28,6 +28,7 @@ from app.routes import (
     erasure,
     exchange_rates,
     experiments,
+    integrations,
     links,
     ops,
     payouts,
@@ -171,5 +172,6 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
     api.include_router(reconciliation.router)
     api.include_router(erasure.router)
     api.include_router(webhooks_routes.router)
+    api.include_router(integrations.router)
     app = TrackingApp(api, settings.max_body_bytes, settings.max_upload_bytes)
     return app

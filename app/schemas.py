@@ -491,3 +491,23 @@ class EventPage(BaseModel):
 
 class Queued(BaseModel):
     status: Literal["queued"]
+
+
+# -- Payment providers ---------------------------------------------------------------------------
+
+
+class IntegrationSecret(_Strict):
+    signing_secret: Text = Field(min_length=8, max_length=500)
+
+
+class Integration(BaseModel):
+    provider: Literal["stripe", "shopify"]
+    webhook_url: str = Field(description="Give this URL to the provider.")
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class ProviderReceipt(BaseModel):
+    status: Literal["accepted", "duplicate", "ignored"]
+    id: UUID | None = Field(None, description="Our conversion id (accepted or duplicate).")
+    reason: str | None = Field(None, description="Why the event is not a conversion (ignored).")
