@@ -36,6 +36,7 @@ from app.routes import (
     reconciliation,
     review,
     rewards,
+    snippet,
     stats,
 )
 from app.routes import (
@@ -173,5 +174,6 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
     api.include_router(erasure.router)
     api.include_router(webhooks_routes.router)
     api.include_router(integrations.router)
+    api.include_router(snippet.router)
     app = TrackingApp(api, settings.max_body_bytes, settings.max_upload_bytes)
     return app

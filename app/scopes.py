@@ -22,6 +22,7 @@ PUBLIC = "public"
 _WRITES: dict[tuple[str, str], str] = {
     ("POST", "/v1/conversions"): PUBLIC,
     ("GET", "/t/pixel.gif"): PUBLIC,
+    ("GET", "/t/rt.js"): PUBLIC,
     ("GET", "/v1/advocate/stats"): PUBLIC,
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
