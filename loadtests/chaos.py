@@ -1,7 +1,10 @@
 """The chaos suite: break one part at a time under a steady click load, then count.
 
 For every fault it prints: sent (requests made), acknowledged (answered 302), stored (clicks in
-PostgreSQL), duplicates (rows for the same click), lost (acknowledged but not stored). Clicks stored
+PostgreSQL), duplicates (rows for the same click), lost (acknowledged but not stored); the same
+for the signed postbacks beside the clicks; and for the webhooks those postbacks announce:
+announced (events), delivered to a local receiver (distinct webhook-ids), lost, invented. Clicks
+stored
 whose answer never reached the client (the API died after the Redis write) are shown apart: they
 were never promised, but they are not lost either.
 
@@ -26,10 +29,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 import orjson
+import uvicorn
 from redis.asyncio import Redis
 
 from app import webhooks
@@ -84,6 +89,7 @@ class Cluster:
         self.redis_process: subprocess.Popen[bytes] | None = None
         self.api_process: subprocess.Popen[bytes] | None = None
         self.flushers: list[subprocess.Popen[bytes]] = []
+        self.webhooks_process: subprocess.Popen[bytes] | None = None
 
     @property
     def redis_url(self) -> str:
@@ -106,6 +112,9 @@ class Cluster:
             "FLUSH_CLAIM_IDLE_MS": "1000",
             "FLUSHER_METRICS_PORT": "0",
             "LOG_LEVEL": "ERROR",
+            "WEBHOOK_ALLOW_PRIVATE": "true",
+            "WEBHOOK_RETRY_SECONDS": "0.2,0.5,1,2,4,8",
+            "WEBHOOK_LEASE_SECONDS": "2",
             **extra,
         }
 
@@ -155,9 +164,18 @@ class Cluster:
             _kill(process)
         self.flushers = []
 
+    # The webhook delivery worker
+    def start_webhooks(self) -> None:
+        self.webhooks_process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "webhooks"], env=self.env(), cwd=ROOT
+        )
+
+    def kill_webhooks(self) -> None:
+        _kill(self.webhooks_process)
+
     def stop_all(self) -> None:
         self.stop_flushers()
-        for process in (self.api_process, self.redis_process):
+        for process in (self.webhooks_process, self.api_process, self.redis_process):
             if process and process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -275,6 +293,10 @@ class Outcome:
     postbacks_acknowledged: int = 0
     postbacks_stored: int = 0
     postbacks_lost: int = 0
+    webhooks_announced: int = 0
+    webhooks_delivered: int = 0
+    webhooks_lost: int = 0
+    webhooks_invented: int = 0
     note: str = ""
 
     def line(self) -> str:
@@ -282,7 +304,9 @@ class Outcome:
             f"{self.fault:<34} sent={self.sent:<7} acknowledged={self.acknowledged:<7} "
             f"stored={self.stored:<7} duplicates={self.duplicates} lost={self.lost} | postbacks "
             f"sent={self.postbacks_sent} acknowledged={self.postbacks_acknowledged} "
-            f"stored={self.postbacks_stored} lost={self.postbacks_lost}"
+            f"stored={self.postbacks_stored} lost={self.postbacks_lost} | webhooks "
+            f"announced={self.webhooks_announced} delivered={self.webhooks_delivered} "
+            f"lost={self.webhooks_lost} invented={self.webhooks_invented}"
             + (f"  (stored, answer lost with the API: {self.stored_unacknowledged})"
                if self.stored_unacknowledged else "")
             + (f"  [{self.note}]" if self.note else "")
@@ -346,6 +370,54 @@ async def warm_up(cluster: Cluster, codes: list[str], merchant_id: str) -> None:
         assert response.status_code == 202, response.text
 
 
+@dataclass
+class Receiver:
+    """The merchant's webhook endpoint: answers 200 and remembers every webhook-id."""
+
+    port: int = field(default_factory=lambda: free_port())
+    ids: set[str] = field(default_factory=set)
+    deliveries: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        self.deliveries += 1
+        self.ids.add(dict(scope["headers"]).get(b"webhook-id", b"").decode())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def _add_endpoint(cluster: Cluster, merchant_id: str, url: str) -> None:
+    from app.keyring import Keyring
+
+    keyring = Keyring.build(cluster.env()["SECRET_KEY"])
+    conn = await asyncpg.connect(cluster.database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO webhook_endpoints (merchant_id, url, secret_enc) VALUES ($1, $2, $3)",
+            merchant_id, url, keyring.encrypt(b"whsec_" + b"c" * 32),
+        )  # fmt: skip
+    finally:
+        await conn.close()
+
+
+async def _webhooks_pending(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        pending: int = await conn.fetchval(
+            "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'"
+        )
+        return pending
+    finally:
+        await conn.close()
+
+
 async def settle(cluster: Cluster, limit_seconds: float = 60) -> None:
     """Wait until nothing is left in the spool, the stream or the flushers' hands."""
     redis = Redis.from_url(cluster.redis_url)
@@ -361,19 +433,32 @@ async def settle(cluster: Cluster, limit_seconds: float = 60) -> None:
                     await redis.xpending("conversions", "flushers")
                 )["pending"]
                 if not spooled and length == 0 and pending == 0:
+                    break
+            await asyncio.sleep(0.2)
+        else:
+            raise TimeoutError("the system did not settle: events still in the spool or the stream")
+        # Then what the stored conversions announced is delivered (when a worker runs).
+        while time.monotonic() < deadline:
+            if not cluster.webhooks_process or cluster.webhooks_process.poll() is not None:
+                return
+            with contextlib.suppress(Exception):
+                if await _webhooks_pending(cluster.database_url) == 0:
                     return
             await asyncio.sleep(0.2)
     finally:
         await redis.aclose()
-    raise TimeoutError("the system did not settle: events still in the spool or the stream")
+    raise TimeoutError("the system did not settle: webhooks still waiting to be delivered")
 
 
-async def account(cluster: Cluster, fault: str, load: Load, note: str = "") -> Outcome:
+async def account(
+    cluster: Cluster, fault: str, load: Load, note: str = "", receiver: Receiver | None = None
+) -> Outcome:
     await settle(cluster)
     conn = await asyncpg.connect(cluster.database_url)
     try:
         rows = await conn.fetch("SELECT replace(click_id::text, '-', '') AS id FROM clicks")
         conversions = {str(r["id"]) for r in await conn.fetch("SELECT id FROM conversions")}
+        announced = {"msg_" + r["id"].hex for r in await conn.fetch("SELECT id FROM events")}
     finally:
         await conn.close()
     ids = [r["id"] for r in rows]
@@ -390,13 +475,17 @@ async def account(cluster: Cluster, fault: str, load: Load, note: str = "") -> O
         postbacks_acknowledged=len(load.postbacks_acknowledged),
         postbacks_stored=len(conversions & load.postbacks_acknowledged),
         postbacks_lost=len(load.postbacks_acknowledged - conversions),
+        webhooks_announced=len(announced),
+        webhooks_delivered=len(announced & receiver.ids) if receiver else 0,
+        webhooks_lost=len(announced - receiver.ids) if receiver else 0,
+        webhooks_invented=len(receiver.ids - announced) if receiver else 0,
         note=note,
     )
 
 
 async def _truncate(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
-    await conn.execute("TRUNCATE clicks, conversions CASCADE")
+    await conn.execute("TRUNCATE clicks, conversions, events CASCADE")
     await conn.close()
 
 
@@ -518,6 +607,15 @@ async def poison_and_floods(cluster: Cluster, seconds: float) -> str:
     return f"hostile answers {summary}"
 
 
+async def webhook_worker_sigkill(cluster: Cluster, seconds: float) -> str:
+    await asyncio.sleep(seconds / 2)
+    cluster.kill_webhooks()
+    await asyncio.sleep(0.5)
+    cluster.start_webhooks()
+    await asyncio.sleep(seconds / 2)
+    return "webhook delivery worker SIGKILLed and restarted"
+
+
 async def _chaos_merchant(database_url: str) -> str:
     conn = await asyncpg.connect(database_url)
     try:
@@ -533,6 +631,7 @@ FAULTS: dict[str, Fault] = {
     "postgresql down": postgres_down,
     "stream full (redis maxmemory)": stream_full,
     "poison and floods beside load": poison_and_floods,
+    "webhook worker SIGKILL + restart": webhook_worker_sigkill,
 }
 
 
@@ -541,14 +640,21 @@ async def run_fault(
 ) -> Outcome:
     merchant_id, codes = await setup_links(database_url)
     cluster = Cluster(workdir, database_url, PgControl.from_env())
+    receiver = Receiver()
+    hook_server = uvicorn.Server(uvicorn.Config(receiver, host="127.0.0.1", port=receiver.port,
+                                                lifespan="off", log_level="error"))  # fmt: skip
+    hook_task = asyncio.create_task(hook_server.serve())
+    await _add_endpoint(cluster, merchant_id, receiver.url)
     cluster.start_redis()
     cluster.start_api()
     cluster.start_flusher()
+    cluster.start_webhooks()
     load = Load(cluster.api_url, codes, merchant_id)
     try:
         await warm_up(cluster, codes, merchant_id)
         await settle(cluster)  # the warm-up clicks are stored before the count starts
         await _truncate(database_url)
+        receiver.ids.clear()  # the warm-up's events were delivered, then truncated
         runner = asyncio.create_task(load.run())
         await asyncio.sleep(0.5)
         fault_seconds = pg_seconds if name == "postgresql down" and pg_seconds else seconds
@@ -558,10 +664,12 @@ async def run_fault(
         await runner
         if not any(p.poll() is None for p in cluster.flushers):
             cluster.start_flusher()
-        return await account(cluster, name, load, note)
+        return await account(cluster, name, load, note, receiver)
     finally:
         load.stop()
         cluster.stop_all()
+        hook_server.should_exit = True
+        await hook_task
 
 
 def main() -> None:
@@ -578,7 +686,8 @@ def main() -> None:
                 run_fault(name, Path(tmp), database_url, args.seconds, args.pg_seconds)
             )
         print(outcome.line(), flush=True)
-        failed |= bool(outcome.lost or outcome.duplicates or outcome.postbacks_lost)
+        failed |= bool(outcome.lost or outcome.duplicates or outcome.postbacks_lost
+                       or outcome.webhooks_lost or outcome.webhooks_invented)  # fmt: skip
     sys.exit(1 if failed else 0)
 
 

@@ -22,6 +22,8 @@ async def test_no_click_lost_or_doubled_when(fault: str, database_url: str, tmp_
     assert outcome.postbacks_acknowledged > 5, outcome.line()
     assert outcome.postbacks_lost == 0, outcome.line()
     assert outcome.duplicates == 0, outcome.line()
+    assert outcome.webhooks_announced > 5, outcome.line()
+    assert outcome.webhooks_lost == 0 and outcome.webhooks_invented == 0, outcome.line()
     if fault != "api SIGKILL + restart":
         assert outcome.stored == outcome.acknowledged, outcome.line()
     if fault != "api SIGKILL + restart":

@@ -30,8 +30,10 @@ async def run(settings: Settings, *, once: bool = False, idle: float = 0.2) -> i
                 try:
                     attempts = await webhooks.deliver_due(pool, settings, client,
                                                           settings.webhook_concurrency)  # fmt: skip
-                except Exception:  # a database hiccup: log, wait, go on (nothing is lost)
-                    log.exception("webhook delivery round failed")
+                except Exception as exc:  # PostgreSQL away: say so, wait, go on (nothing is lost)
+                    log.error("webhook delivery round failed, retrying",
+                              extra={"error": repr(exc)[:300]})  # fmt: skip
+                    await asyncio.sleep(1.0)
                     attempts = 0
                 sent += attempts
                 if once:
