@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from app import audit, metrics
 from app.edge import EdgeGuard, GuardRuntime
@@ -31,6 +32,7 @@ from app.routes import (
     integrations,
     links,
     ops,
+    pages,
     payouts,
     programs,
     reconciliation,
@@ -46,6 +48,7 @@ from app.routes import (
     webhooks as webhooks_routes,
 )
 from app.routes.redirect import RedirectEndpoint
+from app.routes.snippet import STATIC_DIR
 from app.runtime import open_runtime
 from app.settings import Settings, load_settings
 
@@ -175,5 +178,7 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
     api.include_router(webhooks_routes.router)
     api.include_router(integrations.router)
     api.include_router(snippet.router)
+    api.include_router(pages.router)
+    api.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app = TrackingApp(api, settings.max_body_bytes, settings.max_upload_bytes)
     return app

@@ -151,3 +151,18 @@ entries_claimed = Counter(
     "Stream entries taken over from a flusher that stopped without acknowledging them.",
     ["stream"],
 )
+
+# Outgoing webhooks (read from PostgreSQL when /metrics is scraped: app/services/health.py).
+webhook_pending = Gauge(
+    "referral_webhook_deliveries_pending", "Webhook deliveries waiting (due or retrying)."
+)
+webhook_oldest_pending = Gauge(
+    "referral_webhook_oldest_pending_age_seconds",
+    "Age of the oldest event with a delivery still waiting (0: none).",
+)
+webhook_given_up = Gauge(
+    "referral_webhook_deliveries_failed", "Deliveries given up after every retry (redeliverable)."
+)
+webhook_disabled_endpoints = Gauge(
+    "referral_webhook_endpoints_disabled", "Webhook endpoints disabled after failing too long."
+)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -83,6 +83,13 @@ class ProgramCreate(_Strict):
         None,
         description="Reward rules (version 1). Default: 10.00 to the advocate per first purchase.",
     )
+    share_text: Text | None = Field(
+        None,
+        min_length=1,
+        max_length=500,
+        description="What the advocate page's share buttons prefill; {link} is their link. "
+        "Default: 'I shop here and think you will like it too: {link}'.",
+    )
     advocate_sees_amounts: bool = Field(
         False,
         strict=True,
@@ -111,6 +118,7 @@ class Program(BaseModel):
     attribution_window_days: int
     active: bool
     advocate_sees_amounts: bool
+    share_text: str
     created_at: datetime
 
 
@@ -511,3 +519,20 @@ class ProviderReceipt(BaseModel):
     status: Literal["accepted", "duplicate", "ignored"]
     id: UUID | None = Field(None, description="Our conversion id (accepted or duplicate).")
     reason: str | None = Field(None, description="Why the event is not a conversion (ignored).")
+
+
+class DailyPoint(BaseModel):
+    day: date
+    clicks: int
+    bot_clicks: int
+    flagged_clicks: int
+    signups: int
+    purchases: int
+    renewals: int
+    revenue_minor: dict[str, int]
+
+
+class DailySeries(BaseModel):
+    start: date
+    end: date
+    days: list[DailyPoint]

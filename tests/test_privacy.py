@@ -118,7 +118,7 @@ async def test_an_advocate_token_is_opaque_revocable_and_expires(
     assert (
         token.startswith("at_") and str(anna["id"]) not in token and str(merchant.id) not in token
     )
-    assert issued.json()["url"].endswith(f"/v1/advocate/stats?token={token}")
+    assert issued.json()["url"].endswith(f"/advocate?token={token}")
     assert (await _page(client, token)).status_code == 200
     assert await db.fetchval("SELECT count(*) FROM advocate_tokens WHERE token_hash = $1",
                              hashlib.sha256(token.encode()).digest()) == 1  # fmt: skip

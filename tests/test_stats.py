@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -109,3 +110,26 @@ async def test_program_stats_read_the_daily_counts_and_equal_the_click_log(
     assert (await client.get(url, headers=auth(merchant))).json()["unique_visitors"] == 0
     assert await rebuild_visitor_counts(db, redis) == 1
     assert (await client.get(url, headers=auth(merchant))).json()["unique_visitors"] == 13
+
+
+async def test_the_daily_series_adds_up_to_the_funnel(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings
+) -> None:
+    program = await make_program(client, merchant, rules=RULES)
+    anna = await make_advocate(client, merchant, program, "cust-anna")
+    click_id = await click(client, anna["links"][0])
+    await client.get(f"/r/{anna['links'][0]['code']}", headers={"user-agent": "Googlebot/2.1"})
+    body = {"event_id": "o-1", "type": "purchase", "order_id": "o-1", "amount_minor": 5000,
+            "currency": "EUR", "customer_id": "friend-1", "click_id": click_id}  # fmt: skip
+    assert (await post(client, merchant, body)).status_code == 202
+    await flush(settings)
+    h = auth(merchant)
+    series = (await client.get(f"/v1/programs/{program['id']}/daily", headers=h)).json()
+    assert len(series["days"]) == 30 and series["end"] == datetime.now(UTC).date().isoformat()
+    funnel = (await client.get(f"/v1/programs/{program['id']}/stats", headers=h)).json()
+    for name in ("clicks", "bot_clicks", "purchases", "signups"):
+        assert sum(d[name] for d in series["days"]) == funnel[name], name
+    assert series["days"][-1]["revenue_minor"] == {"EUR": 5000}
+    backwards = await client.get(f"/v1/programs/{program['id']}/daily", headers=h,
+                                 params={"start": "2026-02-01", "end": "2026-01-01"})  # fmt: skip
+    assert backwards.status_code == 422 and backwards.json()["error"]["field"] == "query.start"

@@ -26,6 +26,7 @@ async def create_program(body: ProgramCreate, merchant: CurrentMerchant, pool: P
         attribution_window_days=body.attribution_window_days,
         rules=body.rules,
         advocate_sees_amounts=body.advocate_sees_amounts,
+        share_text=body.share_text,
     )
 
 

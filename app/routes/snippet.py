@@ -12,7 +12,8 @@ from fastapi import APIRouter, Request, Response
 from app.routes.deps import AppSettings
 
 router = APIRouter(tags=["snippet"])
-_SOURCE = Path(__file__).resolve().parents[1] / "static" / "rt.js"
+STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
+_SOURCE = STATIC_DIR / "rt.js"
 
 
 @lru_cache(maxsize=4)

@@ -3,14 +3,14 @@ expiring token)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 
 from app.routes.deps import AppSettings, CurrentMerchant, Pool, RedisConn
-from app.schemas import AdvocatePage, AdvocateToken, AdvocateTokenInfo, Funnel
+from app.schemas import AdvocatePage, AdvocateToken, AdvocateTokenInfo, DailySeries, Funnel
 from app.services import stats as service
 
 router = APIRouter(tags=["statistics"])
@@ -23,6 +23,18 @@ async def program_stats(
     """The program's funnel; `unique_visitors` is estimated (within about 1 %), and null while
     Redis is unreachable."""
     return await service.program_stats(pool, redis, merchant.id, program_id)
+
+
+@router.get("/v1/programs/{program_id}/daily", response_model=DailySeries)
+async def program_daily(
+    program_id: UUID, merchant: CurrentMerchant, pool: Pool,
+    start: Annotated[date | None, Query(description="First UTC day (default: end - 29)")] = None,
+    end: Annotated[date | None, Query(description="Last UTC day (default: today)")] = None,
+) -> Any:  # fmt: skip
+    """Per day: clicks (bots and flood-flagged apart), signups, purchases, renewals and revenue
+    — the series the charts draw, read from daily counts (never the click log)."""
+    return await service.program_daily(pool, merchant.id, program_id, start, end,
+                                       datetime.now(UTC).date())  # fmt: skip
 
 
 @router.get("/v1/advocates/{advocate_id}/stats", response_model=Funnel)

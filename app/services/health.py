@@ -1,6 +1,6 @@
 """Health for operators: readiness (are PostgreSQL and Redis reachable?) and the gauges
-/metrics refreshes from Redis when it is scraped (stream lengths, pending entries, the oldest
-unflushed event, Redis memory)."""
+/metrics refreshes when it is scraped (from Redis: stream lengths, pending entries, the oldest
+unflushed event, Redis memory; from PostgreSQL: the webhook backlog)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from app import metrics
+from app.errors import BACKEND_UNAVAILABLE
 from app.pipeline.flusher import entry_ms
 from app.pipeline.redis_client import REDIS_UNAVAILABLE
+from app.storage import webhooks as webhooks_repo
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -43,7 +45,26 @@ async def readiness(runtime: Runtime) -> dict[str, Any]:
 
 
 async def refresh_gauges(runtime: Runtime) -> None:
-    """The stream and Redis-memory gauges, read from Redis when /metrics is scraped."""
+    """The stream and Redis-memory gauges, read from Redis when /metrics is scraped, and the
+    webhook backlog, from PostgreSQL."""
+    await _webhook_gauges(runtime)
+    await _stream_gauges(runtime)
+
+
+async def _webhook_gauges(runtime: Runtime) -> None:
+    try:
+        async with asyncio.timeout(0.5):
+            backlog = await webhooks_repo.backlog(runtime.pool)
+    except (TimeoutError, *BACKEND_UNAVAILABLE):  # type: ignore[misc]
+        metrics.errors.labels("metrics_postgres").inc()
+        return
+    metrics.webhook_pending.set(backlog["pending"])
+    metrics.webhook_oldest_pending.set(float(backlog["oldest"]))
+    metrics.webhook_given_up.set(backlog["failed"])
+    metrics.webhook_disabled_endpoints.set(backlog["disabled"])
+
+
+async def _stream_gauges(runtime: Runtime) -> None:
     streams = runtime.settings.event_streams
     try:
         async with asyncio.timeout(0.5), runtime.redis.pipeline(transaction=False) as pipe:

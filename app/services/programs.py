@@ -18,6 +18,9 @@ from app.storage import programs as programs_repo
 from app.storage import rules as rules_repo
 from app.storage.rows import ProgramRow
 
+# What an advocate's share buttons prefill unless the program says otherwise ({link}: theirs).
+DEFAULT_SHARE_TEXT = "I shop here and think you will like it too: {link}"
+
 
 async def create_program(
     pool: asyncpg.Pool,
@@ -29,6 +32,7 @@ async def create_program(
     attribution_window_days: int,
     rules: ProgramRules | None,
     advocate_sees_amounts: bool = False,
+    share_text: str | None = None,
 ) -> ProgramRow:
     """A program and its first rules (default: the window given, 10.00 per first purchase)."""
     allowed = allowed_domains or [host_of(destination_url)]
@@ -46,6 +50,7 @@ async def create_program(
             allowed_domains=allowed,
             attribution_window_days=rules.attribution_window_days,
             advocate_sees_amounts=advocate_sees_amounts,
+            share_text=share_text or DEFAULT_SHARE_TEXT,
         )
         await rules_repo.save_rules(conn, program["id"], rules)
     program["attribution_window_days"] = rules.attribution_window_days

@@ -3,13 +3,14 @@ and the advocate's own page, behind an opaque, revocable, expiring token."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from app.errors import NotFound, Unauthorized
+from app.attribution.payouts import format_amount
+from app.errors import InvalidInput, NotFound, Unauthorized
 from app.pipeline.redis_client import RedisClient
 from app.security import InvalidToken, check_advocate_token, new_advocate_token
 from app.services.programs import get_program
@@ -36,6 +37,22 @@ async def program_stats(
     return await stats_repo.program_funnel(pool, redis, merchant_id, program_id)
 
 
+async def program_daily(
+    pool: asyncpg.Pool, merchant_id: UUID, program_id: UUID, start: date | None,
+    end: date | None, today: date,
+) -> dict[str, Any]:  # fmt: skip
+    """The program's days (the charts' series): by default the last 30."""
+    end = end or today
+    start = start or end - timedelta(days=29)
+    if start > end:
+        raise InvalidInput("start must not be after end", field="query.start")
+    if (end - start).days > 366:
+        raise InvalidInput("at most 367 days at a time", field="query.start")
+    await get_program(pool, merchant_id, program_id)
+    days = await stats_repo.program_daily(pool, merchant_id, program_id, start, end)
+    return {"start": start, "end": end, "days": days}
+
+
 async def advocate_stats(
     pool: asyncpg.Pool, merchant_id: UUID, advocate_id: UUID
 ) -> dict[str, Any]:
@@ -54,7 +71,7 @@ async def dashboard_token(
         await _advocate(conn, merchant_id, advocate_id)
         row = await tokens_repo.insert_token(conn, merchant_id, advocate_id, new.hash,
                                              now + timedelta(days=days))  # fmt: skip
-    url = f"{settings.public_base_url.rstrip('/')}/v1/advocate/stats?token={new.token}"
+    url = f"{settings.public_base_url.rstrip('/')}/advocate?token={new.token}"
     return {**row, "token": new.token, "url": url}
 
 
@@ -74,11 +91,8 @@ async def revoke_dashboard_token(
             raise NotFound("dashboard token not found", field="token_id")
 
 
-async def own_stats(
-    pool: asyncpg.Pool, settings: Settings, token: str, now: datetime
-) -> dict[str, Any]:
-    """The advocate's page: counts and their own rewards; friends' amounts only when the
-    program shows them."""
+async def _holder(pool: asyncpg.Pool, settings: Settings, token: str,
+                  now: datetime) -> dict[str, Any]:  # fmt: skip
     try:
         token_hash = check_advocate_token(settings.keyring, token)
     except InvalidToken as exc:
@@ -87,6 +101,15 @@ async def own_stats(
     if holder is None:
         raise Unauthorized("invalid dashboard token: expired, revoked or unknown",
                            field="query.token")  # fmt: skip
+    return holder
+
+
+async def own_stats(
+    pool: asyncpg.Pool, settings: Settings, token: str, now: datetime
+) -> dict[str, Any]:
+    """The advocate's page: counts and their own rewards; friends' amounts only when the
+    program shows them."""
+    holder = await _holder(pool, settings, token, now)
     page = await stats_repo.advocate_page(pool, holder["merchant_id"], holder["advocate_id"])
     shown = holder["advocate_sees_amounts"]
     return {
@@ -99,4 +122,33 @@ async def own_stats(
         "rewards_minor": page["rewards_minor"],
         "revenue_minor": page["revenue_minor"] if shown else None,
         "friend_rewards_minor": page["friend_rewards_minor"] if shown else None,
+    }
+
+
+async def own_page(
+    pool: asyncpg.Pool, settings: Settings, token: str, now: datetime
+) -> dict[str, Any]:
+    """What the advocate's own web page shows: their link and code, the share text, their
+    friends' counts and their own rewards by state (amounts written in each currency's
+    decimals). Nothing of any other advocate, and no customer's personal data."""
+    holder = await _holder(pool, settings, token, now)
+    figures = await own_stats(pool, settings, token, now)
+    links = await advocates_repo.active_links(pool, holder["merchant_id"], holder["advocate_id"])
+    base = settings.public_base_url.rstrip("/")
+    link_url = f"{base}/r/{links[0]}" if links else ""
+    shown = ("pending", "approved", "paid", "reversed")
+    balances = [
+        (currency, [format_amount(states.get(s, 0), currency) for s in shown])
+        for currency, states in sorted(figures["rewards_minor"].items())
+    ]
+    return {
+        "program_name": holder["program_name"],
+        "referral_code": holder["referral_code"],
+        "link_url": link_url,
+        "share_text": holder["share_text"].replace("{link}", link_url),
+        "subject": f"{holder['program_name']}: a gift for you",
+        "page": figures,
+        "states": shown,
+        "balances": balances,
+        "expires_on": holder["expires_at"].date().isoformat(),
     }

@@ -58,7 +58,9 @@ async def revoke_all(conn: asyncpg.Connection, merchant: UUID, advocate: UUID) -
 async def holder(db: asyncpg.Pool, token_hash: bytes, now: datetime) -> dict[str, Any] | None:
     """(merchant, advocate, whether the program shows amounts) of a live token, else None."""
     row = await db.fetchrow(
-        "SELECT t.merchant_id, t.advocate_id, p.advocate_sees_amounts FROM advocate_tokens t"
+        "SELECT t.merchant_id, t.advocate_id, t.expires_at, p.advocate_sees_amounts,"
+        " p.id AS program_id, p.name AS program_name, p.share_text, a.referral_code"
+        " FROM advocate_tokens t"
         " JOIN advocates a ON a.merchant_id = t.merchant_id AND a.id = t.advocate_id"
         " JOIN programs p ON p.id = a.program_id"
         " WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND t.expires_at > $2",

@@ -83,3 +83,14 @@ async def get_advocate(
         advocate_id,
     )
     return _row(row) if row else None
+
+
+async def active_links(db: asyncpg.Pool, merchant: UUID, advocate: UUID) -> list[str]:
+    """The codes of the advocate's active links, the default channel first."""
+    rows = await db.fetch(
+        "SELECT code FROM links WHERE merchant_id = $1 AND advocate_id = $2 AND active"
+        " ORDER BY channel <> 'default', created_at",
+        merchant,
+        advocate,
+    )
+    return [r["code"] for r in rows]

@@ -11,7 +11,7 @@ from app.storage.rows import ProgramRow
 
 _COLUMNS = (
     "id, merchant_id, name, destination_url, allowed_domains, attribution_window_days,"
-    " active, advocate_sees_amounts, created_at"
+    " active, advocate_sees_amounts, share_text, created_at"
 )
 
 
@@ -24,10 +24,12 @@ async def create_program(
     allowed_domains: list[str],
     attribution_window_days: int,
     advocate_sees_amounts: bool = False,
+    share_text: str,
 ) -> ProgramRow:
     row = await pool.fetchrow(
         "INSERT INTO programs (merchant_id, name, destination_url, allowed_domains,"
-        " attribution_window_days, advocate_sees_amounts) VALUES ($1, $2, $3, $4, $5, $6)"
+        " attribution_window_days, advocate_sees_amounts, share_text)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)"
         f" RETURNING {_COLUMNS}",
         merchant_id,
         name,
@@ -35,6 +37,7 @@ async def create_program(
         allowed_domains,
         attribution_window_days,
         advocate_sees_amounts,
+        share_text,
     )
     assert row is not None  # INSERT … RETURNING always returns the row
     return cast(ProgramRow, dict(row))

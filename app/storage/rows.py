@@ -17,6 +17,7 @@ class ProgramRow(TypedDict):
     attribution_window_days: int
     active: bool
     advocate_sees_amounts: bool
+    share_text: str
     created_at: datetime
 
 

@@ -8,6 +8,7 @@ ledger (reward_balances), so the statistics always equal it.
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -138,3 +139,45 @@ async def _conversions_and_rewards(
         "revenue_minor": revenue,
         "rewards_minor": by_currency,
     }
+
+
+async def program_daily(
+    pool: asyncpg.Pool, merchant_id: UUID, program_id: UUID, start: date, end: date
+) -> list[dict[str, Any]]:
+    """Per UTC day from `start` to `end` (inclusive): clicks from the flusher's daily counts
+    (never the click log), verified signups, purchases and revenue (rejected conversions
+    apart, as in the funnel). Days without anything are listed with zeros."""
+    clicks = await pool.fetch(
+        "SELECT day, human, bot, flagged FROM program_click_counts WHERE merchant_id = $1"
+        " AND program_id = $2 AND day BETWEEN $3 AND $4",
+        merchant_id, program_id, start, end,
+    )  # fmt: skip
+    conversions = await pool.fetch(
+        "SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day, type, currency, count(*) AS n,"
+        " sum(amount_minor) AS amount FROM conversions WHERE merchant_id = $1 AND program_id = $2"
+        " AND verified AND coalesce(fraud_action, '') <> 'reject' AND state = ANY($5::text[])"
+        " AND type IN ('signup', 'purchase', 'renewal')"
+        " AND occurred_at >= $3::date AND occurred_at < $4::date + 1"
+        " GROUP BY 1, 2, 3",
+        merchant_id, program_id, start, end,
+        [ConversionState.ATTRIBUTED.value, ConversionState.REFUNDED.value],
+    )  # fmt: skip
+    days: dict[date, dict[str, Any]] = {}
+    current = start
+    while current <= end:
+        days[current] = {
+            "day": current, "clicks": 0, "bot_clicks": 0, "flagged_clicks": 0, "signups": 0,
+            "purchases": 0, "renewals": 0, "revenue_minor": {},
+        }  # fmt: skip
+        current += timedelta(days=1)
+    for row in clicks:
+        days[row["day"]].update(clicks=row["human"], bot_clicks=row["bot"],
+                                flagged_clicks=row["flagged"])  # fmt: skip
+    for row in conversions:
+        entry = days[row["day"]]
+        entry[row["type"] + "s"] += row["n"]
+        if row["currency"] and row["type"] != "signup":
+            revenue = entry["revenue_minor"]
+            currency = row["currency"].strip()
+            revenue[currency] = revenue.get(currency, 0) + int(row["amount"])
+    return list(days.values())

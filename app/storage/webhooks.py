@@ -161,3 +161,18 @@ async def redeliver(conn: asyncpg.Connection, merchant: UUID, delivery: UUID,
 
 def decode(data: Any) -> Any:
     return orjson.loads(data) if isinstance(data, str | bytes) else data
+
+
+async def backlog(db: asyncpg.Pool) -> dict[str, Any]:
+    """Across merchants: deliveries waiting, the oldest waiting event's age, given up, disabled
+    endpoints (for the ops gauges)."""
+    row = await db.fetchrow(
+        "SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending') AS pending,"
+        " (SELECT coalesce(extract(epoch FROM now() - min(e.created_at)), 0)"
+        "  FROM webhook_deliveries d JOIN events e ON e.seq = d.event_seq"
+        "  WHERE d.status = 'pending') AS oldest,"
+        " (SELECT count(*) FROM webhook_deliveries WHERE status = 'failed') AS failed,"
+        " (SELECT count(*) FROM webhook_endpoints WHERE NOT enabled) AS disabled"
+    )
+    assert row is not None
+    return dict(row)
