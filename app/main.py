@@ -26,6 +26,7 @@ from app.openapi import complete_openapi
 from app.routes import (
     api_keys,
     conversions,
+    dashboard,
     erasure,
     exchange_rates,
     experiments,
@@ -179,6 +180,7 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
     api.include_router(integrations.router)
     api.include_router(snippet.router)
     api.include_router(pages.router)
+    api.include_router(dashboard.router)
     api.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app = TrackingApp(api, settings.max_body_bytes, settings.max_upload_bytes)
     return app

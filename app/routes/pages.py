@@ -1,6 +1,7 @@
 """Web pages people use, server-rendered (Jinja2, autoescaped), every asset served by us under a
 Content-Security-Policy without inline scripts. Today: the advocate's own page (their link,
-share buttons, QR code, friends' counts, rewards), behind their opaque token."""
+share buttons, QR code, friends' counts, rewards), behind their opaque token; the merchant
+dashboard (app/routes/dashboard.py) renders with the same environment and headers."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from app.routes.deps import AppSettings, Pool
 from app.services import stats as service
 
 router = APIRouter(include_in_schema=False)
-_TEMPLATES = Environment(
+TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).resolve().parents[1] / "templates"),
     autoescape=select_autoescape(["html"]),
 )
@@ -31,7 +32,7 @@ HEADERS = {"content-security-policy": CSP, "x-content-type-options": "nosniff",
            "referrer-policy": "no-referrer", "cache-control": "no-store"}  # fmt: skip
 
 
-def _qr_svg(url: str) -> str:
+def qr_svg(url: str) -> str:
     buffer = io.BytesIO()
     segno.make(url, error="m").save(buffer, kind="svg", scale=4, border=2, xmldecl=False,
                                     svgns=True, omitsize=True)  # fmt: skip
@@ -45,8 +46,8 @@ async def advocate_page(
     try:
         page = await service.own_page(pool, settings, token, datetime.now(UTC))
     except Unauthorized:
-        html = _TEMPLATES.get_template("expired.html").render()
+        html = TEMPLATES.get_template("expired.html").render()
         return HTMLResponse(html, status_code=401, headers=HEADERS)
-    page["qr_svg"] = _qr_svg(page["link_url"]) if page["link_url"] else ""
-    html = _TEMPLATES.get_template("advocate.html").render(**page)
+    page["qr_svg"] = qr_svg(page["link_url"]) if page["link_url"] else ""
+    html = TEMPLATES.get_template("advocate.html").render(**page)
     return HTMLResponse(html, headers=HEADERS)

@@ -1,0 +1,228 @@
+"""The merchant dashboard (/dashboard): server-rendered pages over the same services as the API.
+
+Sign-in exchanges an API key for a session cookie (HttpOnly, SameSite=Strict, Secure unless
+COOKIE_SECURE is off for local http); every form carries a CSRF token bound to the session, and
+a post without it is refused (403). Pages carry the same Content-Security-Policy as the advocate
+page (no inline script). Another merchant's object is a 404 page, as in the API."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs
+from uuid import UUID
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from app import audit
+from app.errors import AppError, NotFound
+from app.routes.deps import AppSettings, Pool, RedisConn
+from app.routes.links import link_view
+from app.routes.pages import HEADERS, TEMPLATES, qr_svg
+from app.services import dashboard as service
+from app.services import payouts as payouts_service
+from app.services import review as review_service
+from app.settings import Settings
+
+router = APIRouter(prefix="/dashboard", include_in_schema=False)
+COOKIE = "rt_session"
+
+
+def _render(template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    html = TEMPLATES.get_template(template).render(**context)
+    return HTMLResponse(html, status_code=status, headers=HEADERS)
+
+
+async def _session(request: Request, pool: Any) -> service.Session | None:
+    return await service.session_of(pool, request.cookies.get(COOKIE), datetime.now(UTC))
+
+
+def _to_sign_in() -> RedirectResponse:
+    return RedirectResponse("/dashboard/sign-in", status_code=303)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    fields = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=20)
+    return {k: v[0] for k, v in fields.items()}
+
+
+def _context(session: service.Session, settings: Settings, **extra: Any) -> dict[str, Any]:
+    return {"merchant": session.merchant, "can_write": session.can_write,
+            "csrf": service.csrf_token(settings.keyring, session.token), **extra}  # fmt: skip
+
+
+async def _page(request: Request, pool: Any, settings: Settings, template: str,
+                load: Any) -> Response:  # fmt: skip
+    session = await _session(request, pool)
+    if session is None:
+        return _to_sign_in()
+    try:
+        data = await load(session)
+    except NotFound:
+        return _render("dash_404.html", 404, **_context(session, settings))
+    return _render(template, **_context(session, settings, **data))
+
+
+Checked = tuple[service.Session | None, dict[str, str], Response | None]
+
+
+async def _checked_form(request: Request, pool: Any, settings: Settings) -> Checked:
+    session = await _session(request, pool)
+    if session is None:
+        return None, {}, _to_sign_in()
+    form = await _form(request)
+    if not service.csrf_ok(settings.keyring, session.token, form.get("csrf", "")):
+        return session, form, _render("dash_error.html", 403, message="This form expired or did "
+                                      "not come from this page: reload and try again.",
+                                      **_context(session, settings))  # fmt: skip
+    return session, form, None
+
+
+@router.get("/sign-in")
+async def sign_in_form(request: Request) -> Response:
+    return _render("dash_signin.html")
+
+
+@router.post("/sign-in")
+async def sign_in(request: Request, pool: Pool, settings: AppSettings) -> Response:
+    form = await _form(request)
+    token = await service.sign_in(pool, form.get("api_key", ""), datetime.now(UTC))
+    if token is None:
+        return _render("dash_signin.html", 401, error="That API key is unknown, revoked or "
+                       "expired.")  # fmt: skip
+    response = RedirectResponse("/dashboard", status_code=303)
+    response.set_cookie(
+        COOKIE, token, max_age=service.SESSION_HOURS * 3600, path="/dashboard", httponly=True,
+        secure=settings.cookie_secure, samesite="strict",
+    )  # fmt: skip
+    return response
+
+
+@router.post("/sign-out")
+async def sign_out(request: Request, pool: Pool, settings: AppSettings) -> Response:
+    session, _, refused = await _checked_form(request, pool, settings)
+    if refused is not None:
+        return refused
+    assert session is not None
+    await service.sign_out(pool, session.token)
+    response = _to_sign_in()
+    response.delete_cookie(COOKIE, path="/dashboard")
+    return response
+
+
+@router.get("")
+async def home(request: Request, pool: Pool, settings: AppSettings) -> Response:
+    async def load(session: service.Session) -> dict[str, Any]:
+        from app.services import programs
+
+        return {"programs": await programs.list_programs(pool, session.merchant.id)}
+
+    return await _page(request, pool, settings, "dash_home.html", load)
+
+
+@router.get("/programs/{program_id}")
+async def program(program_id: UUID, request: Request, pool: Pool, redis: RedisConn,
+                  settings: AppSettings) -> Response:  # fmt: skip
+    async def load(session: service.Session) -> dict[str, Any]:
+        return await service.program_page(pool, redis, session.merchant.id, program_id,
+                                          datetime.now(UTC).date())  # fmt: skip
+
+    return await _page(request, pool, settings, "dash_program.html", load)
+
+
+@router.get("/advocates/{advocate_id}")
+async def advocate(advocate_id: UUID, request: Request, pool: Pool,
+                   settings: AppSettings) -> Response:  # fmt: skip
+    async def load(session: service.Session) -> dict[str, Any]:
+        data = await service.advocate_page(pool, session.merchant.id, advocate_id)
+        views = [link_view(link, settings) for link in data["links"]]
+        data["links"] = [{**view, "qr": qr_svg(view["url"])} for view in views]
+        return data
+
+    return await _page(request, pool, settings, "dash_advocate.html", load)
+
+
+@router.get("/conversions/{conversion_id}")
+async def conversion(conversion_id: UUID, request: Request, pool: Pool, redis: RedisConn,
+                     settings: AppSettings) -> Response:  # fmt: skip
+    async def load(session: service.Session) -> dict[str, Any]:
+        return await service.conversion_page(pool, redis, session.merchant.id, conversion_id)
+
+    return await _page(request, pool, settings, "dash_conversion.html", load)
+
+
+@router.get("/review")
+async def review(request: Request, pool: Pool, settings: AppSettings) -> Response:
+    async def load(session: service.Session) -> dict[str, Any]:
+        return await service.review_page(pool, session.merchant.id)
+
+    return await _page(request, pool, settings, "dash_review.html", load)
+
+
+@router.post("/review/{item_id}")
+async def decide(item_id: UUID, request: Request, pool: Pool, redis: RedisConn,
+                 settings: AppSettings) -> Response:  # fmt: skip
+    session, form, refused = await _checked_form(request, pool, settings)
+    if refused is not None:
+        return refused
+    assert session is not None
+    decision = form.get("decision", "")
+    if not session.can_write or decision not in ("approve", "reject"):
+        return _render("dash_error.html", 403, message="This key may not decide reviews.",
+                       **_context(session, settings))  # fmt: skip
+    note = form.get("note", "")[:500]
+    audit.current.set(audit.AuditContext(
+        session.merchant.id, session.merchant.key_id, "POST /dashboard/review/{item_id}",
+        {"item_id": str(item_id)}, {"decision": decision, "note": note}))  # fmt: skip
+    try:
+        await review_service.decide(pool, redis, session.merchant, item_id, decision,  # type: ignore[arg-type]
+                                    note, datetime.now(UTC))  # fmt: skip
+    except NotFound:
+        return _render("dash_404.html", 404, **_context(session, settings))
+    except AppError as exc:
+        return _render("dash_error.html", exc.status_code, message=exc.message,
+                       **_context(session, settings))  # fmt: skip
+    return RedirectResponse("/dashboard/review", status_code=303)
+
+
+@router.get("/payouts")
+async def payouts(request: Request, pool: Pool, settings: AppSettings) -> Response:
+    async def load(session: service.Session) -> dict[str, Any]:
+        return {**await service.payouts_page(pool, session.merchant.id),
+                "idempotency_key": secrets.token_urlsafe(16)}  # fmt: skip
+
+    return await _page(request, pool, settings, "dash_payouts.html", load)
+
+
+@router.post("/payouts")
+async def create_payout(request: Request, pool: Pool, settings: AppSettings) -> Response:
+    session, form, refused = await _checked_form(request, pool, settings)
+    if refused is not None:
+        return refused
+    assert session is not None
+    if not session.can_write:
+        return _render("dash_error.html", 403, message="This key may not pay out.",
+                       **_context(session, settings))  # fmt: skip
+    key = form.get("idempotency_key", "")[:200] or secrets.token_urlsafe(16)
+    audit.current.set(audit.AuditContext(
+        session.merchant.id, session.merchant.key_id, "POST /dashboard/payouts", {},
+        {"idempotency_key": key},
+    ))  # fmt: skip
+    await payouts_service.create_batch(pool, session.merchant.id, key, None)
+    return RedirectResponse("/dashboard/payouts", status_code=303)
+
+
+@router.get("/payouts/{payout_id}.csv")
+async def payout_csv(payout_id: UUID, request: Request, pool: Pool,
+                     settings: AppSettings) -> Response:  # fmt: skip
+    session = await _session(request, pool)
+    if session is None:
+        return _to_sign_in()
+    try:
+        body, _ = await payouts_service.export(pool, session.merchant.id, payout_id, "csv", None)
+    except NotFound:
+        return _render("dash_404.html", 404, **_context(session, settings))
+    return Response(body, media_type="text/csv", headers={
+        "content-disposition": f'attachment; filename="payout-{payout_id}.csv"'})  # fmt: skip
