@@ -103,7 +103,8 @@ async def program_page(pool: asyncpg.Pool, redis: RedisClient, merchant: UUID, p
     visitors = steps[1][1]
     rows = [(steps[0][0], steps[0][1], ""),
             (steps[1][0], visitors, _rate(visitors, steps[0][1]) + " of clicks"),
-            *((name, value, _rate(value, visitors) + " of visitors") for name, value in steps[2:])]  # fmt: skip
+            *((name, value, _rate(value, visitors) + " of visitors")
+              for name, value in steps[2:])]  # fmt: skip
     chart = daily_svg([d["day"] for d in days], [d["clicks"] for d in days],
                       [d["signups"] + d["purchases"] + d["renewals"] for d in days])  # fmt: skip
     return {"program": found, "funnel": funnel, "steps": rows, "chart": chart,
