@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.pipeline.events import EVENTS_FIELD, new_click_and_visitor_ids  # noqa: E402
+from app.services import dashboard  # noqa: E402
 from app.services.merchants import create_merchant  # noqa: E402
 from app.services.visitors import rebuild_visitor_counts  # noqa: E402
 from app.settings import load_settings  # noqa: E402
@@ -519,6 +521,15 @@ async def report_query(dsn: str, redis_url: str, rows: int) -> list[Row]:
             ),
             "report: an advocate's statistics (GET /v1/advocates/{id}/stats)": lambda: (
                 advocate_funnel(pool, merchant_id, link["advocate_id"])
+            ),
+            # What the dashboard's pages read (rendering them is microseconds beside it).
+            "report: the dashboard's program page (/dashboard/programs/{id})": lambda: (
+                dashboard.program_page(
+                    pool, redis, merchant_id, link["program_id"], datetime.now(UTC).date()
+                )
+            ),
+            "report: the dashboard's advocate page (/dashboard/advocates/{id})": lambda: (
+                dashboard.advocate_page(pool, merchant_id, link["advocate_id"])
             ),
         }
         out = []
