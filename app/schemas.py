@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     IPvAnyAddress,
@@ -519,6 +521,20 @@ class ProviderReceipt(BaseModel):
     status: Literal["accepted", "duplicate", "ignored"]
     id: UUID | None = Field(None, description="Our conversion id (accepted or duplicate).")
     reason: str | None = Field(None, description="Why the event is not a conversion (ignored).")
+
+
+def _iso_day(value: Any) -> Any:
+    # A day is written YYYY-MM-DD (lax parsing would take "0" as 1970-01-01), from 2000 on.
+    if isinstance(value, str) and not re.fullmatch(r"(20[0-9]{2}|2100)-[0-9]{2}-[0-9]{2}", value):
+        raise ValueError("a day from 2000 to 2100, written YYYY-MM-DD")
+    return value
+
+
+Day = Annotated[
+    date,
+    BeforeValidator(_iso_day),
+    Field(json_schema_extra={"pattern": r"^(20[0-9]{2}|2100)-[0-9]{2}-[0-9]{2}$"}),
+]
 
 
 class DailyPoint(BaseModel):

@@ -11,10 +11,12 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from playwright.async_api import async_playwright
 
+from app.services import webhooks as webhooks_service
 from app.settings import Settings
 from app.storage.merchants import CreatedMerchant
 from app.workers import scheduler
@@ -136,3 +138,30 @@ async def test_a_merchant_signs_in_reads_the_funnel_reviews_pays_out_and_signs_o
         assert await page.locator("#create-payout").count() == 0
         assert "read only" in await page.inner_text(".who")
         await browser.close()
+
+
+async def test_the_webhooks_page_shows_the_delivery_log_and_redelivers(
+    site: tuple[Settings, str],  # noqa: F811
+    merchant: CreatedMerchant, db: asyncpg.Pool,
+) -> None:  # fmt: skip
+    settings, base = site
+    async with httpx.AsyncClient(base_url=base) as client:
+        hook = (await client.post("/v1/webhook-endpoints", headers=auth(merchant), json={
+            "url": "https://hooks.invalid/referrals", "description": "CRM"})).json()  # fmt: skip
+        await client.post(f"/v1/webhook-endpoints/{hook['id']}/test", headers=auth(merchant))
+    async with webhooks_service.client(settings) as http:
+        assert await webhooks_service.deliver_due(db, settings, http) == 1  # fails: no such host
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = await browser.new_page()
+        await page.goto(f"{base}/dashboard/sign-in")
+        await page.fill("#api_key", merchant.api_key)
+        await page.click("#sign-in")
+        await page.click("a[href='/dashboard/webhooks']")
+        section = page.locator(f"#endpoint-{hook['id']}")
+        assert "webhook.test" in await section.inner_text()
+        await db.execute("UPDATE webhook_deliveries SET status = 'failed'")  # given up
+        await section.locator("button.redeliver").first.click()
+        assert page.url.endswith("/dashboard/webhooks")
+        await browser.close()
+    assert await db.fetchval("SELECT status FROM webhook_deliveries") == "pending"

@@ -24,6 +24,7 @@ from app.routes.pages import HEADERS, TEMPLATES, qr_svg
 from app.services import dashboard as service
 from app.services import payouts as payouts_service
 from app.services import review as review_service
+from app.services import webhooks as webhooks_service
 from app.settings import Settings
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
@@ -212,6 +213,36 @@ async def create_payout(request: Request, pool: Pool, settings: AppSettings) -> 
     ))  # fmt: skip
     await payouts_service.create_batch(pool, session.merchant.id, key, None)
     return RedirectResponse("/dashboard/payouts", status_code=303)
+
+
+@router.get("/webhooks")
+async def webhooks(request: Request, pool: Pool, settings: AppSettings) -> Response:
+    async def load(session: service.Session) -> dict[str, Any]:
+        return await service.webhooks_page(pool, session.merchant.id)
+
+    return await _page(request, pool, settings, "dash_webhooks.html", load)
+
+
+@router.post("/webhook-deliveries/{delivery_id}/redeliver")
+async def redeliver(delivery_id: UUID, request: Request, pool: Pool,
+                    settings: AppSettings) -> Response:  # fmt: skip
+    session, _, refused = await _checked_form(request, pool, settings)
+    if refused is not None:
+        return refused
+    assert session is not None
+    if not session.can_write:
+        return _render("dash_error.html", 403, message="This key may not redeliver.",
+                       **_context(session, settings))  # fmt: skip
+    audit.current.set(audit.AuditContext(
+        session.merchant.id, session.merchant.key_id,
+        "POST /dashboard/webhook-deliveries/{delivery_id}/redeliver",
+        {"delivery_id": str(delivery_id)}, None,
+    ))  # fmt: skip
+    try:
+        await webhooks_service.redeliver(pool, session.merchant.id, delivery_id, datetime.now(UTC))
+    except NotFound:
+        return _render("dash_404.html", 404, **_context(session, settings))
+    return RedirectResponse("/dashboard/webhooks", status_code=303)
 
 
 @router.get("/payouts/{payout_id}.csv")

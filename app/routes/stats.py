@@ -3,14 +3,14 @@ expiring token)."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 
 from app.routes.deps import AppSettings, CurrentMerchant, Pool, RedisConn
-from app.schemas import AdvocatePage, AdvocateToken, AdvocateTokenInfo, DailySeries, Funnel
+from app.schemas import AdvocatePage, AdvocateToken, AdvocateTokenInfo, DailySeries, Day, Funnel
 from app.services import stats as service
 
 router = APIRouter(tags=["statistics"])
@@ -28,8 +28,8 @@ async def program_stats(
 @router.get("/v1/programs/{program_id}/daily", response_model=DailySeries)
 async def program_daily(
     program_id: UUID, merchant: CurrentMerchant, pool: Pool,
-    start: Annotated[date | None, Query(description="First UTC day (default: end - 29)")] = None,
-    end: Annotated[date | None, Query(description="Last UTC day (default: today)")] = None,
+    start: Annotated[Day | None, Query(description="First UTC day (default: end - 29)")] = None,
+    end: Annotated[Day | None, Query(description="Last UTC day (default: today)")] = None,
 ) -> Any:  # fmt: skip
     """Per day: clicks (bots and flood-flagged apart), signups, purchases, renewals and revenue
     — the series the charts draw, read from daily counts (never the click log)."""

@@ -24,6 +24,7 @@ from app.services import intake, programs, review
 from app.services import links as links_service
 from app.services import payouts as payouts_service
 from app.services import stats as stats_service
+from app.services import webhooks as webhooks_service
 from app.services.tx import transaction
 from app.storage import dashboard as repo
 from app.storage.merchants import Merchant, merchant_for_api_key
@@ -133,6 +134,13 @@ async def review_page(pool: asyncpg.Pool, merchant: UUID) -> dict[str, Any]:
 
 async def payouts_page(pool: asyncpg.Pool, merchant: UUID) -> dict[str, Any]:
     return {"batches": await payouts_service.list_batches(pool, merchant, 50)}
+
+
+async def webhooks_page(pool: asyncpg.Pool, merchant: UUID) -> dict[str, Any]:
+    endpoints = await webhooks_service.list_endpoints(pool, merchant)
+    attempts = {e["id"]: await webhooks_service.deliveries(pool, merchant, e["id"], 20, None)
+                for e in endpoints}  # fmt: skip
+    return {"endpoints": endpoints, "attempts": attempts}
 
 
 def not_found(what: str) -> NotFound:
