@@ -552,3 +552,20 @@ class DailySeries(BaseModel):
     start: date
     end: date
     days: list[DailyPoint]
+
+
+class ChannelPoint(BaseModel):
+    channel: str
+    clicks: int
+    bot_clicks: int
+    flagged_clicks: int
+    signups: int
+    purchases: int
+    renewals: int
+    revenue_minor: dict[str, int]
+
+
+class ChannelBreakdown(BaseModel):
+    start: date
+    end: date
+    channels: list[ChannelPoint]

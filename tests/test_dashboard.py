@@ -95,6 +95,8 @@ async def test_a_merchant_signs_in_reads_the_funnel_reviews_pays_out_and_signs_o
         assert figures["Signups"] == stats["signups"]
         assert await page.locator("#chart svg rect.bar").count() == 30
         assert await page.locator("#chart svg polyline").count() == 1
+        assert await page.inner_text("#channels tr[data-channel=default] td.clicks") == "2"
+        assert "2 purchases" in await page.inner_text("#period")
         await page.screenshot(path=str(SHOTS / "dashboard-program.png"), full_page=True)
 
         await page.click(f"a[href='/dashboard/advocates/{made['anna']['id']}']")

@@ -133,3 +133,33 @@ async def test_the_daily_series_adds_up_to_the_funnel(
     backwards = await client.get(f"/v1/programs/{program['id']}/daily", headers=h,
                                  params={"start": "2026-02-01", "end": "2026-01-01"})  # fmt: skip
     assert backwards.status_code == 422 and backwards.json()["error"]["field"] == "query.start"
+
+
+async def test_clicks_and_conversions_are_broken_down_by_channel(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool
+) -> None:
+    program = await make_program(client, merchant, rules=RULES)
+    anna = await make_advocate(client, merchant, program, "cust-anna")
+    email = await client.post(f"/v1/advocates/{anna['id']}/links", json={"channel": "email"},
+                              headers=auth(merchant))  # fmt: skip
+    assert email.status_code == 201, email.text
+    for _ in range(2):
+        client.cookies.clear()
+        await click(client, anna["links"][0])
+    client.cookies.clear()
+    by_email = await click(client, email.json())
+    await client.get(f"/r/{email.json()['code']}", headers={"user-agent": "Googlebot/2.1"})
+    body = {"event_id": "o-1", "type": "purchase", "order_id": "o-1", "amount_minor": 5000,
+            "currency": "EUR", "customer_id": "friend-1", "click_id": by_email}  # fmt: skip
+    assert (await post(client, merchant, body)).status_code == 202
+    await flush(settings)
+    answer = await client.get(f"/v1/programs/{program['id']}/channels", headers=auth(merchant))
+    channels = {c["channel"]: c for c in answer.json()["channels"]}
+    assert (channels["default"]["clicks"], channels["email"]["clicks"]) == (2, 1)
+    assert channels["email"]["bot_clicks"] == 1 and channels["email"]["purchases"] == 1
+    assert channels["email"]["revenue_minor"] == {"EUR": 5000}
+    assert channels["default"]["purchases"] == 0
+    # They add up to the program's counts, and to the click log.
+    totals = await db.fetchrow("SELECT sum(human) AS h, sum(bot) AS b FROM program_click_counts")
+    assert sum(c["clicks"] for c in channels.values()) == totals["h"] == 3
+    assert sum(c["bot_clicks"] for c in channels.values()) == totals["b"] == 1

@@ -8,7 +8,7 @@ page (no inline script). Another merchant's object is a 404 page, as in the API.
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import parse_qs
 from uuid import UUID
@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app import audit
-from app.errors import AppError, NotFound
+from app.errors import AppError, InvalidInput, NotFound
 from app.routes.deps import AppSettings, Pool, RedisConn
 from app.routes.links import link_view
 from app.routes.pages import HEADERS, TEMPLATES, qr_svg
@@ -123,12 +123,25 @@ async def home(request: Request, pool: Pool, settings: AppSettings) -> Response:
     return await _page(request, pool, settings, "dash_home.html", load)
 
 
+def _day(text: str | None) -> date | None:
+    try:
+        return date.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
 @router.get("/programs/{program_id}")
 async def program(program_id: UUID, request: Request, pool: Pool, redis: RedisConn,
                   settings: AppSettings) -> Response:  # fmt: skip
+    start, end = _day(request.query_params.get("start")), _day(request.query_params.get("end"))
+
     async def load(session: service.Session) -> dict[str, Any]:
-        return await service.program_page(pool, redis, session.merchant.id, program_id,
-                                          datetime.now(UTC).date())  # fmt: skip
+        try:
+            return await service.program_page(pool, redis, session.merchant.id, program_id,
+                                              datetime.now(UTC).date(), start, end)  # fmt: skip
+        except InvalidInput:  # a period backwards or too long: the default one
+            return await service.program_page(pool, redis, session.merchant.id, program_id,
+                                              datetime.now(UTC).date())  # fmt: skip
 
     return await _page(request, pool, settings, "dash_program.html", load)
 

@@ -10,7 +10,15 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Response
 
 from app.routes.deps import AppSettings, CurrentMerchant, Pool, RedisConn
-from app.schemas import AdvocatePage, AdvocateToken, AdvocateTokenInfo, DailySeries, Day, Funnel
+from app.schemas import (
+    AdvocatePage,
+    AdvocateToken,
+    AdvocateTokenInfo,
+    ChannelBreakdown,
+    DailySeries,
+    Day,
+    Funnel,
+)
 from app.services import stats as service
 
 router = APIRouter(tags=["statistics"])
@@ -35,6 +43,19 @@ async def program_daily(
     — the series the charts draw, read from daily counts (never the click log)."""
     return await service.program_daily(pool, merchant.id, program_id, start, end,
                                        datetime.now(UTC).date())  # fmt: skip
+
+
+@router.get("/v1/programs/{program_id}/channels", response_model=ChannelBreakdown)
+async def program_channels(
+    program_id: UUID, merchant: CurrentMerchant, pool: Pool,
+    start: Annotated[Day | None, Query(description="First UTC day (default: end - 29)")] = None,
+    end: Annotated[Day | None, Query(description="Last UTC day (default: today)")] = None,
+) -> Any:  # fmt: skip
+    """Per channel of the links (email, WhatsApp, QR, …): clicks, and the conversions attributed
+    to a click on a link of that channel, over a period — from daily counts, never the click
+    log."""
+    return await service.program_channels(pool, merchant.id, program_id, start, end,
+                                          datetime.now(UTC).date())  # fmt: skip
 
 
 @router.get("/v1/advocates/{advocate_id}/stats", response_model=Funnel)

@@ -30,6 +30,7 @@ class ClickSink:
 
     def __init__(self) -> None:
         self._owners: dict[str, clicks_repo.Owner | None] = {}
+        self._channels: dict[str, str] = {}  # link id → channel (a link's channel never changes)
         self._visitors: VisitorsByProgram = {}  # of the batch stored last, until acknowledged
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
@@ -40,7 +41,9 @@ class ClickSink:
 
     async def _resolve(self, conn: asyncpg.Connection, link_ids: set[str]) -> None:
         # A link that does not exist (None): its clicks are dropped.
-        self._owners.update(await clicks_repo.link_owners(conn, link_ids))
+        owners, channels = await clicks_repo.link_owners(conn, link_ids)
+        self._owners.update(owners)
+        self._channels.update(channels)
 
     async def store(self, conn: asyncpg.Connection, batch: Batch) -> int:
         """Store a batch in one transaction. Returns how many clicks were new."""
@@ -57,7 +60,7 @@ class ClickSink:
         ]
         if not records:
             return 0
-        counts, visitors = clicks_repo.tally(records)
+        counts, by_channel, visitors = clicks_repo.tally(records, self._channels)
         # A re-delivered click fails the fast path on the primary key; then the slow path below.
         # (The flusher counts what it skips in referral_events_duplicate_total.)
         try:
@@ -66,6 +69,8 @@ class ClickSink:
                     "clicks", records=records, columns=clicks_repo.CLICK_COLUMNS
                 )
                 await conn.execute(clicks_repo.ADD_BATCH_COUNTS, *zip(*counts, strict=True))
+                await conn.execute(clicks_repo.ADD_BATCH_CHANNEL_COUNTS,
+                                   *zip(*by_channel, strict=True))  # fmt: skip
             stored = len(records)
         except asyncpg.UniqueViolationError:
             async with conn.transaction():

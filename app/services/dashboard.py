@@ -9,7 +9,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -91,12 +91,18 @@ def _rate(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f} %" if whole else "—"
 
 
-async def program_page(pool: asyncpg.Pool, redis: RedisClient, merchant: UUID, program: UUID,
-                       today: Any) -> dict[str, Any]:  # fmt: skip
+async def program_page(
+    pool: asyncpg.Pool, redis: RedisClient, merchant: UUID, program: UUID, today: date,
+    start: date | None = None, end: date | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The funnel (all time), and for the chosen period (default: the last 30 days) its
+    totals, the daily chart and the breakdown by channel."""
     found = await programs.get_program(pool, merchant, program)
     funnel = await stats_service.program_stats(pool, redis, merchant, program)
-    series = await stats_service.program_daily(pool, merchant, program, None, None, today)
+    series = await stats_service.program_daily(pool, merchant, program, start, end, today)
+    channels = await stats_service.program_channels(pool, merchant, program, start, end, today)
     days = series["days"]
+    period = {name: sum(d[name] for d in days) for name in ("clicks", "signups", "purchases")}
     steps = [("Clicks", funnel["clicks"]), ("Unique visitors", funnel["unique_visitors"] or 0),
              ("Signups", funnel["signups"]), ("Purchases", funnel["purchases"])]  # fmt: skip
     # Visitors as a share of clicks; signups and purchases as a share of visitors (a purchase
@@ -109,6 +115,9 @@ async def program_page(pool: asyncpg.Pool, redis: RedisClient, merchant: UUID, p
     chart = daily_svg([d["day"] for d in days], [d["clicks"] for d in days],
                       [d["signups"] + d["purchases"] + d["renewals"] for d in days])  # fmt: skip
     return {"program": found, "funnel": funnel, "steps": rows, "chart": chart,
+            "period": {**period, "start": series["start"], "end": series["end"],
+                       "purchase_rate": _rate(period["purchases"], period["clicks"])},
+            "channels": channels["channels"],
             "top": await repo.top_advocates(pool, merchant, program),
             "advocates": await repo.advocates_of(pool, merchant, program)}  # fmt: skip
 

@@ -37,20 +37,37 @@ async def program_stats(
     return await stats_repo.program_funnel(pool, redis, merchant_id, program_id)
 
 
-async def program_daily(
-    pool: asyncpg.Pool, merchant_id: UUID, program_id: UUID, start: date | None,
-    end: date | None, today: date,
-) -> dict[str, Any]:  # fmt: skip
-    """The program's days (the charts' series): by default the last 30."""
+def _period(start: date | None, end: date | None, today: date) -> tuple[date, date]:
+    """A chosen period of UTC days (by default the last 30), of at most 367 days."""
     end = end or today
     start = start or end - timedelta(days=29)
     if start > end:
         raise InvalidInput("start must not be after end", field="query.start")
     if (end - start).days > 366:
         raise InvalidInput("at most 367 days at a time", field="query.start")
+    return start, end
+
+
+async def program_daily(
+    pool: asyncpg.Pool, merchant_id: UUID, program_id: UUID, start: date | None,
+    end: date | None, today: date,
+) -> dict[str, Any]:  # fmt: skip
+    """The program's days (the charts' series): by default the last 30."""
+    start, end = _period(start, end, today)
     await get_program(pool, merchant_id, program_id)
     days = await stats_repo.program_daily(pool, merchant_id, program_id, start, end)
     return {"start": start, "end": end, "days": days}
+
+
+async def program_channels(
+    pool: asyncpg.Pool, merchant_id: UUID, program_id: UUID, start: date | None,
+    end: date | None, today: date,
+) -> dict[str, Any]:  # fmt: skip
+    """The program's clicks and conversions by channel over a period (by default 30 days)."""
+    start, end = _period(start, end, today)
+    await get_program(pool, merchant_id, program_id)
+    channels = await stats_repo.program_channels(pool, merchant_id, program_id, start, end)
+    return {"start": start, "end": end, "channels": channels}
 
 
 async def advocate_stats(

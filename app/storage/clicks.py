@@ -44,6 +44,7 @@ CLICK_COLUMNS = (
 _RECORD = {name: i for i, name in enumerate(CLICK_COLUMNS)}
 _CLICKED_AT, _VISITOR, _IS_BOT = _RECORD["clicked_at"], _RECORD["visitor_id"], _RECORD["is_bot"]
 _MERCHANT, _PROGRAM = _RECORD["merchant_id"], _RECORD["program_id"]
+_LINK = _RECORD["link_id"]
 
 _ADD_COUNTS = """
 ON CONFLICT (program_id, day) DO UPDATE
@@ -55,6 +56,14 @@ ADD_BATCH_COUNTS = f"""
 INSERT INTO program_click_counts (program_id, day, merchant_id, human, bot)
 SELECT * FROM unnest($1::uuid[], $2::date[], $3::uuid[], $4::bigint[], $5::bigint[])
 {_ADD_COUNTS}"""
+# And per channel of the clicked link (a handful of rows per batch).
+ADD_BATCH_CHANNEL_COUNTS = """
+INSERT INTO program_channel_counts (program_id, day, channel, merchant_id, human, bot)
+SELECT * FROM unnest($1::uuid[], $2::date[], $3::text[], $4::uuid[], $5::bigint[], $6::bigint[])
+ON CONFLICT (program_id, day, channel) DO UPDATE
+SET human = program_channel_counts.human + excluded.human,
+    bot = program_channel_counts.bot + excluded.bot
+"""
 # The slow, always-safe path: a click delivered twice hits the primary key and is skipped, and
 # only the clicks stored now are counted. Returns how many were stored.
 INSERT_FROM_STAGING = f"""
@@ -62,7 +71,15 @@ WITH stored AS (
     INSERT INTO clicks ({", ".join(CLICK_COLUMNS)})
     SELECT {", ".join(CLICK_COLUMNS)} FROM click_staging
     ON CONFLICT DO NOTHING
-    RETURNING program_id, clicked_at, merchant_id, is_bot
+    RETURNING program_id, clicked_at, merchant_id, is_bot, link_id
+), by_channel AS (
+    INSERT INTO program_channel_counts (program_id, day, channel, merchant_id, human, bot)
+    SELECT s.program_id, (s.clicked_at AT TIME ZONE 'UTC')::date, l.channel, s.merchant_id,
+           count(*) FILTER (WHERE NOT s.is_bot), count(*) FILTER (WHERE s.is_bot)
+    FROM stored s JOIN links l ON l.id = s.link_id GROUP BY 1, 2, 3, 4
+    ON CONFLICT (program_id, day, channel) DO UPDATE
+    SET human = program_channel_counts.human + excluded.human,
+        bot = program_channel_counts.bot + excluded.bot
 ), counted AS (
     INSERT INTO program_click_counts (program_id, day, merchant_id, human, bot)
     SELECT program_id, (clicked_at AT TIME ZONE 'UTC')::date, merchant_id,
@@ -106,23 +123,35 @@ def click_record(event: list[Any], owner: Owner, times: dict[str, datetime]) -> 
     )  # fmt: skip
 
 
+Count = tuple[UUID, date, UUID, int, int]
+ChannelCount = tuple[UUID, date, str, UUID, int, int]
+
+
 def tally(
-    records: list[tuple[Any, ...]],
-) -> tuple[list[tuple[UUID, date, UUID, int, int]], VisitorsByProgram]:
-    """Per program and UTC day, (program, day, merchant, human clicks, bot clicks); and per
-    program, the visitor ids of the human clicks."""
+    records: list[tuple[Any, ...]], channels: dict[str, str]
+) -> tuple[list[Count], list[ChannelCount], VisitorsByProgram]:
+    """Per program and UTC day, (program, day, merchant, human clicks, bot clicks); the same per
+    channel of the clicked link (`channels`: link id → channel); and per program, the visitor
+    ids of the human clicks."""
     counts: dict[tuple[UUID, date, UUID], list[int]] = {}
+    by_channel: dict[tuple[UUID, date, str, UUID], list[int]] = {}
     visitors: VisitorsByProgram = {}
     for r in records:
-        key = (r[_PROGRAM], r[_CLICKED_AT].date(), r[_MERCHANT])
+        day = r[_CLICKED_AT].date()
+        key = (r[_PROGRAM], day, r[_MERCHANT])
         tally = counts.get(key) or counts.setdefault(key, [0, 0])
+        channel_key = (r[_PROGRAM], day, channels[r[_LINK]], r[_MERCHANT])
+        channel = by_channel.get(channel_key) or by_channel.setdefault(channel_key, [0, 0])
         if r[_IS_BOT]:
             tally[1] += 1
+            channel[1] += 1
             continue
         tally[0] += 1
+        channel[0] += 1
         if r[_VISITOR]:
             visitors.setdefault(r[_PROGRAM], []).append(r[_VISITOR])
-    return [(*key, human, bot) for key, (human, bot) in counts.items()], visitors
+    return ([(*key, human, bot) for key, (human, bot) in counts.items()],
+            [(*key, human, bot) for key, (human, bot) in by_channel.items()], visitors)  # fmt: skip
 
 
 async def count_link_clicks(pool: asyncpg.Pool, merchant_id: UUID, link_id: UUID) -> dict[str, int]:
@@ -136,14 +165,19 @@ async def count_link_clicks(pool: asyncpg.Pool, merchant_id: UUID, link_id: UUID
     return {"human": row["human"], "bot": row["bot"]}
 
 
-async def link_owners(conn: asyncpg.Connection, link_ids: set[str]) -> dict[str, Owner | None]:
-    """(merchant, program, advocate) of each link; None for a link that does not exist."""
+async def link_owners(
+    conn: asyncpg.Connection, link_ids: set[str]
+) -> tuple[dict[str, Owner | None], dict[str, str]]:
+    """(merchant, program, advocate) of each link, None for a link that does not exist; and
+    each existing link's channel."""
     rows = await conn.fetch(
-        "SELECT id::text AS id, merchant_id, program_id, advocate_id FROM links"
+        "SELECT id::text AS id, merchant_id, program_id, advocate_id, channel FROM links"
         " WHERE id = ANY($1::uuid[])",
         list(link_ids),
     )
     owners: dict[str, Owner | None] = dict.fromkeys(link_ids)
+    channels: dict[str, str] = {}
     for r in rows:
         owners[r["id"]] = (r["merchant_id"], r["program_id"], r["advocate_id"])
-    return owners
+        channels[r["id"]] = r["channel"]
+    return owners, channels

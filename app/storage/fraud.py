@@ -240,7 +240,15 @@ async def mark_floods(
             UPDATE clicks c SET flood = true FROM recent r
             WHERE c.click_id = r.click_id AND c.clicked_at = r.clicked_at AND NOT c.flood
               AND r.densest > $5
-            RETURNING c.clicked_at
+            RETURNING c.clicked_at, c.link_id
+        ), by_channel AS (
+            INSERT INTO program_channel_counts AS p (program_id, day, channel, merchant_id, human,
+                                                     bot, flagged)
+            SELECT $2, (m.clicked_at AT TIME ZONE 'UTC')::date, l.channel, $1, -count(*), 0,
+                   count(*)
+            FROM marked m JOIN links l ON l.id = m.link_id GROUP BY 2, 3
+            ON CONFLICT (program_id, day, channel) DO UPDATE
+            SET human = p.human + excluded.human, flagged = p.flagged + excluded.flagged
         ), counted AS (
             INSERT INTO program_click_counts AS p (program_id, day, merchant_id, human, bot,
                                                    flagged)

@@ -181,3 +181,48 @@ async def program_daily(
             currency = row["currency"].strip()
             revenue[currency] = revenue.get(currency, 0) + int(row["amount"])
     return list(days.values())
+
+
+async def program_channels(
+    pool: asyncpg.Pool, merchant_id: UUID, program_id: UUID, start: date, end: date
+) -> list[dict[str, Any]]:
+    """Per channel of the links clicked, from `start` to `end` (UTC days): clicks from the
+    flusher's per-channel daily counts, and the verified conversions attributed to a click on
+    a link of that channel (a conversion by referral code or cookie has no channel)."""
+    clicks = await pool.fetch(
+        "SELECT channel, sum(human)::bigint AS human, sum(bot)::bigint AS bot,"
+        " sum(flagged)::bigint AS flagged FROM program_channel_counts WHERE merchant_id = $1"
+        " AND program_id = $2 AND day BETWEEN $3 AND $4 GROUP BY channel",
+        merchant_id, program_id, start, end,
+    )  # fmt: skip
+    conversions = await pool.fetch(
+        "SELECT l.channel, c.type, c.currency, count(*) AS n, sum(c.amount_minor) AS amount"
+        " FROM conversions c JOIN clicks k ON k.click_id = c.attributed_click_id"
+        " JOIN links l ON l.id = k.link_id"
+        " WHERE c.merchant_id = $1 AND c.program_id = $2 AND c.verified"
+        " AND c.fraud_action <> 'reject' AND c.state = ANY($5::text[])"
+        " AND c.type IN ('signup', 'purchase', 'renewal')"
+        " AND c.occurred_at >= $3::date AND c.occurred_at < $4::date + 1"
+        " GROUP BY 1, 2, 3",
+        merchant_id, program_id, start, end,
+        [ConversionState.ATTRIBUTED.value, ConversionState.REFUNDED.value],
+    )  # fmt: skip
+    channels: dict[str, dict[str, Any]] = {}
+
+    def entry(name: str) -> dict[str, Any]:
+        return channels.setdefault(name, {
+            "channel": name, "clicks": 0, "bot_clicks": 0, "flagged_clicks": 0, "signups": 0,
+            "purchases": 0, "renewals": 0, "revenue_minor": {},
+        })  # fmt: skip
+
+    for row in clicks:
+        entry(row["channel"]).update(clicks=row["human"], bot_clicks=row["bot"],
+                                     flagged_clicks=row["flagged"])  # fmt: skip
+    for row in conversions:
+        found = entry(row["channel"])
+        found[row["type"] + "s"] += row["n"]
+        if row["currency"] and row["type"] != "signup":
+            currency = row["currency"].strip()
+            found["revenue_minor"][currency] = (found["revenue_minor"].get(currency, 0)
+                                                + int(row["amount"]))  # fmt: skip
+    return sorted(channels.values(), key=lambda c: (-c["clicks"], c["channel"]))
