@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.pipeline.events import EVENTS_FIELD, new_click_and_visitor_ids  # noqa: E402
+from app.services import dashboard  # noqa: E402
 from app.services.merchants import create_merchant  # noqa: E402
 from app.services.visitors import rebuild_visitor_counts  # noqa: E402
 from app.settings import load_settings  # noqa: E402
@@ -504,8 +505,6 @@ async def report_database(dsn: str, rows: int) -> str:
 async def report_query(dsn: str, redis_url: str, rows: int) -> list[Row]:
     """The statistics endpoints' queries against a clicks table of `rows` rows, all in one
     program of 5,000 advocates (the worst case for a program's statistics)."""
-    from app.services import dashboard  # here: importing it first would be a cycle
-
     report_dsn = await report_database(dsn, rows)
     pool = await asyncpg.create_pool(report_dsn, min_size=1, max_size=2, command_timeout=600)
     redis = Redis.from_url(redis_url)
