@@ -27,7 +27,7 @@ from app.attribution.rules import ProgramRules
 from app.errors import Conflict, InvalidInput
 from app.pipeline.redis_client import RedisClient
 from app.services import links as links_service
-from app.services import programs as programs_service  # a module: programs imports links, links this
+from app.services import programs as programs_service
 from app.services.tenancy import found
 from app.services.tx import transaction
 from app.storage import experiments as repo
@@ -40,6 +40,7 @@ async def start(
     pool: asyncpg.Pool, merchant_id: UUID, program_id: UUID, *, name: str, baseline: float,
     effect: float, alpha: float, power: float, variants: list[Variant],
 ) -> dict[str, Any]:  # fmt: skip
+    # Through the module: programs imports links, which imports this one.
     await programs_service.get_program(pool, merchant_id, program_id)
     keys = [v[0] for v in variants]
     if len(set(keys)) != len(keys):
