@@ -68,8 +68,7 @@ class ClickSink:
                 await conn.copy_records_to_table(
                     "clicks", records=records, columns=clicks_repo.CLICK_COLUMNS
                 )
-                await conn.execute(clicks_repo.ADD_BATCH_COUNTS, *zip(*counts, strict=True))
-                await conn.execute(clicks_repo.ADD_BATCH_CHANNEL_COUNTS,
+                await conn.execute(clicks_repo.ADD_BATCH_COUNTS, *zip(*counts, strict=True),
                                    *zip(*by_channel, strict=True))  # fmt: skip
             stored = len(records)
         except asyncpg.UniqueViolationError:

@@ -51,19 +51,20 @@ ON CONFLICT (program_id, day) DO UPDATE
 SET human = program_click_counts.human + excluded.human,
     bot = program_click_counts.bot + excluded.bot
 """
-# A program's daily counts grow by the clicks of a batch, in the batch's transaction.
+# A program's daily counts, and the same per channel of the clicked link, grow by the clicks of
+# a batch, in the batch's transaction, in one round trip (a handful of rows each).
 ADD_BATCH_COUNTS = f"""
+WITH by_channel AS (
+    INSERT INTO program_channel_counts (program_id, day, channel, merchant_id, human, bot)
+    SELECT * FROM unnest($6::uuid[], $7::date[], $8::text[], $9::uuid[], $10::bigint[],
+                         $11::bigint[])
+    ON CONFLICT (program_id, day, channel) DO UPDATE
+    SET human = program_channel_counts.human + excluded.human,
+        bot = program_channel_counts.bot + excluded.bot
+)
 INSERT INTO program_click_counts (program_id, day, merchant_id, human, bot)
 SELECT * FROM unnest($1::uuid[], $2::date[], $3::uuid[], $4::bigint[], $5::bigint[])
 {_ADD_COUNTS}"""
-# And per channel of the clicked link (a handful of rows per batch).
-ADD_BATCH_CHANNEL_COUNTS = """
-INSERT INTO program_channel_counts (program_id, day, channel, merchant_id, human, bot)
-SELECT * FROM unnest($1::uuid[], $2::date[], $3::text[], $4::uuid[], $5::bigint[], $6::bigint[])
-ON CONFLICT (program_id, day, channel) DO UPDATE
-SET human = program_channel_counts.human + excluded.human,
-    bot = program_channel_counts.bot + excluded.bot
-"""
 # The slow, always-safe path: a click delivered twice hits the primary key and is skipped, and
 # only the clicks stored now are counted. Returns how many were stored.
 INSERT_FROM_STAGING = f"""
