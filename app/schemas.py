@@ -66,6 +66,10 @@ def _url(value: str) -> str:
         raise ValueError(str(exc)) from exc
 
 
+def _optional_url(value: str | None) -> str | None:
+    return None if value is None else _url(value)
+
+
 class ProgramCreate(_Strict):
     name: Text = Field(min_length=1, max_length=200)
     destination_url: str = Field(
@@ -142,10 +146,7 @@ class LinkCreate(_Strict):
         json_schema_extra=_URL_SCHEMA,
     )
 
-    @field_validator("destination")
-    @classmethod
-    def _destination(cls, value: str | None) -> str | None:
-        return None if value is None else _url(value)
+    _check_destination = field_validator("destination")(_optional_url)
 
 
 class LinkUpdate(_Strict):
@@ -442,10 +443,7 @@ class WebhookEndpointUpdate(_Strict):
         None, strict=True, description="false disables; true enables again (after a disable)."
     )
 
-    @field_validator("url")
-    @classmethod
-    def _update_url(cls, value: str | None) -> str | None:
-        return None if value is None else _url(value)
+    _check_url = field_validator("url")(_optional_url)
 
 
 class WebhookEndpoint(BaseModel):

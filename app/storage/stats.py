@@ -141,6 +141,28 @@ async def _conversions_and_rewards(
     }
 
 
+# The verified conversions that count (as in the funnel: rejected ones apart) of a program
+# between two UTC days ($3, $4; $5: the states).
+_COUNTED = (
+    " c.merchant_id = $1 AND c.program_id = $2 AND c.verified AND c.fraud_action <> 'reject'"
+    " AND c.state = ANY($5::text[]) AND c.type IN ('signup', 'purchase', 'renewal')"
+    " AND c.occurred_at >= $3::date AND c.occurred_at < $4::date + 1"
+)
+_COUNTED_STATES = [ConversionState.ATTRIBUTED.value, ConversionState.REFUNDED.value]
+
+
+def _bucket(**key: Any) -> dict[str, Any]:
+    return {**key, "clicks": 0, "bot_clicks": 0, "flagged_clicks": 0, "signups": 0,
+            "purchases": 0, "renewals": 0, "revenue_minor": {}}  # fmt: skip
+
+
+def _add_conversions(bucket: dict[str, Any], row: Any) -> None:
+    bucket[row["type"] + "s"] += row["n"]
+    if row["currency"] and row["type"] != "signup":
+        revenue, currency = bucket["revenue_minor"], row["currency"].strip()
+        revenue[currency] = revenue.get(currency, 0) + int(row["amount"])
+
+
 async def program_daily(
     pool: asyncpg.Pool, merchant_id: UUID, program_id: UUID, start: date, end: date
 ) -> list[dict[str, Any]]:
@@ -153,33 +175,21 @@ async def program_daily(
         merchant_id, program_id, start, end,
     )  # fmt: skip
     conversions = await pool.fetch(
-        "SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day, type, currency, count(*) AS n,"
-        " sum(amount_minor) AS amount FROM conversions WHERE merchant_id = $1 AND program_id = $2"
-        " AND verified AND coalesce(fraud_action, '') <> 'reject' AND state = ANY($5::text[])"
-        " AND type IN ('signup', 'purchase', 'renewal')"
-        " AND occurred_at >= $3::date AND occurred_at < $4::date + 1"
+        "SELECT (c.occurred_at AT TIME ZONE 'UTC')::date AS day, c.type, c.currency,"
+        f" count(*) AS n, sum(c.amount_minor) AS amount FROM conversions c WHERE {_COUNTED}"
         " GROUP BY 1, 2, 3",
-        merchant_id, program_id, start, end,
-        [ConversionState.ATTRIBUTED.value, ConversionState.REFUNDED.value],
+        merchant_id, program_id, start, end, _COUNTED_STATES,
     )  # fmt: skip
     days: dict[date, dict[str, Any]] = {}
     current = start
     while current <= end:
-        days[current] = {
-            "day": current, "clicks": 0, "bot_clicks": 0, "flagged_clicks": 0, "signups": 0,
-            "purchases": 0, "renewals": 0, "revenue_minor": {},
-        }  # fmt: skip
+        days[current] = _bucket(day=current)
         current += timedelta(days=1)
     for row in clicks:
         days[row["day"]].update(clicks=row["human"], bot_clicks=row["bot"],
                                 flagged_clicks=row["flagged"])  # fmt: skip
     for row in conversions:
-        entry = days[row["day"]]
-        entry[row["type"] + "s"] += row["n"]
-        if row["currency"] and row["type"] != "signup":
-            revenue = entry["revenue_minor"]
-            currency = row["currency"].strip()
-            revenue[currency] = revenue.get(currency, 0) + int(row["amount"])
+        _add_conversions(days[row["day"]], row)
     return list(days.values())
 
 
@@ -198,31 +208,17 @@ async def program_channels(
     conversions = await pool.fetch(
         "SELECT l.channel, c.type, c.currency, count(*) AS n, sum(c.amount_minor) AS amount"
         " FROM conversions c JOIN clicks k ON k.click_id = c.attributed_click_id"
-        " JOIN links l ON l.id = k.link_id"
-        " WHERE c.merchant_id = $1 AND c.program_id = $2 AND c.verified"
-        " AND c.fraud_action <> 'reject' AND c.state = ANY($5::text[])"
-        " AND c.type IN ('signup', 'purchase', 'renewal')"
-        " AND c.occurred_at >= $3::date AND c.occurred_at < $4::date + 1"
-        " GROUP BY 1, 2, 3",
-        merchant_id, program_id, start, end,
-        [ConversionState.ATTRIBUTED.value, ConversionState.REFUNDED.value],
+        f" JOIN links l ON l.id = k.link_id WHERE {_COUNTED} GROUP BY 1, 2, 3",
+        merchant_id, program_id, start, end, _COUNTED_STATES,
     )  # fmt: skip
     channels: dict[str, dict[str, Any]] = {}
 
     def entry(name: str) -> dict[str, Any]:
-        return channels.setdefault(name, {
-            "channel": name, "clicks": 0, "bot_clicks": 0, "flagged_clicks": 0, "signups": 0,
-            "purchases": 0, "renewals": 0, "revenue_minor": {},
-        })  # fmt: skip
+        return channels.setdefault(name, _bucket(channel=name))
 
     for row in clicks:
         entry(row["channel"]).update(clicks=row["human"], bot_clicks=row["bot"],
                                      flagged_clicks=row["flagged"])  # fmt: skip
     for row in conversions:
-        found = entry(row["channel"])
-        found[row["type"] + "s"] += row["n"]
-        if row["currency"] and row["type"] != "signup":
-            currency = row["currency"].strip()
-            found["revenue_minor"][currency] = (found["revenue_minor"].get(currency, 0)
-                                                + int(row["amount"]))  # fmt: skip
+        _add_conversions(entry(row["channel"]), row)
     return sorted(channels.values(), key=lambda c: (-c["clicks"], c["channel"]))
