@@ -124,6 +124,10 @@ async def test_a_merchant_signs_in_reads_the_funnel_reviews_pays_out_and_signs_o
         # A form without its token, and another merchant's advocate.
         forged = await page.request.post(f"{base}/dashboard/payouts", form={"x": "1"})
         assert forged.status == 403
+        # Nor may another site's form sign this browser in (no login token of ours).
+        login_forged = await page.request.post(f"{base}/dashboard/sign-in",
+                                               form={"api_key": merchant.api_key})  # fmt: skip
+        assert login_forged.status == 403
         other = await page.goto(f"{base}/dashboard/advocates/{theirs['id']}")
         assert other is not None and other.status == 404
 

@@ -81,18 +81,35 @@ async def _checked_form(request: Request, pool: Any, settings: Settings) -> Chec
     return session, form, None
 
 
+LOGIN_COOKIE = "rt_login"
+
+
+def _sign_in_page(settings: Settings, status: int = 200, error: str | None = None) -> Response:
+    """The form, with a fresh login token in a cookie and in the form (double submit): a form
+    posted from another site cannot sign this browser into someone else's merchant."""
+    login = secrets.token_urlsafe(24)
+    response = _render("dash_signin.html", status, error=error, login=login)
+    response.set_cookie(
+        LOGIN_COOKIE, login, max_age=3600, path="/dashboard/sign-in", httponly=True,
+        secure=settings.cookie_secure, samesite="strict",
+    )  # fmt: skip
+    return response
+
+
 @router.get("/sign-in")
-async def sign_in_form(request: Request) -> Response:
-    return _render("dash_signin.html")
+async def sign_in_form(settings: AppSettings) -> Response:
+    return _sign_in_page(settings)
 
 
 @router.post("/sign-in")
 async def sign_in(request: Request, pool: Pool, settings: AppSettings) -> Response:
     form = await _form(request)
+    expected = request.cookies.get(LOGIN_COOKIE, "")
+    if not expected or not secrets.compare_digest(expected, form.get("login", "")):
+        return _sign_in_page(settings, 403, "This form expired: sign in again.")
     token = await service.sign_in(pool, form.get("api_key", ""), datetime.now(UTC))
     if token is None:
-        return _render("dash_signin.html", 401, error="That API key is unknown, revoked or "
-                       "expired.")  # fmt: skip
+        return _sign_in_page(settings, 401, "That API key is unknown, revoked or expired.")
     response = RedirectResponse("/dashboard", status_code=303)
     response.set_cookie(
         COOKIE, token, max_age=service.SESSION_HOURS * 3600, path="/dashboard", httponly=True,
