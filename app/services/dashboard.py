@@ -17,7 +17,7 @@ import asyncpg
 
 from app import scopes
 from app.charts import daily_svg
-from app.errors import NotFound
+from app.errors import InvalidInput, NotFound
 from app.keyring import Keyring
 from app.pipeline.redis_client import RedisClient
 from app.services import intake, programs, review
@@ -27,6 +27,7 @@ from app.services import stats as stats_service
 from app.services import webhooks as webhooks_service
 from app.services.tx import transaction
 from app.storage import dashboard as repo
+from app.storage import stats as stats_repo
 from app.storage.merchants import Merchant, merchant_for_api_key
 
 SESSION_HOURS = 12
@@ -97,11 +98,14 @@ async def program_page(
 ) -> dict[str, Any]:  # fmt: skip
     """The funnel (all time), and for the chosen period (default: the last 30 days) its
     totals, the daily chart and the breakdown by channel."""
-    found = await programs.get_program(pool, merchant, program)
-    funnel = await stats_service.program_stats(pool, redis, merchant, program)
-    series = await stats_service.program_daily(pool, merchant, program, start, end, today)
-    channels = await stats_service.program_channels(pool, merchant, program, start, end, today)
-    days = series["days"]
+    found = await programs.get_program(pool, merchant, program)  # the page's one tenancy check
+    try:
+        start, end = stats_service.period(start, end, today)
+    except InvalidInput:  # a period backwards or too long: the default one
+        start, end = stats_service.period(None, None, today)
+    funnel = await stats_repo.program_funnel(pool, redis, merchant, program)
+    days = await stats_repo.program_daily(pool, merchant, program, start, end)
+    channels = await stats_repo.program_channels(pool, merchant, program, start, end)
     period = {name: sum(d[name] for d in days) for name in ("clicks", "signups", "purchases")}
     steps = [("Clicks", funnel["clicks"]), ("Unique visitors", funnel["unique_visitors"] or 0),
              ("Signups", funnel["signups"]), ("Purchases", funnel["purchases"])]  # fmt: skip
@@ -115,16 +119,16 @@ async def program_page(
     chart = daily_svg([d["day"] for d in days], [d["clicks"] for d in days],
                       [d["signups"] + d["purchases"] + d["renewals"] for d in days])  # fmt: skip
     return {"program": found, "funnel": funnel, "steps": rows, "chart": chart,
-            "period": {**period, "start": series["start"], "end": series["end"],
+            "period": {**period, "start": start, "end": end,
                        "purchase_rate": _rate(period["purchases"], period["clicks"])},
-            "channels": channels["channels"],
+            "channels": channels,
             "top": await repo.top_advocates(pool, merchant, program),
             "advocates": await repo.advocates_of(pool, merchant, program)}  # fmt: skip
 
 
 async def advocate_page(pool: asyncpg.Pool, merchant: UUID, advocate: UUID) -> dict[str, Any]:
     found, links = await links_service.get_advocate(pool, merchant, advocate)
-    funnel = await stats_service.advocate_stats(pool, merchant, advocate)
+    funnel = await stats_repo.advocate_funnel(pool, merchant, advocate)
     return {"advocate": found, "links": links, "funnel": funnel,
             "conversions": await repo.advocate_conversions(pool, merchant, advocate)}  # fmt: skip
 

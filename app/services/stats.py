@@ -37,7 +37,7 @@ async def program_stats(
     return await stats_repo.program_funnel(pool, redis, merchant_id, program_id)
 
 
-def _period(start: date | None, end: date | None, today: date) -> tuple[date, date]:
+def period(start: date | None, end: date | None, today: date) -> tuple[date, date]:
     """A chosen period of UTC days (by default the last 30), of at most 367 days."""
     end = end or today
     start = start or end - timedelta(days=29)
@@ -53,7 +53,7 @@ async def program_daily(
     end: date | None, today: date,
 ) -> dict[str, Any]:  # fmt: skip
     """The program's days (the charts' series): by default the last 30."""
-    start, end = _period(start, end, today)
+    start, end = period(start, end, today)
     await get_program(pool, merchant_id, program_id)
     days = await stats_repo.program_daily(pool, merchant_id, program_id, start, end)
     return {"start": start, "end": end, "days": days}
@@ -64,7 +64,7 @@ async def program_channels(
     end: date | None, today: date,
 ) -> dict[str, Any]:  # fmt: skip
     """The program's clicks and conversions by channel over a period (by default 30 days)."""
-    start, end = _period(start, end, today)
+    start, end = period(start, end, today)
     await get_program(pool, merchant_id, program_id)
     channels = await stats_repo.program_channels(pool, merchant_id, program_id, start, end)
     return {"start": start, "end": end, "channels": channels}
@@ -121,12 +121,9 @@ async def _holder(pool: asyncpg.Pool, settings: Settings, token: str,
     return holder
 
 
-async def own_stats(
-    pool: asyncpg.Pool, settings: Settings, token: str, now: datetime
-) -> dict[str, Any]:
-    """The advocate's page: counts and their own rewards; friends' amounts only when the
-    program shows them."""
-    holder = await _holder(pool, settings, token, now)
+async def _figures(pool: asyncpg.Pool, holder: dict[str, Any]) -> dict[str, Any]:
+    """What the token's holder may see of their funnel: counts and their own rewards;
+    friends' amounts only when the program shows them."""
     page = await stats_repo.advocate_page(pool, holder["merchant_id"], holder["advocate_id"])
     shown = holder["advocate_sees_amounts"]
     return {
@@ -142,6 +139,13 @@ async def own_stats(
     }
 
 
+async def own_stats(
+    pool: asyncpg.Pool, settings: Settings, token: str, now: datetime
+) -> dict[str, Any]:
+    """The advocate's page as JSON (see `_figures`)."""
+    return await _figures(pool, await _holder(pool, settings, token, now))
+
+
 async def own_page(
     pool: asyncpg.Pool, settings: Settings, token: str, now: datetime
 ) -> dict[str, Any]:
@@ -149,7 +153,7 @@ async def own_page(
     friends' counts and their own rewards by state (amounts written in each currency's
     decimals). Nothing of any other advocate, and no customer's personal data."""
     holder = await _holder(pool, settings, token, now)
-    figures = await own_stats(pool, settings, token, now)
+    figures = await _figures(pool, holder)
     links = await advocates_repo.active_links(pool, holder["merchant_id"], holder["advocate_id"])
     base = settings.public_base_url.rstrip("/")
     link_url = f"{base}/r/{links[0]}" if links else ""
