@@ -16,8 +16,8 @@ from uuid import UUID
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from app import audit
-from app.errors import AppError, InvalidInput, NotFound
+from app import audit, scopes
+from app.errors import AppError, NotFound
 from app.routes.deps import AppSettings, Pool, RedisConn
 from app.routes.links import link_view
 from app.routes.pages import HEADERS, TEMPLATES, qr_svg
@@ -51,6 +51,7 @@ async def _form(request: Request) -> dict[str, str]:
 
 def _context(session: service.Session, settings: Settings, **extra: Any) -> dict[str, Any]:
     return {"merchant": session.merchant, "can_write": session.can_write,
+            "can_admin": scopes.grants(session.merchant.scopes, "admin"),
             "csrf": service.csrf_token(settings.keyring, session.token), **extra}  # fmt: skip
 
 
@@ -78,6 +79,28 @@ async def _checked_form(request: Request, pool: Any, settings: Settings) -> Chec
         return session, form, _render("dash_error.html", 403, message="This form expired or did "
                                       "not come from this page: reload and try again.",
                                       **_context(session, settings))  # fmt: skip
+    return session, form, None
+
+
+async def _checked_write(request: Request, pool: Any, settings: Settings, api: tuple[str, str],
+                         ids: dict[str, str]) -> Checked:  # fmt: skip
+    """A form that changes something: its CSRF token, then the scope the API's own operation
+    `api` needs (app/scopes.py: a key gets nothing here it lacks there); the write is recorded
+    in the audit trail under the dashboard's operation, with the form's fields."""
+    session, form, refused = await _checked_form(request, pool, settings)
+    if refused is not None or session is None:
+        return session, form, refused
+    scope = scopes.needed(*api)
+    if not scopes.grants(session.merchant.scopes, scope):
+        refusal = _render("dash_error.html", 403, message=f"This key lacks the {scope!r} scope.",
+                          **_context(session, settings))  # fmt: skip
+        return session, form, refusal
+    change = {k: v[:500] for k, v in form.items() if k != "csrf"}
+    audit.current.set(audit.AuditContext(
+        session.merchant.id, session.merchant.key_id,
+        f"{request.method} {getattr(request.scope.get('route'), 'path', request.url.path)}",
+        ids, change or None,
+    ))  # fmt: skip
     return session, form, None
 
 
@@ -153,12 +176,8 @@ async def program(program_id: UUID, request: Request, pool: Pool, redis: RedisCo
     start, end = _day(request.query_params.get("start")), _day(request.query_params.get("end"))
 
     async def load(session: service.Session) -> dict[str, Any]:
-        try:
-            return await service.program_page(pool, redis, session.merchant.id, program_id,
-                                              datetime.now(UTC).date(), start, end)  # fmt: skip
-        except InvalidInput:  # a period backwards or too long: the default one
-            return await service.program_page(pool, redis, session.merchant.id, program_id,
-                                              datetime.now(UTC).date())  # fmt: skip
+        return await service.program_page(pool, redis, session.merchant.id, program_id,
+                                          datetime.now(UTC).date(), start, end)  # fmt: skip
 
     return await _page(request, pool, settings, "dash_program.html", load)
 
@@ -195,18 +214,18 @@ async def review(request: Request, pool: Pool, settings: AppSettings) -> Respons
 @router.post("/review/{item_id}")
 async def decide(item_id: UUID, request: Request, pool: Pool, redis: RedisConn,
                  settings: AppSettings) -> Response:  # fmt: skip
-    session, form, refused = await _checked_form(request, pool, settings)
+    session, form, refused = await _checked_write(
+        request, pool, settings, ("POST", "/v1/review/items/{item_id}/decision"),
+        {"item_id": str(item_id)},
+    )  # fmt: skip
     if refused is not None:
         return refused
     assert session is not None
     decision = form.get("decision", "")
-    if not session.can_write or decision not in ("approve", "reject"):
-        return _render("dash_error.html", 403, message="This key may not decide reviews.",
+    if decision not in ("approve", "reject"):
+        return _render("dash_error.html", 403, message="Approve or reject only, here.",
                        **_context(session, settings))  # fmt: skip
     note = form.get("note", "")[:500]
-    audit.current.set(audit.AuditContext(
-        session.merchant.id, session.merchant.key_id, "POST /dashboard/review/{item_id}",
-        {"item_id": str(item_id)}, {"decision": decision, "note": note}))  # fmt: skip
     try:
         await review_service.decide(pool, redis, session.merchant, item_id, decision,  # type: ignore[arg-type]
                                     note, datetime.now(UTC))  # fmt: skip
@@ -229,18 +248,12 @@ async def payouts(request: Request, pool: Pool, settings: AppSettings) -> Respon
 
 @router.post("/payouts")
 async def create_payout(request: Request, pool: Pool, settings: AppSettings) -> Response:
-    session, form, refused = await _checked_form(request, pool, settings)
+    session, form, refused = await _checked_write(request, pool, settings,
+                                                  ("POST", "/v1/payouts"), {})  # fmt: skip
     if refused is not None:
         return refused
     assert session is not None
-    if not session.can_write:
-        return _render("dash_error.html", 403, message="This key may not pay out.",
-                       **_context(session, settings))  # fmt: skip
     key = form.get("idempotency_key", "")[:200] or secrets.token_urlsafe(16)
-    audit.current.set(audit.AuditContext(
-        session.merchant.id, session.merchant.key_id, "POST /dashboard/payouts", {},
-        {"idempotency_key": key},
-    ))  # fmt: skip
     await payouts_service.create_batch(pool, session.merchant.id, key, None)
     return RedirectResponse("/dashboard/payouts", status_code=303)
 
@@ -256,18 +269,13 @@ async def webhooks(request: Request, pool: Pool, settings: AppSettings) -> Respo
 @router.post("/webhook-deliveries/{delivery_id}/redeliver")
 async def redeliver(delivery_id: UUID, request: Request, pool: Pool,
                     settings: AppSettings) -> Response:  # fmt: skip
-    session, _, refused = await _checked_form(request, pool, settings)
+    session, _, refused = await _checked_write(
+        request, pool, settings, ("POST", "/v1/webhook-deliveries/{delivery_id}/redeliver"),
+        {"delivery_id": str(delivery_id)},
+    )  # fmt: skip
     if refused is not None:
         return refused
     assert session is not None
-    if not session.can_write:
-        return _render("dash_error.html", 403, message="This key may not redeliver.",
-                       **_context(session, settings))  # fmt: skip
-    audit.current.set(audit.AuditContext(
-        session.merchant.id, session.merchant.key_id,
-        "POST /dashboard/webhook-deliveries/{delivery_id}/redeliver",
-        {"delivery_id": str(delivery_id)}, None,
-    ))  # fmt: skip
     try:
         await webhooks_service.redeliver(pool, session.merchant.id, delivery_id, datetime.now(UTC))
     except NotFound:
