@@ -111,5 +111,15 @@ class Keyring:
 
     def sign(self, message: bytes) -> tuple[str, bytes]:
         """(key id, HMAC-SHA256) with the newest signing key."""
-        kid, key = self.signing_keys[0]
-        return kid, hmac.digest(key, message, hashlib.sha256)
+        kid = self.signing_keys[0][0]
+        mac = self.mac(kid, message)
+        assert mac is not None
+        return kid, mac
+
+    def mac(self, kid: str, message: bytes) -> bytes | None:
+        """The HMAC-SHA256 of `message` under signing key `kid` (None: no such key listed, or
+        retired)."""
+        for known, key in self.signing_keys:
+            if known == kid:
+                return hmac.digest(key, message, hashlib.sha256)
+        return None
