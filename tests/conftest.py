@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import uvicorn
 from redis.asyncio import Redis
 
 from app.keyring import Keyring
@@ -63,6 +64,14 @@ def database_url() -> str:
 def redis_url() -> str:
     return _require_env("REDIS_URL")
 
+
+# Debian's Chromium (./manage test installs it), as the browser tests launch it: without the
+# background-networking flags it tries this closed network at every start.
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
 
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
 # The keys the app under test derives from its settings (merchants made by tests use them too).
@@ -133,6 +142,35 @@ async def serving(
     try:
         async with httpx.AsyncClient(transport=transport, base_url="https://go.test") as client:
             yield app, client
+    finally:
+        await lifespan.__aexit__(None, None, None)
+
+
+@contextlib.asynccontextmanager
+async def serve_asgi(app: Any, port: int) -> AsyncIterator[None]:
+    """An ASGI app on a real loopback port (uvicorn, its lifespan left to the caller), for a
+    browser or a delivery worker to reach over HTTP."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
+                                           log_level="warning"))  # fmt: skip
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task
+
+
+@contextlib.asynccontextmanager
+async def live_api(settings: Settings, port: int) -> AsyncIterator[TrackingApp]:
+    """The whole app (its lifespan run) answering on a real port."""
+    app, lifespan = await start_app(settings)
+    try:
+        async with serve_asgi(app, port):
+            yield app
     finally:
         await lifespan.__aexit__(None, None, None)
 

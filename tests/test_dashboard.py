@@ -20,10 +20,9 @@ from app.services import webhooks as webhooks_service
 from app.settings import Settings
 from app.storage.merchants import CreatedMerchant
 from app.workers import scheduler
-from tests.conftest import BROWSER_UA, auth, flush
+from tests.conftest import BROWSER_UA, CHROMIUM, CHROMIUM_ARGS, auth, flush
 from tests.test_conversions import RULES, post
-from tests.test_pages import ARGS, SHOTS, site  # noqa: F401  (the live-server fixture)
-from tests.test_snippet import CHROMIUM
+from tests.test_pages import SHOTS, site  # noqa: F401  (the live-server fixture)
 
 pytestmark = pytest.mark.skipif(not shutil.which("chromium"), reason="./manage test installs it")
 
@@ -71,7 +70,7 @@ async def test_a_merchant_signs_in_reads_the_funnel_reviews_pays_out_and_signs_o
         reader = issued.json()["key"]
 
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = await browser.new_page(viewport={"width": 1200, "height": 900})
         await page.goto(f"{base}/dashboard")
         assert page.url.endswith("/dashboard/sign-in")
@@ -158,7 +157,7 @@ async def test_the_webhooks_page_shows_the_delivery_log_and_redelivers(
     async with webhooks_service.client(settings) as http:
         assert await webhooks_service.deliver_due(db, settings, http) == 1  # fails: no such host
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = await browser.new_page()
         await page.goto(f"{base}/dashboard/sign-in")
         await page.fill("#api_key", merchant.api_key)

@@ -17,16 +17,21 @@ from playwright.async_api import async_playwright
 from app.settings import Settings
 from app.storage.merchants import CreatedMerchant
 from app.workers import scheduler
-from tests.conftest import BROWSER_UA, ROOT, auth, flush, free_port, make_settings, start_app
+from tests.conftest import (
+    BROWSER_UA,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ROOT,
+    auth,
+    flush,
+    free_port,
+    live_api,
+    make_settings,
+)
 from tests.test_conversions import RULES, post
-from tests.test_snippet import CHROMIUM, _serve
 
 pytestmark = pytest.mark.skipif(not shutil.which("chromium"), reason="./manage test installs it")
 SHOTS = ROOT / "tests" / "screenshots"
-ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 
 
 @pytest.fixture
@@ -36,14 +41,8 @@ async def site(database_url: str, redis_url: str, tmp_path: Any,
     base = f"http://127.0.0.1:{port}"  # loopback is a secure context: the clipboard works
     settings = make_settings(database_url, redis_url, tmp_path, cookie_secure=False,
                              public_base_url=base)  # fmt: skip
-    app, lifespan = await start_app(settings)
-    server, task = await _serve(app, port)
-    try:
+    async with live_api(settings, port):
         yield settings, base
-    finally:
-        server.should_exit = True
-        await task
-        await lifespan.__aexit__(None, None, None)
 
 
 async def test_the_advocate_page_on_a_phone_shows_the_link_and_balance_and_copies(
@@ -72,7 +71,7 @@ async def test_the_advocate_page_on_a_phone_shows_the_link_and_balance_and_copie
         assert issued["url"] == f"{base}/advocate?token={issued['token']}"
 
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = await browser.new_context(viewport={"width": 390, "height": 844},
                                             user_agent=BROWSER_UA)  # fmt: skip
         await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)

@@ -7,7 +7,6 @@ production (shop.com and go.shop.com), both on loopback through Chromium's resol
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,27 +14,24 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from playwright.async_api import async_playwright
 
 from app.settings import Settings
 from app.storage.merchants import CreatedMerchant
-from tests.conftest import BROWSER_UA, auth, flush, free_port, make_settings, start_app
+from tests.conftest import (
+    BROWSER_UA,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    auth,
+    flush,
+    free_port,
+    live_api,
+    make_settings,
+    serve_asgi,
+)
 from tests.test_conversions import RULES, post, read
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not shutil.which("chromium"), reason="./manage test installs it")
-
-
-async def _serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
-                                           log_level="warning"))  # fmt: skip
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    return server, task
 
 
 def _shop(api: str, merchant: str) -> Any:
@@ -68,14 +64,8 @@ async def live(database_url: str, redis_url: str, tmp_path: Any,
     port = free_port()
     settings = make_settings(database_url, redis_url, tmp_path, cookie_secure=False,
                              public_base_url=f"http://go.example.test:{port}")  # fmt: skip
-    app, lifespan = await start_app(settings)
-    server, task = await _serve(app, port)
-    try:
+    async with live_api(settings, port) as app:
         yield settings, app, port
-    finally:
-        server.should_exit = True
-        await task
-        await lifespan.__aexit__(None, None, None)
 
 
 async def test_the_snippet_keeps_the_click_id_on_the_shop_and_the_pixel_carries_our_cookie(
@@ -85,7 +75,6 @@ async def test_the_snippet_keeps_the_click_id_on_the_shop_and_the_pixel_carries_
     api = f"http://go.example.test:{api_port}"
     shop_port = free_port()
     shop = f"http://shop.example.test:{shop_port}"
-    shop_server, shop_task = await _serve(_shop(api, str(merchant.id)), shop_port)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}") as client:
         program = await client.post("/v1/programs", headers=auth(merchant), json={
             "name": "Shop", "destination_url": f"{shop}/landing",
@@ -99,39 +88,34 @@ async def test_the_snippet_keeps_the_click_id_on_the_shop_and_the_pixel_carries_
         assert "public" in script.headers["cache-control"]
         cached = await client.get("/t/rt.js", headers={"if-none-match": script.headers["etag"]})
         assert cached.status_code == 304
-        try:
-            async with async_playwright() as p:
-                browser = await p.chromium.launch(executable_path=CHROMIUM, args=[
-                    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--host-resolver-rules=MAP *.example.test 127.0.0.1",
-                ])  # fmt: skip
-                # Headless Chromium says so in its user agent, and we count it as a bot: the
-                # shopper's browser is a plain Chrome.
-                page = await browser.new_page(user_agent=BROWSER_UA)
-                redirect = await page.goto(f"{api}/r/{code}")
-                assert redirect is not None and page.url.startswith(f"{shop}/landing?")
-                issued = page.url.split(f"{settings.click_id_param}=")[1][:32]
-                assert await page.evaluate("referral.clickId()") == issued
-                hidden = await page.eval_on_selector("input[name=rcid]", "e => e.value")
-                assert hidden == issued
-                cookies = {c["name"]: c for c in await page.context.cookies()}
-                assert cookies["rt_click"]["domain"] == "shop.example.test"  # first-party
-                ours = cookies[settings.cookie_name]
-                assert ours["domain"] == "go.example.test"
+        shop_site = serve_asgi(_shop(api, str(merchant.id)), shop_port)
+        async with shop_site, async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=[
+                *CHROMIUM_ARGS, "--host-resolver-rules=MAP *.example.test 127.0.0.1",
+            ])  # fmt: skip
+            # Headless Chromium says so in its user agent, and we count it as a bot: the
+            # shopper's browser is a plain Chrome.
+            page = await browser.new_page(user_agent=BROWSER_UA)
+            redirect = await page.goto(f"{api}/r/{code}")
+            assert redirect is not None and page.url.startswith(f"{shop}/landing?")
+            issued = page.url.split(f"{settings.click_id_param}=")[1][:32]
+            assert await page.evaluate("referral.clickId()") == issued
+            hidden = await page.eval_on_selector("input[name=rcid]", "e => e.value")
+            assert hidden == issued
+            cookies = {c["name"]: c for c in await page.context.cookies()}
+            assert cookies["rt_click"]["domain"] == "shop.example.test"  # first-party
+            ours = cookies[settings.cookie_name]
+            assert ours["domain"] == "go.example.test"
 
-                async with page.expect_request("**/t/pixel.gif*") as pixel_request:
-                    await page.goto(f"{shop}/confirmation")
-                pixel = await pixel_request.value
-                sent = await pixel.all_headers()
-                assert f"{settings.cookie_name}={ours['value']}" in sent.get("cookie", "")
-                assert "order_id=order-77" in pixel.url
-                response = await pixel.response()
-                assert response is not None and response.status == 200
-                await browser.close()
-        finally:
-            shop_server.should_exit = True
-            await shop_task
+            async with page.expect_request("**/t/pixel.gif*") as pixel_request:
+                await page.goto(f"{shop}/confirmation")
+            pixel = await pixel_request.value
+            sent = await pixel.all_headers()
+            assert f"{settings.cookie_name}={ours['value']}" in sent.get("cookie", "")
+            assert "order_id=order-77" in pixel.url
+            response = await pixel.response()
+            assert response is not None and response.status == 200
+            await browser.close()
         await flush(settings)
         claimed = await db.fetchval("SELECT visitor_id FROM order_pixels WHERE order_id = $1",
                                     "order-77")  # fmt: skip

@@ -18,14 +18,13 @@ import asyncpg
 import httpx
 import orjson
 import pytest
-import uvicorn
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app.services import webhooks as service
 from app.settings import Settings
 from app.storage.merchants import CreatedMerchant
 from app.workers import scheduler
-from tests.conftest import ROOT, auth, flush, free_port, make_settings, serving
+from tests.conftest import ROOT, auth, flush, free_port, make_settings, serve_asgi, serving
 from tests.test_conversions import RULES, click, post
 from tests.test_fraud import FRIEND_RULES, enroll
 
@@ -52,6 +51,8 @@ class Receiver:
         body = b""
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the sender died mid-request: nothing was delivered
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
@@ -77,16 +78,8 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     target = Receiver(free_port())
-    server = uvicorn.Server(uvicorn.Config(target, host="127.0.0.1", port=target.port,
-                                           log_level="warning", lifespan="off"))  # fmt: skip
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    yield target
-    server.should_exit = True
-    await task
+    async with serve_asgi(target, target.port):
+        yield target
 
 
 @pytest.fixture
