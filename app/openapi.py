@@ -50,8 +50,8 @@ _DESCRIPTIONS = {
     "404": "Not found, or another merchant's.",
     "409": "A conflict: the event id was already used for a different conversion, the review "
     "item was already decided otherwise, the program already runs an experiment, another "
-    "variant was promoted, an Idempotency-Key was used for another request, or a payout batch "
-    "is past that step.",
+    "variant was promoted, an Idempotency-Key was used for another request, a payout batch "
+    "is past that step, or a test event was asked of a disabled webhook endpoint.",
     "413": "The request body is larger than the limit (64 KiB by default).",
     "422": "Invalid input: `error.field` names the first failing field, `errors` lists all.",
     "429": "Rate limited: see Retry-After and the RateLimit-* headers.",
@@ -84,7 +84,13 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> list[str]:
         statuses += ["409", "413"]
     starts_experiment = path == "/v1/programs/{program_id}/experiments" and method == "post"
     payout_moves = path.startswith("/v1/payouts") and method == "post"
-    if path.endswith(("/decision", "/promote")) or starts_experiment or payout_moves:
+    tests_an_endpoint = path == "/v1/webhook-endpoints/{endpoint_id}/test"
+    if (
+        path.endswith(("/decision", "/promote"))
+        or starts_experiment
+        or payout_moves
+        or tests_an_endpoint
+    ):
         statuses.append("409")
     return sorted(set(statuses))
 

@@ -14,7 +14,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,37 @@ _TABLES = [
     "link_outbox", "review_items", "click_flood_sweeps", "advocate_owed", "audit_log", "events",
     "webhook_endpoints", "advocate_tokens", "erasures", "click_retention",
 ]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _stacks_before_the_timeout(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that hangs is failed by pytest-timeout with the stack of the event loop's select,
+    which names no coroutine: shortly before, print every thread's and every asyncio task's
+    stack, so the report says what was being waited for."""
+    config = request.config
+    limit = float(config.getoption("timeout", None) or config.getini("timeout") or 0)
+    if limit <= 30:
+        yield
+        return
+
+    def dump() -> None:
+        out = sys.__stderr__
+        assert out is not None
+        print(f"--- {request.node.nodeid} still running after {limit - 15:.0f} s ---", file=out)
+        for thread_id, frame in sys._current_frames().items():
+            print(f"thread {thread_id}:", "".join(traceback.format_stack(frame)), file=out)
+        for task in list(asyncio.tasks._all_tasks):  # type: ignore[attr-defined]
+            if not task.done():
+                print(f"task {task.get_name()}:", file=out)
+                task.print_stack(file=out)
+
+    timer = threading.Timer(limit - 15, dump)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _require_env(name: str) -> str:
