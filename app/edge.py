@@ -8,9 +8,11 @@ plain ASGI in front of FastAPI:
 2. management requests (`/v1/…` with an API key) are authenticated from the header alone; the
    merchant is handed to the route in `request.state.merchant`. Unknown keys are remembered in
    a bounded negative cache, so repeating one costs no query;
-3. rate limits (app/ratelimits.py): per API key, per merchant for postbacks and pixels, per IP
-   for pixels and for failed authentication; 429 with Retry-After and RateLimit-* headers.
-The redirect (/r/…) never comes here.
+3. rate limits (app/ratelimits.py): per API key, per merchant for pixels and providers'
+   webhooks, per IP for pixels and for failed authentication; 429 with Retry-After and
+   RateLimit-* headers.
+The redirect (/r/…) and the signed postback (POST /v1/conversions, app/routes/postback.py, which
+does the same checks itself) never come here.
 """
 
 from __future__ import annotations
@@ -69,13 +71,13 @@ def _error(error: AppError) -> bytes:
     return orjson.dumps(error.body())
 
 
-_TOO_LARGE = _error(AppError("the request body is too large", field="body", code="body_too_large"))
+TOO_LARGE = _error(AppError("the request body is too large", field="body", code="body_too_large"))
 _NO_KEY = _error(Unauthorized(MISSING_KEY, field="authorization"))
 _BAD_KEY = _error(Unauthorized(INVALID_KEY, field="authorization"))
 _OPS_KEY = _error(Unauthorized("the ops surface needs `Authorization: Bearer <OPS_TOKEN>`",
                                field="authorization"))  # fmt: skip
 _UNAVAILABLE = orjson.dumps(UNAVAILABLE_BODY)
-_TOO_MANY = _error(AppError("too many requests: slow down (see Retry-After)", code="rate_limited"))
+TOO_MANY = _error(AppError("too many requests: slow down (see Retry-After)", code="rate_limited"))
 
 
 class _BodyTooLarge(Exception):
@@ -111,7 +113,7 @@ class EdgeGuard:
         # Uploads are larger; their body, like every other, is read only after the key is known.
         limit = self.max_upload_bytes if path == _UPLOADS else self.max_body_bytes
         if not length.isdigit() or int(length) > limit:
-            await _respond(send, 413, _TOO_LARGE)
+            await _respond(send, 413, TOO_LARGE)
             return
         authorization = headers.get(b"authorization", b"").decode("latin-1")
         if (runtime.ops_token and path in _OPS_PATHS
@@ -122,11 +124,11 @@ class EdgeGuard:
         verdict: Verdict | None = None
         if path.startswith("/v1/") or path == _PIXEL:
             if (refused := runtime.limits.blocked(ip)) is not None:
-                await _respond(send, 429, _TOO_MANY, refused.headers())
+                await _respond(send, 429, TOO_MANY, refused.headers())
                 return
             provider_merchant = _provider_merchant(path) if scope["method"] == "POST" else False
             if path == _POSTBACK and scope["method"] == "POST":
-                verdict = await self._limit_postback(runtime, headers)
+                pass  # the postback endpoint (app/routes/postback.py) limits it with its batch
             elif provider_merchant is not False:
                 if isinstance(provider_merchant, UUID):
                     verdict = await runtime.limits.hit(runtime.limits.postbacks, "postbacks",
@@ -145,7 +147,7 @@ class EdgeGuard:
                 scope.setdefault("state", {})["merchant"] = merchant
                 verdict = await runtime.limits.hit(runtime.limits.api_key, "key", key_hash.hex())
             if verdict is not None and not verdict.allowed:
-                await _respond(send, 429, _TOO_MANY, verdict.headers())
+                await _respond(send, 429, TOO_MANY, verdict.headers())
                 return
         await self._forward(scope, receive, send, runtime, ip, verdict, limit)
 
@@ -174,7 +176,7 @@ class EdgeGuard:
                 # 413 in its place, once.
                 if message["type"] == "http.response.start":
                     status = 413
-                    await _respond(send, 413, _TOO_LARGE)
+                    await _respond(send, 413, TOO_LARGE)
                 return
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -187,7 +189,7 @@ class EdgeGuard:
         except _BodyTooLarge:
             if status:
                 return
-            await _respond(send, 413, _TOO_LARGE)
+            await _respond(send, 413, TOO_LARGE)
             return
         if status == 401:
             # A bad signature, an unknown merchant, a bad advocate token: guessing is limited.
@@ -217,14 +219,6 @@ class EdgeGuard:
             return _BAD_KEY
         return merchant, key_hash
 
-    async def _limit_postback(
-        self, runtime: GuardRuntime, headers: dict[bytes, bytes]
-    ) -> Verdict | None:
-        merchant = _uuid(headers.get(b"x-referral-merchant", b"").decode("latin-1"))
-        if merchant is None:
-            return None  # the route answers 401 for it (and that counts as a failure)
-        return await runtime.limits.hit(runtime.limits.postbacks, "postbacks", str(merchant))
-
     async def _limit_pixel(
         self, runtime: GuardRuntime, scope: dict[str, Any], ip: str
     ) -> Verdict | None:
@@ -240,11 +234,16 @@ class EdgeGuard:
 
     def _client_ip(self, scope: dict[str, Any], headers: dict[bytes, bytes]) -> str:
         runtime = self.runtime
-        forwarded = headers.get(b"x-forwarded-for")
-        if forwarded and runtime is not None and runtime.trust_forwarded_for:
-            return forwarded.decode("latin-1").rsplit(",", 1)[-1].strip()[:64]
-        client = scope.get("client")
-        return str(client[0]) if client else ""
+        return client_ip(scope, headers, runtime is not None and runtime.trust_forwarded_for)
+
+
+def client_ip(scope: dict[str, Any], headers: dict[bytes, bytes], trust_forwarded_for: bool) -> str:
+    """The client's address: the last X-Forwarded-For hop when the proxy in front is trusted."""
+    forwarded = headers.get(b"x-forwarded-for")
+    if forwarded and trust_forwarded_for:
+        return forwarded.decode("latin-1").rsplit(",", 1)[-1].strip()[:64]
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 def _uuid(value: str) -> UUID | None:

@@ -7,7 +7,7 @@ also list every failing field under "errors".
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -57,6 +57,13 @@ class AppError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "field": self.field}}
 
+    def headers(self) -> dict[str, str] | None:
+        if self.status_code == 401:
+            return {"WWW-Authenticate": "Bearer"}
+        if self.status_code == 503:
+            return {"Retry-After": "2"}
+        return None
+
 
 class NotFound(AppError):
     status_code = 404
@@ -90,34 +97,57 @@ class InvalidInput(AppError):
     code = "validation_error"
 
 
+class RateLimited(AppError):
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self._headers = headers
+
+    def headers(self) -> dict[str, str] | None:
+        return self._headers
+
+
 def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(part) for part in loc)
+
+
+def validation_body(errors: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The 422 body for pydantic's errors (their `loc` already starting with body/query/…)."""
+    fields = [
+        {"field": _field_path(e["loc"]), "message": e["msg"], "type": e["type"]} for e in errors
+    ]
+    first = fields[0] if fields else {"field": None, "message": "invalid request"}
+    return {
+        "error": {
+            "code": "validation_error",
+            "message": f"{first['field']}: {first['message']}",
+            "field": first["field"],
+        },
+        "errors": fields,
+    }
+
+
+class InvalidFields(InvalidInput):
+    """Invalid input as pydantic reports it: the first failing field, and all of them."""
+
+    def __init__(self, errors: Sequence[Mapping[str, Any]]) -> None:
+        self._body = validation_body(errors)
+        super().__init__(self._body["error"]["message"], field=self._body["error"]["field"])
+
+    def body(self) -> dict[str, Any]:
+        return self._body
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(_: Request, exc: AppError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        if exc.status_code == 503:
-            headers = {"Retry-After": "2"}
-        return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"field": _field_path(e["loc"]), "message": e["msg"], "type": e["type"]}
-            for e in exc.errors()
-        ]
-        first = errors[0] if errors else {"field": None, "message": "invalid request"}
-        body = {
-            "error": {
-                "code": "validation_error",
-                "message": f"{first['field']}: {first['message']}",
-                "field": first["field"],
-            },
-            "errors": errors,
-        }
-        return JSONResponse(body, status_code=422)
+        return JSONResponse(validation_body(exc.errors()), status_code=422)
 
     async def unavailable(_: Request, exc: Exception) -> JSONResponse:
         log.error("dependency unavailable", extra={"error": repr(exc)})

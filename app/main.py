@@ -1,7 +1,8 @@
-"""The ASGI application: the redirect hot path in front of the FastAPI management API.
+"""The ASGI application: the two hot paths in front of the FastAPI management API.
 
-`create_app()` builds both. Requests for /r/… go straight to `RedirectEndpoint`, a plain ASGI
-callable; everything else goes through the edge (app/edge.py) to FastAPI. The lifespan (run by
+`create_app()` builds them. Requests for /r/… go straight to `RedirectEndpoint`, and signed
+postbacks (POST /v1/conversions) to `PostbackEndpoint`, plain ASGI callables; everything else
+goes through the edge (app/edge.py) to FastAPI. The lifespan (run by
 FastAPI) opens the typed runtime (app/runtime.py) and hands the redirect and the edge their
 collaborators.
 """
@@ -48,6 +49,8 @@ from app.routes import (
 from app.routes import (
     webhooks as webhooks_routes,
 )
+from app.routes.postback import ROUTE as POSTBACK_ROUTE
+from app.routes.postback import PostbackEndpoint
 from app.routes.redirect import RedirectEndpoint
 from app.routes.snippet import STATIC_DIR
 from app.runtime import open_runtime
@@ -116,6 +119,7 @@ class TrackingApp:
     def __init__(self, api: FastAPI, max_body_bytes: int, max_upload_bytes: int) -> None:
         self.api = api
         self.redirect: RedirectEndpoint | None = None
+        self.postback: PostbackEndpoint | None = None
         self.guard = EdgeGuard(api, max_body_bytes, max_upload_bytes)
         self._observed = ObserveRequests(self.guard)
 
@@ -123,6 +127,11 @@ class TrackingApp:
         redirect = self.redirect
         if redirect is not None and scope["type"] == "http" and scope["path"].startswith("/r/"):
             await redirect(scope, receive, send)
+            return
+        postback = self.postback
+        if (postback is not None and scope["type"] == "http"
+                and scope["path"] == POSTBACK_ROUTE and scope["method"] == "POST"):  # fmt: skip
+            await postback(scope, receive, send)
             return
         await self._observed(scope, receive, send)
 
@@ -138,6 +147,10 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
             app.redirect = RedirectEndpoint(
                 runtime.link_cache, runtime.click_buffers, settings, runtime.anonymize_ip
             )
+            app.postback = PostbackEndpoint(
+                runtime.secrets, runtime.conversion_buffer, runtime.anonymize_ip,
+                runtime.rate_limits, settings.max_body_bytes, settings.trust_forwarded_for,
+            )  # fmt: skip
             app.guard.runtime = GuardRuntime(
                 runtime.pool,
                 runtime.rate_limits,
@@ -150,6 +163,7 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
                 yield
             finally:
                 app.redirect = None
+                app.postback = None
                 app.guard.runtime = None
                 log.info("api stopped")
 

@@ -2,8 +2,9 @@
 
 Who is limited, and by what (all configurable, see Settings):
 - an API key's management requests (`RATE_LIMIT_API_KEY`);
-- a merchant's signed postbacks (`RATE_LIMIT_POSTBACKS`) and anonymous pixels
-  (`RATE_LIMIT_PIXELS_PER_MERCHANT`);
+- a merchant's signed postbacks (`RATE_LIMIT_POSTBACKS`: its item is parsed here, but the
+  window is counted by the postbacks' admission script, in the batch's one Redis call — see
+  app/pipeline/admission.py) and anonymous pixels (`RATE_LIMIT_PIXELS_PER_MERCHANT`);
 - one IP's pixels (`RATE_LIMIT_PIXELS_PER_IP`) and one IP's failed authentications
   (`RATE_LIMIT_AUTH_FAILURES_PER_IP`: unknown keys, bad signatures, unknown merchants), so that
   guessing costs the guesser, not PostgreSQL.

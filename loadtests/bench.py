@@ -229,9 +229,22 @@ def raw_asgi_server(port: int) -> Iterator[int]:
 
 
 @contextmanager
+def raw_post_server(port: int) -> Iterator[int]:
+    args = [sys.executable, "-m", "uvicorn", "loadtests.raw_asgi:post_app", "--port", str(port),
+            *UVICORN_FLAGS]  # fmt: skip
+    with process(args, SERVER_CPU) as proc:
+        wait_http(port)
+        yield proc.pid
+
+
+# The load merchant's postbacks are not rate limited here (the limit is still counted).
+OUR_ENV = {"LOG_LEVEL": "WARNING", "RATE_LIMIT_POSTBACKS": "100000000/minute"}
+
+
+@contextmanager
 def our_api(port: int) -> Iterator[int]:
     args = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
-    with process(args, SERVER_CPU, env={"LOG_LEVEL": "WARNING"}) as proc:
+    with process(args, SERVER_CPU, env=OUR_ENV) as proc:
         wait_http(port, "/healthz")
         yield proc.pid
 
@@ -280,6 +293,91 @@ def signed_postbacks(merchant: Any, advocates: int, count: int) -> Path:
     path = Path(tempfile.mkstemp(suffix=".postbacks")[1])
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+class Postbacks:
+    """Signed postbacks handed out to successive wrk runs, none sent twice (postbacks.lua)."""
+
+    def __init__(self, merchant: Any, advocates: int, count: int) -> None:
+        self.merchant = merchant
+        self.path = signed_postbacks(merchant, advocates, count)
+        self.count = count
+        self.start = 0
+
+    def run(self, port: int, seconds: float, *, connections: int = 32, delay_ms: float = 0,
+            server_pid: int | None = None, ceiling: bool = False) -> dict[str, Any]:  # fmt: skip
+        """One wrk run; against the raw ceiling (which checks nothing) the same lines again."""
+        result = wrk(port, seconds, self.path, connections=connections, delay_ms=delay_ms,
+                     server_pid=server_pid, script="postbacks.lua",
+                     env={"POSTBACKS_FILE": str(self.path), "MERCHANT_ID": str(self.merchant.id),
+                          "POSTBACKS_START": "0" if ceiling else str(self.start)})  # fmt: skip
+        if ceiling:
+            return result
+        # Requests still in flight when wrk stopped were sent too: skip a connection's worth.
+        self.start += result["requests"] + connections * 2
+        if self.start > self.count:
+            raise RuntimeError("too few signed postbacks for the runs: some were replayed")
+        return result
+
+
+POST_RAW_NAME = "raw ASGI JSON POST → 202 on uvicorn (1 worker)"
+POST_OURS_NAME = "our POST /v1/conversions, signed, durable in Redis (32 conns)"
+
+
+def postback_rows(
+    dsn: str, redis_url: str, merchant: Any, advocates: int, rounds: int, slice_seconds: float,
+    seconds: float,
+) -> tuple[list[Row], dict[str, int]]:  # fmt: skip
+    """The postback intake against a raw ASGI JSON POST on the same core, its p99 at half its
+    rate, and the flusher's processing of what it accepted (attribution, rewards, ledger)."""
+    port, raw_port = 18084, 18083
+    asyncio.run(clear_conversions(dsn, redis_url))
+    # Enough for 12,000/s at full speed and 6,000/s at half (a wrap-around would be refused).
+    budget = int(12_000 * (rounds * slice_seconds + 1) + 6_000 * seconds) + 10_000
+    postbacks = Postbacks(merchant, advocates, budget)
+    try:
+        with raw_post_server(raw_port) as raw_pid, our_api(port) as our_pid:
+            postbacks.run(raw_port, 1, ceiling=True)
+            postbacks.run(port, 1)
+            raw_runs, our_runs = [], []
+            for round_number in range(rounds):
+                raw_runs.append(
+                    postbacks.run(raw_port, slice_seconds, server_pid=raw_pid, ceiling=True)
+                )
+                our_runs.append(postbacks.run(port, slice_seconds, server_pid=our_pid))
+                print(f"  postbacks round {round_number + 1}: raw {raw_runs[-1]['rate']:,.0f}, "
+                      f"ours {our_runs[-1]['rate']:,.0f} req/s", flush=True)  # fmt: skip
+            ours = median_run(our_runs)
+            half = ours["rate"] / 2
+            latency_runs = [
+                postbacks.run(port, max(1, round(seconds / 3)), delay_ms=32 / half * 1000)
+                for _ in range(3)
+            ]
+            accepted = answered(port, "/v1/conversions", 202)
+    finally:
+        postbacks.path.unlink()
+    queued = asyncio.run(conversion_backlog(redis_url))
+    startup = min(burst_flusher_seconds() for _ in range(2))
+    processing = burst_flusher_seconds() - startup
+    stored = asyncio.run(count_conversions(dsn))
+    raw = row_from_wrk(POST_RAW_NAME, median_run(raw_runs))
+    pairs = list(zip(our_runs, raw_runs, strict=True))
+    ratio = statistics.median(o["rate"] / c["rate"] for o, c in pairs)
+    fixed = sorted(latency_runs, key=lambda r: r["p99_us"])[1]
+    latency = row_from_wrk(f"  … at {fixed['rate']:,.0f} req/s (≈ half max), 32 conns", fixed)
+    latency.extra["p99 of 3 runs"] = " ".join(f"{r['p99_us'] / 1000:.2f}" for r in latency_runs)
+    latency.extra["p99_target_ms"] = 10.0
+    rate = stored / processing if processing > 0 else 0.0
+    rows = [
+        raw,
+        row_from_wrk(POST_OURS_NAME, ours, ceiling=POST_RAW_NAME, ratio=ratio, target=0.35,
+                     extra={"rounds": " ".join(f"{o['rate'] / c['rate']:.0%}" for o, c in pairs)}),
+        latency,
+        Row("conversion processing: stream → attribution, rewards, ledger (1 flusher)", rate,
+            unit="conversions/s", ceiling="postback intake max", ratio=rate / ours["rate"],
+            target=2.0, extra={"stored": stored, "queued": queued}),
+    ]  # fmt: skip
+    return rows, {"intake_202": accepted, "intake_stored": stored}
 
 
 # -- Data ------------------------------------------------------------------------------------
@@ -341,6 +439,26 @@ async def count_clicks(dsn: str) -> tuple[int, int]:
     rows, distinct = await conn.fetchrow("SELECT count(*), count(DISTINCT click_id) FROM clicks")
     await conn.close()
     return rows, distinct
+
+
+async def clear_conversions(dsn: str, redis_url: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("TRUNCATE conversions CASCADE")
+    await conn.close()
+    redis = Redis.from_url(redis_url)
+    await redis.delete("conversions")
+    await redis.aclose()
+
+
+async def conversion_backlog(redis_url: str) -> int:
+    """Postbacks queued in the conversion stream (entries hold one or more)."""
+    redis = Redis.from_url(redis_url)
+    total = 0
+    entries = await redis.xrange("conversions")
+    for _, fields in entries:
+        total += len(orjson.loads(fields[EVENTS_FIELD]))
+    await redis.aclose()
+    return total
 
 
 async def count_conversions(dsn: str) -> int:
@@ -561,10 +679,13 @@ def main() -> None:
     parser.add_argument("--report-rows", type=int, default=10_000_000)
     parser.add_argument("--rounds", type=int, default=9, help="rounds of nginx, raw ASGI and ours")
     parser.add_argument("--slice", type=float, default=4, help="seconds per server and round")
+    parser.add_argument("--post-rounds", type=int, default=3,
+                        help="rounds of the raw POST ceiling and our postback intake")  # fmt: skip
     parser.add_argument("--short", action="store_true", help="CI mode: seconds, accounting only")
     args = parser.parse_args()
     if args.short:
         args.seconds, args.slice, args.links, args.report_rows, args.rounds = 2, 2, 200, 0, 1
+        args.post_rounds = 0
         args.flusher_events = min(args.flusher_events, 20_000)
 
     dsn, redis_url = os.environ["DATABASE_URL"], os.environ["REDIS_URL"]
@@ -706,6 +827,15 @@ def main() -> None:
     if flushed != len(events):
         accounting["lost"] += len(events) - flushed
 
+    # The intake at full speed (not in CI's short run: processing what it accepts takes minutes).
+    accounting |= {"intake_202": 0, "intake_stored": 0, "intake_lost": 0}
+    if args.post_rounds:
+        intake_rows, intake = postback_rows(dsn, redis_url, merchant, args.links,
+                                            args.post_rounds, args.slice, secs)  # fmt: skip
+        rows += intake_rows
+        accounting |= intake
+        accounting["intake_lost"] = max(intake["intake_202"] - intake["intake_stored"], 0)
+
     if args.report_rows:
         rows += asyncio.run(report_query(dsn, redis_url, args.report_rows))
 
@@ -719,7 +849,8 @@ def main() -> None:
         "seconds": secs, "rows": [asdict(r) | {"ok": r.ok} for r in rows], "accounting": accounting,
     }, indent=2))  # fmt: skip
     print(f"results: {out.relative_to(ROOT)}")
-    if accounting["lost"] or accounting["duplicates"] or accounting["postbacks_lost"]:
+    if (accounting["lost"] or accounting["duplicates"] or accounting["postbacks_lost"]
+            or accounting["intake_lost"]):  # fmt: skip
         sys.exit(1)
 
 
@@ -771,7 +902,9 @@ def print_table(rows: list[Row], accounting: dict[str, int]) -> None:
         f"stored in PostgreSQL = {accounting['stored']:,}, "
         f"duplicates = {accounting['duplicates']}, lost = {accounting['lost']}; "
         f"postbacks answered 202 = {accounting['postbacks_202']:,}, conversions stored = "
-        f"{accounting['conversions_stored']:,}, lost = {accounting['postbacks_lost']}"
+        f"{accounting['conversions_stored']:,}, lost = {accounting['postbacks_lost']}; "
+        f"intake at full speed: answered 202 = {accounting['intake_202']:,}, conversions stored "
+        f"= {accounting['intake_stored']:,}, lost = {accounting['intake_lost']}"
     )
 
 

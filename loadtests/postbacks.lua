@@ -1,6 +1,8 @@
 -- wrk script: signed conversion postbacks, each sent once (a signature may not be replayed).
--- POSTBACKS_FILE holds one "<body>\t<signature>" per line; MERCHANT_ID names the merchant.
-local bodies, signatures, i = {}, {}, 0
+-- POSTBACKS_FILE holds one "<body>\t<signature>" per line; MERCHANT_ID names the merchant;
+-- POSTBACKS_START (default 0) skips the lines earlier runs sent.
+local bodies, signatures = {}, {}
+local i = tonumber(os.getenv("POSTBACKS_START") or "0")
 local merchant = os.getenv("MERCHANT_ID")
 
 function init(args)

@@ -21,6 +21,7 @@ from app.pipeline.keys import CONVERSION_TTL_SECONDS, conversion_digest, convers
 from app.storage.link_cache import LINK_RECORD_TTL_SECONDS
 
 N = 20_000
+STREAM, TTL = "conversions", CONVERSION_TTL_SECONDS
 UA = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 Version/17.4"
 
 
@@ -68,16 +69,26 @@ async def main() -> None:
             for _ in range(N):
                 conversion = uuid.uuid4()
                 pipe.xadd("conversions", {EVENTS_FIELD: b"[" + _conversion() + b"]"})
-                pipe.set(conversion_digest(conversion), "0" * 32, ex=CONVERSION_TTL_SECONDS)
                 pipe.set(
-                    conversion_queued(conversion), str(uuid.uuid4()), ex=CONVERSION_TTL_SECONDS
+                    conversion_digest("conversions", conversion),
+                    "0" * 32,
+                    ex=CONVERSION_TTL_SECONDS,
+                )
+                pipe.set(
+                    conversion_queued("conversions", conversion),
+                    str(uuid.uuid4()),
+                    ex=CONVERSION_TTL_SECONDS,
                 )
             await pipe.execute()
 
     async def digests() -> None:
         async with redis.pipeline(transaction=False) as pipe:
             for _ in range(N):
-                pipe.set(conversion_digest(uuid.uuid4()), "0" * 32, ex=CONVERSION_TTL_SECONDS)
+                pipe.set(
+                    conversion_digest("conversions", uuid.uuid4()),
+                    "0" * 32,
+                    ex=CONVERSION_TTL_SECONDS,
+                )
             await pipe.execute()
 
     async def links() -> None:

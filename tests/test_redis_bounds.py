@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from app.pipeline import keys
 from app.services import links as links_service
 from app.settings import Settings
 from app.storage.link_cache import publish_link
@@ -48,9 +49,10 @@ async def test_a_processed_conversion_leaves_no_queued_mark(
 ) -> None:
     await make_program(client, merchant, rules=RULES)
     answer = await post(client, merchant, {"event_id": "e1", "type": "signup"})
-    assert await redis.exists(f"conversion-queued:{answer.json()['id']}")
+    mark = keys.conversion_queued(settings.conversion_stream, answer.json()["id"])
+    assert await redis.exists(mark)
     await flush(settings)
-    assert not await redis.exists(f"conversion-queued:{answer.json()['id']}")
+    assert not await redis.exists(mark)
 
 
 async def test_a_link_disabled_while_redis_refuses_the_write_stops_redirecting_once_it_recovers(

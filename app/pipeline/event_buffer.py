@@ -13,6 +13,11 @@ caller can take it for written (the redirect still sends the shopper on; a postb
 
 Events arrive encoded (one JSON value each, made by the caller before it waits): a batch is only
 joined, so one event can never make the write of its neighbours fail.
+
+An event may also come with conditions (`admit`: a quota window, a nonce, an idempotency key;
+app/pipeline/admission.py): a batch holding such events is decided and written by one
+server-side script instead of the plain XADD, still one round trip, and each of those events'
+futures resolves to its own outcome.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from redis.exceptions import AskError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app import metrics
+from app.pipeline.admission import ADMITTED_BLIND, Admission, Admitted, Admitter, Outcome
 from app.pipeline.events import EVENTS_FIELD
 from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient, new_connection_for
 from app.pipeline.spool import Spool
@@ -88,6 +94,10 @@ class EventBuffer:
         self._writers = writers
         self._events: list[bytes] = []
         self._done: _BatchWritten | None = None
+        # Events with conditions (app/pipeline/admission.py): (index in _events, conditions,
+        # the future of its own outcome).
+        self._admissions: list[tuple[int, Admission, asyncio.Future[Admitted]]] = []
+        self._admitter = Admitter(redis)
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -122,6 +132,10 @@ class EventBuffer:
             await connection.disconnect()
         self._idle_connections.clear()
 
+    @property
+    def stream(self) -> str:
+        return self._stream
+
     def spool_files(self) -> list[Path]:
         return self._spool.files()
 
@@ -141,17 +155,30 @@ class EventBuffer:
         self._events.append(event)
         return done
 
+    def admit(self, event: bytes, admission: Admission) -> asyncio.Future[Admitted]:
+        """Queues one encoded event that enters the stream only if `admission` allows (its
+        quota, nonce and idempotency key, checked with the whole batch in one round trip). The
+        future resolves to the outcome once that is decided and, if added, the event durable;
+        it fails with EventsLost like `add`. While Redis is down nothing can be checked: the
+        event is spooled and answered ADDED (the consumer must be idempotent anyway)."""
+        self._events.append(event)
+        self._wakeup.set()
+        outcome: asyncio.Future[Admitted] = asyncio.Future(loop=self._loop)
+        self._admissions.append((len(self._events) - 1, admission, outcome))
+        return outcome
+
     async def _write_loop(self) -> None:
         while True:
             await self._wakeup.wait()
             if not self._stopping:
                 self._wakeup.clear()
             while self._events:
-                events, done = self._events, self._done
-                self._events, self._done = [], None
+                events, done, admissions = self._events, self._done, self._admissions
+                self._events, self._done, self._admissions = [], None, []
                 outcome: BaseException | None = None
+                admitted: list[Admitted] = []
                 try:
-                    await self._write(events)
+                    admitted = await self._write(events, admissions)
                 except EventsLost as exc:
                     outcome = exc
                 except Exception as exc:
@@ -166,15 +193,82 @@ class EventBuffer:
                             done.set_result(None)
                         else:
                             done.set_exception(outcome)
+                    for i, (_, _, future) in enumerate(admissions):
+                        if future.done():  # its request was cancelled
+                            continue
+                        if outcome is None:
+                            future.set_result(admitted[i])
+                        else:
+                            future.set_exception(outcome)
             if self._stopping:
                 return
 
-    async def _write(self, events: list[bytes]) -> None:
+    def _payloads(self, events: list[bytes]) -> list[bytes]:
         step = self._max_batch
-        payloads = [
-            b"[" + b",".join(events[i : i + step]) + b"]" for i in range(0, len(events), step)
-        ]
+        return [b"[" + b",".join(events[i : i + step]) + b"]" for i in range(0, len(events), step)]
+
+    async def _write(
+        self, events: list[bytes], admissions: list[tuple[int, Admission, Any]]
+    ) -> list[Admitted]:
+        """Make the batch durable; the outcomes of its admissions, in their order."""
         self._batch_sizes.observe(len(events))
+        if admissions:
+            return await self._write_admitted(events, admissions)
+        await self._write_plain(events)
+        return []
+
+    async def _write_admitted(
+        self, events: list[bytes], admissions: list[tuple[int, Admission, Any]]
+    ) -> list[Admitted]:
+        """One script call decides every admission and (unless this buffer waits behind
+        another's spool) appends what it admits; what it admits without appending, and
+        everything while Redis is unavailable, goes to the spool."""
+        conditions: list[Admission | None] = [None] * len(events)
+        for index, admission, _ in admissions:
+            conditions[index] = admission
+        behind = self._waiting_behind()
+        decided: list[Admitted] | None = None
+        if self.redis_ok:
+            try:
+                async with asyncio.timeout(self._write_timeout):
+                    decided = await self._admitter.run(
+                        self._stream, events, conditions, write=not behind,
+                        per_entry=self._max_batch,
+                    )  # fmt: skip
+            except REDIS_UNAVAILABLE as exc:
+                self._mark_redis(False, exc)
+            else:
+                self._mark_redis(True)
+        if decided is None:
+            # Nothing could be checked: spool all (a duplicate is stored once downstream).
+            await self._to_spool(self._payloads(events), len(events))
+            return [ADMITTED_BLIND] * len(admissions)
+        kept = [e for e, d in zip(events, decided, strict=True) if d.outcome is Outcome.ADDED]
+        if not behind:
+            self._buffered.inc(len(kept))
+        elif kept:
+            try:
+                await self._to_spool(self._payloads(kept), len(kept))
+            except EventsLost:
+                # Admitted but stored nowhere: let a retry be admitted again.
+                await self._forget(
+                    [c for c, d in zip(conditions, decided, strict=True)
+                     if c is not None and d.outcome is Outcome.ADDED]
+                )  # fmt: skip
+                raise
+        return [decided[index] for index, _, _ in admissions]
+
+    async def _forget(self, admissions: list[Admission | None]) -> None:
+        with contextlib.suppress(*REDIS_UNAVAILABLE):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for admission in admissions:
+                    if admission is not None:
+                        pipe.delete(admission.key)
+                        pipe.delete(admission.marker_key)
+                await pipe.execute()
+
+    async def _write_plain(self, events: list[bytes]) -> None:
+        payloads = self._payloads(events)
         if self._waiting_behind():
             await self._to_spool(payloads, len(events))
             return

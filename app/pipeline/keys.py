@@ -22,23 +22,41 @@ def link_record(code: str) -> str:
 
 
 # -- Postbacks -------------------------------------------------------------------------------
-# A postback's digest (idempotency, 409 on a changed body) and its "queued" mark: one day (the
-# flusher deletes the mark once the conversion is processed). A retry after a day is still stored
-# once, by PostgreSQL's unique key; it is answered "accepted" with the same id.
+# A postback's digest (idempotency, 409 on a changed body), its "queued" mark, the signatures
+# already used and the merchant's rate-limit window live in the hash slot of the conversion
+# stream (`{<stream>}:` prefix), so that one server-side script can check and write all of a
+# batch's postbacks together with the stream entry, on a Redis Cluster too
+# (app/pipeline/admission.py).
+# Digest and mark: one day (the flusher deletes the mark once the conversion is processed). A
+# retry after a day is still stored once, by PostgreSQL's unique key; it is answered "accepted"
+# with the same id.
 CONVERSION_TTL_SECONDS = 86_400
 
 
-def conversion_digest(conversion: UUID | str) -> str:
-    return f"conversion-event:{conversion}"
+def slot_of(stream: str) -> str:
+    """The hash tag that puts a key in `stream`'s slot: the stream's own tag if it has one."""
+    start = stream.find("{")
+    end = stream.find("}", start + 1)
+    return stream[start + 1 : end] if start >= 0 and end > start + 1 else stream
 
 
-def conversion_queued(conversion: UUID | str) -> str:
-    return f"conversion-queued:{conversion}"
+def conversion_digest(stream: str, conversion: UUID | str) -> str:
+    return f"{{{slot_of(stream)}}}:conversion-event:{conversion}"
 
 
-def used_signature(signature: str) -> str:
+def conversion_queued(stream: str, conversion: UUID | str) -> str:
+    return f"{{{slot_of(stream)}}}:conversion-queued:{conversion}"
+
+
+def used_signature(stream: str, signature: str) -> str:
     """A postback signature already seen (replay protection), for twice the tolerance."""
-    return f"webhook-signature:{signature}"
+    return f"{{{slot_of(stream)}}}:webhook-signature:{signature}"
+
+
+def postback_window(stream: str, merchant: UUID | str, window: int, index: int) -> str:
+    """A merchant's postbacks counted in one fixed window (`RATE_LIMIT_POSTBACKS`); expires
+    with the window."""
+    return f"{{{slot_of(stream)}}}:postbacks:{merchant}:{window}:{index}"
 
 
 # -- Statistics ------------------------------------------------------------------------------

@@ -7,9 +7,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
 from app.bounds import MAX_AMOUNT_MINOR, NO_CONTROL_CHARACTERS
 from app.routes.deps import (
@@ -40,7 +38,6 @@ router = APIRouter(tags=["conversions"])
 )
 async def post_conversion(
     request: Request,
-    redis: RedisConn,
     secrets: WebhookSecrets,
     buffer: ConversionBuffer,
     anonymize: Anonymizer,
@@ -51,31 +48,24 @@ async def post_conversion(
 ) -> Any:
     """Signed with your webhook secret; idempotent on `event_id`. Answers once the conversion is
     durable; attribution and rewards follow within moments (see GET /v1/conversions/{id})."""
-    # Who claims to send it, before the body is read (the edge bounds its size).
-    merchant_id, merchant_keys = await intake.postback_merchant(secrets, x_referral_merchant)
-    body = await request.body()
-    now = datetime.now(UTC)
-    await intake.verify_postback(
-        redis, merchant_keys.webhook_secret, x_referral_signature, body, now
-    )
-    try:
-        conversion = ConversionIn.model_validate_json(body)
-    except ValidationError as exc:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-        ) from None
-    conversion_id, duplicate = await intake.accept_conversion(
-        redis, buffer, merchant_id, merchant_keys.email_key, conversion, anonymize, now
-    )
-    status = "duplicate" if duplicate else "accepted"
-    return JSONResponse({"id": str(conversion_id), "status": status}, status_code=202)
+    # Served by the lean endpoint in front of FastAPI (app/routes/postback.py), which also
+    # applies the merchant's rate limit; this route documents the operation and answers the
+    # same way if it is ever reached.
+    answer = await intake.receive_postback(
+        secrets, buffer, anonymize, None, x_referral_merchant, x_referral_signature,
+        await request.body(), datetime.now(UTC),
+    )  # fmt: skip
+    return JSONResponse(answer.body, status_code=202, headers=answer.headers)
 
 
 @router.get("/v1/conversions/{conversion_id}", response_model=ConversionView)
 async def read_conversion(
-    conversion_id: UUID, merchant: CurrentMerchant, pool: Pool, redis: RedisConn
-) -> Any:
-    return await intake.read_conversion(pool, redis, merchant.id, conversion_id)
+    conversion_id: UUID, merchant: CurrentMerchant, pool: Pool, redis: RedisConn,
+    settings: AppSettings,
+) -> Any:  # fmt: skip
+    return await intake.read_conversion(
+        pool, redis, settings.conversion_stream, merchant.id, conversion_id
+    )
 
 
 # A transparent 1x1 GIF.

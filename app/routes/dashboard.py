@@ -198,7 +198,8 @@ async def advocate(advocate_id: UUID, request: Request, pool: Pool,
 async def conversion(conversion_id: UUID, request: Request, pool: Pool, redis: RedisConn,
                      settings: AppSettings) -> Response:  # fmt: skip
     async def load(session: service.Session) -> dict[str, Any]:
-        return await service.conversion_page(pool, redis, session.merchant.id, conversion_id)
+        return await service.conversion_page(pool, redis, settings.conversion_stream,
+                                             session.merchant.id, conversion_id)  # fmt: skip
 
     return await _page(request, pool, settings, "dash_conversion.html", load)
 

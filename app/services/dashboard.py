@@ -133,9 +133,9 @@ async def advocate_page(pool: asyncpg.Pool, merchant: UUID, advocate: UUID) -> d
             "conversions": await repo.advocate_conversions(pool, merchant, advocate)}  # fmt: skip
 
 
-async def conversion_page(pool: asyncpg.Pool, redis: RedisClient, merchant: UUID,
+async def conversion_page(pool: asyncpg.Pool, redis: RedisClient, stream: str, merchant: UUID,
                           conversion: UUID) -> dict[str, Any]:  # fmt: skip
-    found = await intake.read_conversion(pool, redis, merchant, conversion)
+    found = await intake.read_conversion(pool, redis, stream, merchant, conversion)
     return {"conversion": dict(found)}
 
 

@@ -22,6 +22,7 @@ advocate loses their personal data everywhere we hold it, and the books stay exa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 from typing import Any
@@ -123,7 +124,7 @@ async def erase_customer(
         changed["audit_log"] = await repo.scrub_audit(conn, merchant_id, values, None, pseudonym)
         record = await repo.record(conn, merchant_id, "customer", _mac(key, subject), pseudonym,
                                    changed)  # fmt: skip
-    await _forget_in_redis(redis, conversions)
+    await _forget_in_redis(redis, settings.conversion_stream, conversions)
     return {**record, "changed": changed}
 
 
@@ -171,14 +172,12 @@ def _json(value: str) -> str:
     return orjson.dumps(value).decode()
 
 
-async def _forget_in_redis(redis: RedisClient, conversions: list[UUID]) -> None:
+async def _forget_in_redis(redis: RedisClient, stream: str, conversions: list[UUID]) -> None:
     """Idempotency records of the erased conversions (digests of their bodies) go too."""
     if not conversions:
         return
-    names = [redis_keys.conversion_digest(c) for c in conversions]
-    names += [redis_keys.conversion_queued(c) for c in conversions]
-    try:
-        for name in names:  # one by one: in a Redis Cluster they live on different nodes
-            await redis.delete(name)
-    except REDIS_UNAVAILABLE:
-        pass  # they expire within a day
+    names = [redis_keys.conversion_digest(stream, c) for c in conversions]
+    names += [redis_keys.conversion_queued(stream, c) for c in conversions]
+    # All in the conversion stream's hash slot; if Redis is away, they expire within a day.
+    with contextlib.suppress(*REDIS_UNAVAILABLE):
+        await redis.delete(*names)

@@ -18,14 +18,24 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from pydantic import ValidationError
 
 from app import webhooks
 from app.attribution.conversions import PIXEL_EVENT_ID_PREFIX, ConversionState
 from app.attribution.fraud import is_disposable
 from app.caches import MISSING, TtlCache
-from app.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
+from app.errors import (
+    Conflict,
+    InvalidFields,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+)
 from app.keyring import Keyring
 from app.pipeline import keys
+from app.pipeline.admission import Admission, Outcome
 from app.pipeline.event_buffer import EventBuffer, EventsLost
 from app.pipeline.events import ConversionEvent, PixelEvent, encode_conversion, is_click_id
 from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient
@@ -100,26 +110,14 @@ async def postback_merchant(
     return merchant_id, found
 
 
-async def verify_postback(
-    redis: RedisClient, secret: str, signature_header: str | None, body: bytes, now: datetime
-) -> None:
-    """SignatureRejected with the reason, unless the merchant's secret signed this body just
-    now, for the first time."""
+def verify_postback(secret: str, signature_header: str | None, body: bytes, now: datetime) -> str:
+    """The signature, unless it is not the merchant's secret's over this body just now
+    (SignatureRejected with the reason). That it is used for the first time is checked with the
+    batch (`receive_postback`)."""
     try:
-        signature = webhooks.verify(secret, signature_header, body, now)
+        return webhooks.verify(secret, signature_header, body, now)
     except webhooks.InvalidSignature as exc:
         raise SignatureRejected(str(exc), field="x-referral-signature") from None
-    try:
-        first_use = await redis.set(
-            keys.used_signature(signature), 1, nx=True, ex=int(webhooks.TOLERANCE.seconds) * 2
-        )
-    except REDIS_UNAVAILABLE:
-        first_use = True  # the timestamp tolerance still bounds replays while Redis is away
-    if not first_use:
-        raise SignatureRejected(
-            "this signature was already used (replay): sign each delivery anew",
-            field="x-referral-signature",
-        )
 
 
 def conversion_event(
@@ -155,47 +153,118 @@ def conversion_event(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A merchant's postbacks per fixed window (`RATE_LIMIT_POSTBACKS`)."""
+
+    amount: int
+    window_seconds: int
+
+    def headers(self, used: int, now: datetime) -> dict[str, str]:
+        """RateLimit-* (IETF httpapi draft), and Retry-After once over."""
+        stamp = int(now.timestamp())
+        reset = self.window_seconds - stamp % self.window_seconds
+        out = {
+            "ratelimit-limit": str(self.amount),
+            "ratelimit-remaining": str(max(self.amount - used, 0)),
+            "ratelimit-reset": str(reset),
+        }
+        if used > self.amount:
+            out["retry-after"] = str(max(reset, 1))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class PostbackAnswer:
+    body: dict[str, str]  # ConversionAccepted
+    headers: dict[str, str]
+
+
+async def receive_postback(
+    secrets: SecretCache,
+    buffer: EventBuffer,
+    anonymize: IpAnonymizer,
+    quota: Quota | None,
+    merchant_header: str | None,
+    signature_header: str | None,
+    body: bytes,
+    now: datetime,
+) -> PostbackAnswer:
+    """A signed postback, made durable once: verified, validated, then admitted with the other
+    postbacks of its batch in one Redis call (over quota → 429, a signature used before → 401,
+    an event id used before → the same id, "duplicate", or 409 if its body changed). Raises the
+    AppError to answer otherwise."""
+    merchant_id, merchant_keys = await postback_merchant(secrets, merchant_header)
+    signature = verify_postback(merchant_keys.webhook_secret, signature_header, body, now)
+    try:
+        conversion = ConversionIn.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidFields(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+    return await accept_conversion(
+        buffer, merchant_id, merchant_keys.email_key, conversion, anonymize, now,
+        quota=quota, signature=signature,
+    )  # fmt: skip
+
+
 async def accept_conversion(
-    redis: RedisClient,
     buffer: EventBuffer,
     merchant_id: UUID,
     email_key: bytes,
-    body: ConversionIn,
+    conversion: ConversionIn,
     anonymize: IpAnonymizer,
     now: datetime,
-) -> tuple[UUID, bool]:
-    """Make the conversion durable (once). Returns (conversion id, duplicate)."""
-    if body.event_id.startswith(RESERVED_EVENT_ID_PREFIX):
+    *,
+    quota: Quota | None = None,
+    signature: str | None = None,
+) -> PostbackAnswer:
+    """Make the conversion durable once, admitted with its batch in one Redis call: over the
+    merchant's quota → 429, a signature used before → 401, an event id used before → the same
+    id, "duplicate", or 409 if the body changed."""
+    if conversion.event_id.startswith(RESERVED_EVENT_ID_PREFIX):
         raise InvalidInput(
             f"event_id must not start with {RESERVED_EVENT_ID_PREFIX!r} (reserved for the pixel)",
             field="body.event_id",
         )
-    event = conversion_event(merchant_id, email_key, body, anonymize, now)
-    encoded = encode_conversion(event)  # before we answer: the writer only joins encoded events
-    digest = hashlib.sha256(body.model_dump_json(exclude={"occurred_at"}).encode()).hexdigest()[:32]
-    key = keys.conversion_digest(event.id)  # the id is derived from (merchant, event id)
+    event = conversion_event(merchant_id, email_key, conversion, anonymize, now)
+    encoded = encode_conversion(event)  # before we wait: the writer only joins encoded events
+    digest = conversion.model_dump_json(exclude={"occurred_at"}).encode()
+    stream = buffer.stream
+    window = quota.window_seconds if quota else 1
+    window_index = int(now.timestamp()) // window
+    admission = Admission(
+        key=keys.conversion_digest(stream, event.id),  # the id is (merchant, event id)'s
+        fingerprint=hashlib.sha256(digest).hexdigest()[:32],
+        ttl=IDEMPOTENCY_TTL_SECONDS,
+        marker_key=keys.conversion_queued(stream, event.id),
+        marker_value=str(merchant_id),
+        window_key=keys.postback_window(stream, merchant_id, window, window_index) if quota else "",
+        quota=quota.amount if quota else 0,
+        window_seconds=window,
+        nonce_key=keys.used_signature(stream, signature) if signature else "",
+        nonce_ttl=int(webhooks.TOLERANCE.total_seconds()) * 2 if signature else 0,
+    )
     try:
-        seen = await redis.get(key)
-    except REDIS_UNAVAILABLE:
-        seen = None  # PostgreSQL's unique key still stores it once
-    if seen is not None:
-        if (seen if isinstance(seen, str) else seen.decode()) != digest:
+        # Durable (Redis, or the fsync'd spool) before we answer.
+        admitted = await buffer.admit(encoded, admission)
+    except EventsLost:
+        raise Unavailable("the conversion could not be stored: retry shortly") from None
+    headers = quota.headers(admitted.window_count, now) if quota and admitted.window_count else {}
+    match admitted.outcome:
+        case Outcome.LIMITED:
+            raise RateLimited("too many requests: slow down (see Retry-After)", headers)
+        case Outcome.REPLAYED:
+            raise SignatureRejected(
+                "this signature was already used (replay): sign each delivery anew",
+                field="x-referral-signature",
+            )
+        case Outcome.CONFLICT:
             raise Conflict(
                 "event_id was already used for a different conversion", field="body.event_id"
             )
-        return event.id, True
-    try:
-        await buffer.add(encoded)  # durable (Redis, or the fsync'd spool) before we answer
-    except EventsLost:
-        raise Unavailable("the conversion could not be stored: retry shortly") from None
-    try:
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.set(key, digest, ex=IDEMPOTENCY_TTL_SECONDS)
-            pipe.set(keys.conversion_queued(event.id), str(merchant_id), ex=IDEMPOTENCY_TTL_SECONDS)
-            await pipe.execute()
-    except REDIS_UNAVAILABLE:
-        pass
-    return event.id, False
+    status = "duplicate" if admitted.outcome is Outcome.DUPLICATE else "accepted"
+    return PostbackAnswer({"id": str(event.id), "status": status}, headers)
 
 
 async def accept_pixel(
@@ -228,22 +297,22 @@ async def accept_pixel(
 
 
 async def read_conversion(
-    pool: asyncpg.Pool, redis: RedisClient, merchant_id: UUID, conversion: UUID
+    pool: asyncpg.Pool, redis: RedisClient, stream: str, merchant_id: UUID, conversion: UUID
 ) -> ConversionRow | dict[str, Any]:
     """The stored conversion, or "queued" while it waits in the stream; NotFound otherwise
     (another merchant's conversion included)."""
     found = await conversions_repo.get_conversion(pool, merchant_id, conversion)
     if found is not None:
         return found
-    if await is_queued(redis, merchant_id, conversion):
+    if await is_queued(redis, stream, merchant_id, conversion):
         return {"id": conversion, "state": ConversionState.QUEUED.value,
                 "reason": "accepted, not processed yet"}  # fmt: skip
     raise NotFound("conversion not found", field="conversion_id")
 
 
-async def is_queued(redis: RedisClient, merchant_id: UUID, conversion: UUID) -> bool:
+async def is_queued(redis: RedisClient, stream: str, merchant_id: UUID, conversion: UUID) -> bool:
     try:
-        owner = await redis.get(keys.conversion_queued(conversion))
+        owner = await redis.get(keys.conversion_queued(stream, conversion))
     except REDIS_UNAVAILABLE:
         return False
     if owner is None:

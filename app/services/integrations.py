@@ -95,7 +95,7 @@ async def receive(
         raise InvalidInput(f"the {provider} event maps to an invalid conversion: "
                            f"{where or 'body'}: {first['msg']}",
                            field=f"body.{where}" if where else "body") from None  # fmt: skip
-    conversion, duplicate = await intake.accept_conversion(
-        redis, buffer, merchant_id, keys.email_key, body, anonymize, now
+    answer = await intake.accept_conversion(
+        buffer, merchant_id, keys.email_key, body, anonymize, now
     )
-    return {"status": "duplicate" if duplicate else "accepted", "id": conversion}
+    return {"status": answer.body["status"], "id": UUID(answer.body["id"])}

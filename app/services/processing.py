@@ -1,13 +1,14 @@
 """Processing a conversion from the stream: the flusher's sink for "conversions".
 
-Each conversion is processed in its own transaction: stored once (its id is derived from the
-merchant's event id, so a re-delivery is a no-op), attributed from the evidence in PostgreSQL by
-the pure domain (app/attribution/), and its rewards (or a refund's reversals) written to the
-ledger. Before a batch is processed, the sink waits until every click that entered the Redis
-click streams before the batch's conversions entered theirs has been stored, so a conversion
-posted a millisecond after its click still finds it. (Both times are Redis's, from the entry
-ids. The API keeps the order when Redis fails: while clicks wait in its spool, conversions are
-spooled behind them.)
+A batch of conversions is processed in one transaction, each conversion in a savepoint of its
+own (one that fails is rolled back alone and set aside in dead_letters): stored once (its id is
+derived from the merchant's event id, so a re-delivery is a no-op), attributed from the evidence
+in PostgreSQL by the pure domain (app/attribution/), and its rewards (or a refund's reversals)
+written to the ledger. Before a batch is processed, the sink waits until every click that
+entered the Redis click streams before the batch's conversions entered theirs has been stored,
+so a conversion posted a millisecond after its click still finds it. (Both times are Redis's,
+from the entry ids. The API keeps the order when Redis fails: while clicks wait in its spool,
+conversions are spooled behind them.)
 
 Conversions of one order, and rewards counted per customer or per advocate, are decided one at a
 time however many flushers run (advisory locks: an order's key first, then customer and advocate
@@ -105,33 +106,42 @@ class ConversionSink:
             await asyncio.sleep(0.02)
 
     def before_ack(self, pipe: Any) -> None:
-        """Processed conversions are in PostgreSQL now: drop their "queued" marks (one DEL per
-        key: on a cluster, keys of several slots cannot share one command)."""
-        for conversion_id in self._processed:
-            pipe.delete(keys.conversion_queued(conversion_id))
+        """Processed conversions are in PostgreSQL now: drop their "queued" marks (one DEL: they
+        share the conversion stream's hash slot)."""
+        if self._processed:
+            pipe.delete(*(keys.conversion_queued(self._stream, c) for c in self._processed))
         self._processed = []
 
     async def store(self, conn: asyncpg.Connection, batch: Batch) -> int:
         await self._clicks_flushed_until(batch.entered_until_ms())
         self._processed = []
+        processed: list[UUID] = []
+        decided: list[Decision] = []
         stored = 0
         raw: dict[str, Any]
-        for raw in batch.events:
-            try:
-                event = decode_conversion(raw)
-                decided: list[Decision] = []
-                async with conn.transaction():
-                    stored += await process(conn, event, decided)
-                if isinstance(event, ConversionEvent):
-                    self._processed.append(event.id)
-                _count_decisions(decided)  # committed
-            except Exception as exc:
-                if is_transient(exc):
-                    raise  # outage, deadlock, failover: the flusher retries the batch
-                # One conversion that cannot be processed must not hold back the others: it is
-                # set aside, with the error, for a person to look at and replay.
-                log.exception("conversion moved to dead letters", extra={"id": raw.get("id")})
-                await dead_letters.add(conn, self._stream, [raw], repr(exc))
+        # The whole batch in one transaction (one commit and its WAL flush, not one per
+        # conversion); each conversion in a savepoint of its own, so that one that fails is
+        # rolled back alone. A transient failure (outage, deadlock, failover) rolls back the
+        # batch, which the flusher retries: storing is idempotent.
+        async with conn.transaction():
+            for raw in batch.events:
+                try:
+                    event = decode_conversion(raw)
+                    its_decisions: list[Decision] = []
+                    async with conn.transaction():
+                        stored += await process(conn, event, its_decisions)
+                    decided += its_decisions
+                    if isinstance(event, ConversionEvent):
+                        processed.append(event.id)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    # One conversion that cannot be processed must not hold back the others: it
+                    # is set aside, with the error, for a person to look at and replay.
+                    log.exception("conversion moved to dead letters", extra={"id": raw.get("id")})
+                    await dead_letters.add(conn, self._stream, [raw], repr(exc))
+        self._processed = processed
+        _count_decisions(decided)  # committed
         return stored
 
 

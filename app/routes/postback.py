@@ -1,0 +1,129 @@
+"""POST /v1/conversions: the signed postback, as a plain ASGI endpoint in front of FastAPI.
+
+Like the redirect, it bypasses FastAPI's routing, dependency injection and response machinery
+(about a millisecond of CPU per request): it bounds and reads the body, and hands it to
+`intake.receive_postback`, which verifies the signature, validates with the same pydantic model
+and waits for the batch's one Redis call. Answers, error bodies and the OpenAPI document are the
+FastAPI route's (app/routes/conversions.py documents this operation). What the edge does for
+other management requests is done here too: the body limit (413), the per-IP refusal after
+failed authentications (429), counting a 401 as a failure, metrics and the X-Request-Id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from app import metrics
+from app.edge import TOO_LARGE, TOO_MANY, client_ip
+from app.errors import BACKEND_UNAVAILABLE, UNAVAILABLE_BODY, AppError
+from app.pipeline.event_buffer import EventBuffer
+from app.ratelimits import RateLimits
+from app.security import IpAnonymizer
+from app.services import intake
+from app.services.intake import Quota, SecretCache
+
+log = logging.getLogger(__name__)
+
+ROUTE = "/v1/conversions"
+_UNAVAILABLE = orjson.dumps(UNAVAILABLE_BODY)
+_INTERNAL = orjson.dumps(
+    {"error": {"code": "internal_error", "message": "internal error", "field": None}}
+)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class PostbackEndpoint:
+    def __init__(
+        self,
+        secrets: SecretCache,
+        buffer: EventBuffer,
+        anonymize: IpAnonymizer,
+        limits: RateLimits,
+        max_body_bytes: int,
+        trust_forwarded_for: bool,
+    ) -> None:
+        self._secrets = secrets
+        self._buffer = buffer
+        self._anonymize = anonymize
+        self._limits = limits
+        item = limits.postbacks
+        self._quota = Quota(item.amount, int(item.get_expiry())) if item.amount else None
+        self._max_body = max_body_bytes
+        self._trust_forwarded_for = trust_forwarded_for
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started = time.perf_counter()
+        headers: dict[bytes, bytes] = dict(scope["headers"])
+        request_id = headers.get(b"x-request-id", b"")[:64] or uuid.uuid4().hex.encode()
+        extra: list[tuple[bytes, bytes]] = [(b"x-request-id", request_id)]
+        ip = client_ip(scope, headers, self._trust_forwarded_for)
+        status, body = await self._answer(receive, headers, ip, extra)
+        await send({
+            "type": "http.response.start", "status": status,
+            "headers": [(b"content-type", b"application/json"),
+                        (b"content-length", b"%d" % len(body)), *extra],
+        })  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+        metrics.http_stats.observe(ROUTE, "POST", status, time.perf_counter() - started)
+        if status == 401:
+            # A bad signature, an unknown merchant: guessing is limited per IP.
+            await self._limits.failed_authentication(ip)
+
+    async def _answer(
+        self, receive: Any, headers: dict[bytes, bytes], ip: str,
+        extra: list[tuple[bytes, bytes]],
+    ) -> tuple[int, bytes]:  # fmt: skip
+        length = headers.get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self._max_body:
+            return 413, TOO_LARGE
+        if (refused := self._limits.blocked(ip)) is not None:
+            extra += refused.headers()
+            return 429, TOO_MANY
+        try:
+            body = await self._read_body(receive)
+        except _TooLarge:
+            return 413, TOO_LARGE
+        try:
+            answer = await intake.receive_postback(
+                self._secrets, self._buffer, self._anonymize, self._quota,
+                headers.get(b"x-referral-merchant", b"").decode("latin-1") or None,
+                headers.get(b"x-referral-signature", b"").decode("latin-1") or None,
+                body, datetime.now(UTC),
+            )  # fmt: skip
+        except AppError as error:
+            extra += [(k.lower().encode(), v.encode()) for k, v in (error.headers() or {}).items()]
+            return error.status_code, orjson.dumps(error.body())
+        except BACKEND_UNAVAILABLE as exc:
+            log.error("dependency unavailable", extra={"error": repr(exc)})
+            extra.append((b"retry-after", b"2"))
+            return 503, _UNAVAILABLE
+        except Exception:
+            log.exception("postback failed")
+            return 500, _INTERNAL
+        extra += [(k.encode(), v.encode()) for k, v in answer.headers.items()]
+        return 202, orjson.dumps(answer.body)
+
+    async def _read_body(self, receive: Any) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                raise _TooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -1,0 +1,123 @@
+"""Postbacks share their Redis call and their transaction with the rest of their batch, and still
+each get their own answer: concurrent postbacks of one merchant (new, retried, replayed, changed)
+decided in one script call, and a batch of conversions processed in one transaction, in which one
+that cannot be processed is set aside alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from app import webhooks
+from app.services.intake import conversion_id
+from app.settings import Settings
+from app.storage.merchants import CreatedMerchant
+from tests.conftest import flush, make_advocate, make_program
+from tests.test_conversions import RULES
+
+
+def _signed(merchant: CreatedMerchant, body: dict[str, Any], stamp: int) -> tuple[bytes, str]:
+    raw = json.dumps(body).encode()
+    return raw, webhooks.sign(merchant.webhook_secret, stamp, raw)
+
+
+def _send(client: httpx.AsyncClient, merchant: CreatedMerchant, raw: bytes, signature: str) -> Any:
+    return client.post("/v1/conversions", content=raw, headers={
+        "content-type": "application/json", "x-referral-merchant": str(merchant.id),
+        "x-referral-signature": signature})  # fmt: skip
+
+
+async def test_concurrent_postbacks_share_batches_and_each_gets_its_own_answer(
+    app: Any, client: httpx.AsyncClient, merchant: CreatedMerchant, redis: Any,
+    settings: Settings, db: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # A Redis 100 ms away: the postbacks arriving meanwhile wait for the next call, together.
+    admitter = app.api.state.runtime.conversion_buffer._admitter
+    run = admitter.run
+    batches: list[int] = []
+
+    async def far_away(stream: str, events: list[bytes], *args: Any, **kwargs: Any) -> Any:
+        batches.append(len(events))
+        await asyncio.sleep(0.1)
+        return await run(stream, events, *args, **kwargs)
+
+    monkeypatch.setattr(admitter, "run", far_away)
+    stamp = int(time.time())
+    fresh = [_signed(merchant, {"event_id": f"new-{n}", "type": "signup"}, stamp)
+             for n in range(60)]  # fmt: skip
+    # The same event again, signed anew (a retry): the same id, "duplicate" or "accepted" once.
+    retried = [_signed(merchant, {"event_id": f"new-{n}", "type": "signup"}, stamp + 1)
+               for n in range(10)]  # fmt: skip
+    # The very same request again (a replay of the signature): one 202, one 401.
+    replayed = fresh[10:15]
+    # The same event id with another body: 409 for whichever comes second.
+    changed = [_signed(merchant, {"event_id": f"new-{n}", "type": "signup", "customer_id": "x"},
+                       stamp + 2) for n in range(20, 25)]  # fmt: skip
+    requests = [*fresh, *retried, *replayed, *changed]
+    answers = await asyncio.gather(*(_send(client, merchant, raw, sig) for raw, sig in requests))
+
+    by_event: dict[str, list[httpx.Response]] = {}
+    for (raw, _), answer in zip(requests, answers, strict=True):
+        by_event.setdefault(json.loads(raw)["event_id"], []).append(answer)
+    for event_id, group in by_event.items():
+        expected_id = str(conversion_id(merchant.id, event_id))
+        statuses = sorted(a.status_code for a in group)
+        accepted = [a for a in group if a.status_code == 202]
+        assert all(a.json()["id"] == expected_id for a in accepted), event_id
+        # Exactly one of them made it in, whatever the order inside the batch.
+        assert sum(a.json()["status"] == "accepted" for a in accepted) <= 1
+        n = int(event_id.split("-")[1])
+        if 10 <= n < 15:
+            assert statuses.count(401) == 1 and statuses.count(202) == 1, (event_id, statuses)
+            [refused] = [a for a in group if a.status_code == 401]
+            assert refused.json()["error"]["field"] == "x-referral-signature"
+        elif 20 <= n < 25:
+            assert statuses == [202, 409], (event_id, statuses)
+            [conflict] = [a for a in group if a.status_code == 409]
+            assert conflict.json()["error"]["field"] == "body.event_id"
+        else:
+            assert set(statuses) == {202}, (event_id, statuses)
+            assert {a.json()["status"] for a in group} <= {"accepted", "duplicate"}
+    # Batched: one Redis call per batch, far fewer than postbacks.
+    assert sum(batches) == len(requests) and len(batches) <= len(requests) // 8, batches
+
+    await flush(settings)
+    assert await db.fetchval("SELECT count(*) FROM conversions") == 60
+
+
+async def test_one_conversion_that_fails_inside_a_batch_is_set_aside_alone(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool,
+) -> None:  # fmt: skip
+    good = await make_program(client, merchant, rules=RULES)
+    broken = await make_program(client, merchant, rules=RULES)
+    anna = await make_advocate(client, merchant, good, "cust-anna")
+    ben = await make_advocate(client, merchant, broken, "cust-ben")
+    await db.execute(  # corrupt: rules no version of the service can read
+        "UPDATE program_rules SET rules = '{\"currency\": 5}' WHERE program_id = $1", broken["id"]
+    )
+    stamp = int(time.time())
+    bodies = [
+        {"event_id": f"o-{n}", "type": "purchase", "order_id": f"{n}", "amount_minor": 5000,
+         "currency": "EUR", "customer_id": f"c-{n}",
+         "referral_code": (ben if n == 7 else anna)["referral_code"]}
+        for n in range(15)
+    ]  # fmt: skip
+    answers = await asyncio.gather(
+        *(_send(client, merchant, *_signed(merchant, body, stamp)) for body in bodies)
+    )
+    assert {a.status_code for a in answers} == {202}
+    await flush(settings)
+
+    stored = await db.fetch("SELECT event_id, state FROM conversions ORDER BY event_id")
+    assert len(stored) == 14 and {r["state"] for r in stored} == {"attributed"}
+    assert "o-7" not in {r["event_id"] for r in stored}
+    [dead] = await db.fetch("SELECT payload, error FROM dead_letters")
+    assert b'"o-7"' in dead["payload"] and "ProgramRules" in dead["error"]
+    rewards = await db.fetchval("SELECT count(*) FROM rewards WHERE advocate_id = $1", anna["id"])
+    assert rewards >= 14
