@@ -134,6 +134,10 @@ class Settings(BaseSettings):
         30_000,
         description="Pending entries idle this long belong to a dead flusher and are claimed.",
     )
+    conversion_workers: int = Field(
+        1, ge=1, le=64,
+        description="Conversions a flusher processes at once (one PostgreSQL connection each).",
+    )  # fmt: skip
     flusher_group: str = "flushers"
     flusher_metrics_port: int = 9101
 

@@ -320,6 +320,8 @@ class Postbacks:
         return result
 
 
+# The flusher's lanes for the processing row (CONVERSION_WORKERS).
+PROCESSING_LANES = 4
 POST_RAW_NAME = "raw ASGI JSON POST → 202 on uvicorn (1 worker)"
 POST_OURS_NAME = "our POST /v1/conversions, signed, durable in Redis (32 conns)"
 
@@ -332,6 +334,8 @@ def postback_rows(
     rate, and the flusher's processing of what it accepted (attribution, rewards, ledger)."""
     port, raw_port = 18084, 18083
     asyncio.run(clear_conversions(dsn, redis_url))
+    # What `flusher --burst` costs with nothing to do (start, connect, exit) is not processing.
+    startup = min(burst_flusher_seconds() for _ in range(2))
     # Enough for 12,000/s at full speed and 6,000/s at half (a wrap-around would be refused).
     budget = int(12_000 * (rounds * slice_seconds + 1) + 6_000 * seconds) + 10_000
     postbacks = Postbacks(merchant, advocates, budget)
@@ -357,8 +361,7 @@ def postback_rows(
     finally:
         postbacks.path.unlink()
     queued = asyncio.run(conversion_backlog(redis_url))
-    startup = min(burst_flusher_seconds() for _ in range(2))
-    processing = burst_flusher_seconds() - startup
+    processing = burst_flusher_seconds(CONVERSION_WORKERS=str(PROCESSING_LANES)) - startup
     stored = asyncio.run(count_conversions(dsn))
     raw = row_from_wrk(POST_RAW_NAME, median_run(raw_runs))
     pairs = list(zip(our_runs, raw_runs, strict=True))
@@ -373,7 +376,8 @@ def postback_rows(
         row_from_wrk(POST_OURS_NAME, ours, ceiling=POST_RAW_NAME, ratio=ratio, target=0.35,
                      extra={"rounds": " ".join(f"{o['rate'] / c['rate']:.0%}" for o, c in pairs)}),
         latency,
-        Row("conversion processing: stream → attribution, rewards, ledger (1 flusher)", rate,
+        Row(f"conversion processing: stream → attribution, rewards, ledger (1 flusher, "
+            f"{PROCESSING_LANES} lanes)", rate,
             unit="conversions/s", ceiling="postback intake max", ratio=rate / ours["rate"],
             target=2.0, extra={"stored": stored, "queued": queued}),
     ]  # fmt: skip
@@ -490,13 +494,13 @@ async def quiet(dsn: str, redis_url: str) -> None:
     await redis.aclose()
 
 
-def burst_flusher_seconds() -> float:
+def burst_flusher_seconds(**env: str) -> float:
     started = time.perf_counter()
     subprocess.run(
         ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "app.cli", "flusher", "--burst"],
         cwd=ROOT,
         check=True,
-        env={**os.environ, "FLUSHER_METRICS_PORT": "0"},
+        env={**os.environ, "FLUSHER_METRICS_PORT": "0", **env},
     )
     return time.perf_counter() - started
 
@@ -682,6 +686,8 @@ def main() -> None:
     parser.add_argument("--post-rounds", type=int, default=3,
                         help="rounds of the raw POST ceiling and our postback intake")  # fmt: skip
     parser.add_argument("--short", action="store_true", help="CI mode: seconds, accounting only")
+    parser.add_argument("--postbacks-only", action="store_true",
+                        help="only the postback intake and processing rows")  # fmt: skip
     args = parser.parse_args()
     if args.short:
         args.seconds, args.slice, args.links, args.report_rows, args.rounds = 2, 2, 200, 0, 1
@@ -693,6 +699,13 @@ def main() -> None:
         if os.environ.get(name):
             pin(int(os.environ[name]), LOAD_CPU)
     codes, merchant = asyncio.run(prepare(dsn, redis_url, args.links))
+    if args.postbacks_only:
+        intake_rows, intake = postback_rows(dsn, redis_url, merchant, args.links,
+                                            args.post_rounds, args.slice, args.seconds)  # fmt: skip
+        print_table(intake_rows, None)
+        print(f"\naccounting: intake answered 202 = {intake['intake_202']:,}, "
+              f"conversions stored = {intake['intake_stored']:,}")  # fmt: skip
+        sys.exit(1 if intake["intake_202"] != intake["intake_stored"] else 0)
     codes_file = Path(tempfile.mkstemp(suffix=".codes")[1])
     codes_file.write_text("\n".join(codes) + "\n")
     secs = args.seconds
@@ -872,7 +885,7 @@ def _notes(r: Row) -> str:
     return f" ({', '.join(notes)})" if notes else ""
 
 
-def print_table(rows: list[Row], accounting: dict[str, int]) -> None:
+def print_table(rows: list[Row], accounting: dict[str, int] | None) -> None:
     def ms(v: float | None) -> str:
         return "" if v is None else f"{v:.2f}"
 
@@ -896,6 +909,8 @@ def print_table(rows: list[Row], accounting: dict[str, int]) -> None:
             _target(r),
         ]
         print("| " + " | ".join(cells) + " |")
+    if accounting is None:
+        return
     print()
     print(
         f"accounting: answered 302 = {accounting['answered_302']:,}, "

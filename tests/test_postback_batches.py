@@ -42,10 +42,11 @@ async def test_concurrent_postbacks_share_batches_and_each_gets_its_own_answer(
     run = admitter.run
     batches: list[int] = []
 
-    async def far_away(stream: str, events: list[bytes], *args: Any, **kwargs: Any) -> Any:
+    async def far_away(round_trip: Any, stream: str, events: list[bytes], *args: Any,
+                       **kwargs: Any) -> Any:  # fmt: skip
         batches.append(len(events))
         await asyncio.sleep(0.1)
-        return await run(stream, events, *args, **kwargs)
+        return await run(round_trip, stream, events, *args, **kwargs)
 
     monkeypatch.setattr(admitter, "run", far_away)
     stamp = int(time.time())
@@ -121,3 +122,46 @@ async def test_one_conversion_that_fails_inside_a_batch_is_set_aside_alone(
     assert b'"o-7"' in dead["payload"] and "ProgramRules" in dead["error"]
     rewards = await db.fetchval("SELECT count(*) FROM rewards WHERE advocate_id = $1", anna["id"])
     assert rewards >= 14
+
+
+async def test_a_redis_that_forgot_the_script_is_taught_it_again(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, redis: Any, settings: Settings
+) -> None:
+    first = await _send(client, merchant, *_signed(merchant, {"event_id": "a", "type": "signup"},
+                                                   int(time.time())))  # fmt: skip
+    await redis.script_flush()  # a restart without persistence of scripts, a failover
+    again = await _send(client, merchant, *_signed(merchant, {"event_id": "a", "type": "signup"},
+                                                   int(time.time()) + 1))  # fmt: skip
+    assert first.json()["status"] == "accepted"
+    assert again.json() == {"id": first.json()["id"], "status": "duplicate"}
+
+
+async def test_lanes_process_a_batch_at_once_and_keep_each_orders_refund_after_it(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool,
+) -> None:  # fmt: skip
+    program = await make_program(client, merchant, rules=RULES)
+    advocates = [await make_advocate(client, merchant, program, f"cust-{n}") for n in range(6)]
+    stamp = int(time.time())
+    bodies: list[dict[str, Any]] = []
+    for n in range(40):
+        code = advocates[n % 6]["referral_code"]
+        bodies.append({"event_id": f"buy-{n}", "type": "purchase", "order_id": f"{n}",
+                       "amount_minor": 10_000, "currency": "EUR", "customer_id": f"friend-{n}",
+                       "referral_code": code})  # fmt: skip
+        if n % 4 == 0:  # refunded in the same batch, right behind its order
+            bodies.append({"event_id": f"refund-{n}", "type": "refund", "refund_of": f"{n}",
+                           "amount_minor": 2_500, "currency": "EUR"})  # fmt: skip
+    for body in bodies:  # in order: each refund enters the stream after its purchase
+        answer = await _send(client, merchant, *_signed(merchant, body, stamp))
+        assert answer.status_code == 202, answer.text
+    await flush(settings.model_copy(update={"conversion_workers": 4}))
+
+    states = dict(await db.fetch("SELECT event_id, state FROM conversions"))
+    assert (
+        len(states) == len(bodies) and await db.fetchval("SELECT count(*) FROM dead_letters") == 0
+    )
+    reversed_total = await db.fetchval(
+        "SELECT coalesce(sum(amount_minor), 0) FROM reward_entries WHERE to_state = 'reversed'"
+    )
+    # Each refund took a quarter of both sides' rewards (10.00 and 10 % of the order, capped).
+    assert reversed_total == 10 * (250 + 250)

@@ -97,7 +97,7 @@ class EventBuffer:
         # Events with conditions (app/pipeline/admission.py): (index in _events, conditions,
         # the future of its own outcome).
         self._admissions: list[tuple[int, Admission, asyncio.Future[Admitted]]] = []
-        self._admitter = Admitter(redis)
+        self._admitter = Admitter()
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -232,7 +232,7 @@ class EventBuffer:
             try:
                 async with asyncio.timeout(self._write_timeout):
                     decided = await self._admitter.run(
-                        self._stream, events, conditions, write=not behind,
+                        self._round_trip, self._stream, events, conditions, write=not behind,
                         per_entry=self._max_batch,
                     )  # fmt: skip
             except REDIS_UNAVAILABLE as exc:
@@ -296,13 +296,20 @@ class EventBuffer:
         self._spooled.inc(n)
 
     async def deliver(self, payloads: list[bytes]) -> None:
-        """XADD each payload as one stream entry, all in one round trip.
+        """XADD each payload as one stream entry, all in one round trip (`_round_trip`)."""
+        command: list[bytes] = []
+        for payload in payloads:
+            command += (self._xadd_head, b"$%d\r\n" % len(payload), payload, b"\r\n")
+        await self._round_trip(command, len(payloads))
 
-        On a connection of its own, the commands framed here (RESP: one fixed head per stream,
-        then the payload's length and bytes) and sent as one write: redis-py's general
+    async def _round_trip(self, command: list[bytes], replies: int) -> list[Any]:
+        """Send commands framed by the caller and read their replies, in one round trip.
+
+        On a connection of its own, the commands framed here (RESP: for XADD one fixed head per
+        stream, then the payload's length and bytes) and sent as one write: redis-py's general
         per-command machinery (pool checkout, retry wrapper, argument packing) cost as much per
         batch as the rest of a click. redis-py still opens the connection (AUTH, SELECT, TLS)
-        and hiredis parses the replies.
+        and hiredis parses the replies. Raises on an error reply.
         """
         connection = self._idle_connections.pop() if self._idle_connections else None
         if connection is None:
@@ -310,13 +317,9 @@ class EventBuffer:
             # task per batch) and each reply in a timeout scope: the caller's one timeout covers
             # the whole round trip.
             connection = await new_connection_for(self._redis, self._stream, socket_timeout=None)
-        command: list[bytes] = []
-        for payload in payloads:
-            command += (self._xadd_head, b"$%d\r\n" % len(payload), payload, b"\r\n")
         try:
             await connection.send_packed_command(command, check_health=False)
-            for _ in payloads:
-                await connection.read_response()  # raises on an error reply
+            answers = [await connection.read_response() for _ in range(replies)]
         except BaseException as exc:
             # A reply may be left unread: this connection's state is unknown, drop it.
             await connection.disconnect(nowait=True)
@@ -325,6 +328,7 @@ class EventBuffer:
                 await self._follow_slot_move()
             raise
         self._idle_connections.append(connection)
+        return answers
 
     async def _follow_slot_move(self) -> None:
         """The stream's hash slot moved to another primary (resharding, failover): forget the

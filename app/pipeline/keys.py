@@ -8,6 +8,7 @@ live under the `limits` library's own prefix `LIMITS:` (one window each).
 
 from __future__ import annotations
 
+import functools
 from uuid import UUID
 
 # -- Links: what the redirect reads on a miss of its in-process cache -------------------------
@@ -33,30 +34,32 @@ def link_record(code: str) -> str:
 CONVERSION_TTL_SECONDS = 86_400
 
 
-def slot_of(stream: str) -> str:
-    """The hash tag that puts a key in `stream`'s slot: the stream's own tag if it has one."""
+@functools.cache
+def in_slot_of(stream: str) -> str:
+    """The prefix that puts a key in `stream`'s hash slot: `{tag}:`, the tag being the stream's
+    own if its name has one. (Cached: computed per postback otherwise.)"""
     start = stream.find("{")
     end = stream.find("}", start + 1)
-    return stream[start + 1 : end] if start >= 0 and end > start + 1 else stream
+    return "{" + (stream[start + 1 : end] if start >= 0 and end > start + 1 else stream) + "}:"
 
 
 def conversion_digest(stream: str, conversion: UUID | str) -> str:
-    return f"{{{slot_of(stream)}}}:conversion-event:{conversion}"
+    return f"{in_slot_of(stream)}conversion-event:{conversion}"
 
 
 def conversion_queued(stream: str, conversion: UUID | str) -> str:
-    return f"{{{slot_of(stream)}}}:conversion-queued:{conversion}"
+    return f"{in_slot_of(stream)}conversion-queued:{conversion}"
 
 
 def used_signature(stream: str, signature: str) -> str:
     """A postback signature already seen (replay protection), for twice the tolerance."""
-    return f"{{{slot_of(stream)}}}:webhook-signature:{signature}"
+    return f"{in_slot_of(stream)}webhook-signature:{signature}"
 
 
 def postback_window(stream: str, merchant: UUID | str, window: int, index: int) -> str:
     """A merchant's postbacks counted in one fixed window (`RATE_LIMIT_POSTBACKS`); expires
     with the window."""
-    return f"{{{slot_of(stream)}}}:postbacks:{merchant}:{window}:{index}"
+    return f"{in_slot_of(stream)}postbacks:{merchant}:{window}:{index}"
 
 
 # -- Statistics ------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ failed authentications (429), counting a 401 as a failure, metrics and the X-Req
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,7 +63,7 @@ class PostbackEndpoint:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
         headers: dict[bytes, bytes] = dict(scope["headers"])
-        request_id = headers.get(b"x-request-id", b"")[:64] or uuid.uuid4().hex.encode()
+        request_id = headers.get(b"x-request-id", b"")[:64] or os.urandom(16).hex().encode()
         extra: list[tuple[bytes, bytes]] = [(b"x-request-id", request_id)]
         ip = client_ip(scope, headers, self._trust_forwarded_for)
         status, body = await self._answer(receive, headers, ip, extra)

@@ -233,13 +233,14 @@ async def accept_conversion(
     stream = buffer.stream
     window = quota.window_seconds if quota else 1
     window_index = int(now.timestamp()) // window
+    event_id, merchant = str(event.id), str(merchant_id)  # once: UUID.__str__ is Python code
     admission = Admission(
-        key=keys.conversion_digest(stream, event.id),  # the id is (merchant, event id)'s
+        key=keys.conversion_digest(stream, event_id),  # the id is (merchant, event id)'s
         fingerprint=hashlib.sha256(digest).hexdigest()[:32],
         ttl=IDEMPOTENCY_TTL_SECONDS,
-        marker_key=keys.conversion_queued(stream, event.id),
-        marker_value=str(merchant_id),
-        window_key=keys.postback_window(stream, merchant_id, window, window_index) if quota else "",
+        marker_key=keys.conversion_queued(stream, event_id),
+        marker_value=merchant,
+        window_key=keys.postback_window(stream, merchant, window, window_index) if quota else "",
         quota=quota.amount if quota else 0,
         window_seconds=window,
         nonce_key=keys.used_signature(stream, signature) if signature else "",
@@ -264,7 +265,7 @@ async def accept_conversion(
                 "event_id was already used for a different conversion", field="body.event_id"
             )
     status = "duplicate" if admitted.outcome is Outcome.DUPLICATE else "accepted"
-    return PostbackAnswer({"id": str(event.id), "status": status}, headers)
+    return PostbackAnswer({"id": event_id, "status": status}, headers)
 
 
 async def accept_pixel(

@@ -1,14 +1,14 @@
 """Processing a conversion from the stream: the flusher's sink for "conversions".
 
-A batch of conversions is processed in one transaction, each conversion in a savepoint of its
-own (one that fails is rolled back alone and set aside in dead_letters): stored once (its id is
-derived from the merchant's event id, so a re-delivery is a no-op), attributed from the evidence
-in PostgreSQL by the pure domain (app/attribution/), and its rewards (or a refund's reversals)
-written to the ledger. Before a batch is processed, the sink waits until every click that
-entered the Redis click streams before the batch's conversions entered theirs has been stored,
-so a conversion posted a millisecond after its click still finds it. (Both times are Redis's,
-from the entry ids. The API keeps the order when Redis fails: while clicks wait in its spool,
-conversions are spooled behind them.)
+A flusher processes a batch's conversions in a few lanes at once (`CONVERSION_WORKERS`), each
+conversion in its own transaction (one that fails goes alone to dead_letters): stored once (its
+id is derived from the merchant's event id, so a re-delivery is a no-op), attributed from the
+evidence in PostgreSQL by the pure domain (app/attribution/), and its rewards (or a refund's
+reversals) written to the ledger. Before a batch is processed, the sink waits until every click
+that entered the Redis click streams before the batch's conversions entered theirs has been
+stored, so a conversion posted a millisecond after its click still finds it. (Both times are
+Redis's, from the entry ids. The API keeps the order when Redis fails: while clicks wait in its
+spool, conversions are spooled behind them.)
 
 Conversions of one order, and rewards counted per customer or per advocate, are decided one at a
 time however many flushers run (advisory locks: an order's key first, then customer and advocate
@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, replace
+import zlib
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, cast
@@ -82,12 +83,18 @@ class ConversionSink:
         click_streams: list[str],
         wait_seconds: float = 10.0,
         stream: str = "conversions",
+        dsn: str | None = None,
+        workers: int = 1,
     ) -> None:
         self._redis = redis
         self._click_streams = click_streams
         self._wait_seconds = wait_seconds
         self._stream = stream
         self._processed: list[UUID] = []
+        self._dsn = dsn
+        self._workers = workers if dsn else 1
+        # The lanes' own connections beyond the flusher's (opened on first use).
+        self._connections: list[asyncpg.Connection] = []
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
         return None
@@ -113,36 +120,84 @@ class ConversionSink:
         self._processed = []
 
     async def store(self, conn: asyncpg.Connection, batch: Batch) -> int:
+        """Process the batch in up to `workers` lanes at once, one PostgreSQL connection each
+        (the time goes to round trips, not to Python: one lane waits on PostgreSQL most of the
+        time). Each conversion in a transaction of its own, so no transaction holds the locks of
+        two conversions (two lanes could then wait on each other). The conversions of one order
+        or customer share a lane, in stream order. A transient failure (outage, deadlock,
+        failover) in any lane stops them all, and the flusher retries the batch: storing is
+        idempotent."""
         await self._clicks_flushed_until(batch.entered_until_ms())
         self._processed = []
-        processed: list[UUID] = []
-        decided: list[Decision] = []
-        stored = 0
+        lanes: list[list[dict[str, Any]]] = [[] for _ in range(self._workers)]
+        for raw in batch.events:
+            lanes[_lane_of(raw, self._workers)].append(raw)
+        busy = [lane for lane in lanes if lane]
+        connections = [conn, *await self._lane_connections(len(busy) - 1)]
+        outcomes = [_Lane() for _ in busy]
+        try:
+            async with asyncio.TaskGroup() as group:
+                for lane, connection, outcome in zip(busy, connections, outcomes, strict=False):
+                    group.create_task(self._process_lane(connection, lane, outcome))
+        except BaseException as exc:
+            await self._drop_lane_connections()  # their state is unknown after a cancel
+            failures = exc.exceptions if isinstance(exc, BaseExceptionGroup) else [exc]
+            raise failures[0] from None
+        for outcome in outcomes:
+            self._processed += outcome.processed
+            _count_decisions(outcome.decided)  # committed
+        return sum(outcome.stored for outcome in outcomes)
+
+    async def _process_lane(
+        self, conn: asyncpg.Connection, events: list[dict[str, Any]], out: _Lane
+    ) -> None:
         raw: dict[str, Any]
-        # The whole batch in one transaction (one commit and its WAL flush, not one per
-        # conversion); each conversion in a savepoint of its own, so that one that fails is
-        # rolled back alone. A transient failure (outage, deadlock, failover) rolls back the
-        # batch, which the flusher retries: storing is idempotent.
-        async with conn.transaction():
-            for raw in batch.events:
-                try:
-                    event = decode_conversion(raw)
-                    its_decisions: list[Decision] = []
-                    async with conn.transaction():
-                        stored += await process(conn, event, its_decisions)
-                    decided += its_decisions
-                    if isinstance(event, ConversionEvent):
-                        processed.append(event.id)
-                except Exception as exc:
-                    if is_transient(exc):
-                        raise
-                    # One conversion that cannot be processed must not hold back the others: it
-                    # is set aside, with the error, for a person to look at and replay.
-                    log.exception("conversion moved to dead letters", extra={"id": raw.get("id")})
-                    await dead_letters.add(conn, self._stream, [raw], repr(exc))
-        self._processed = processed
-        _count_decisions(decided)  # committed
-        return stored
+        for raw in events:
+            try:
+                event = decode_conversion(raw)
+                decided: list[Decision] = []
+                async with conn.transaction():
+                    out.stored += await process(conn, event, decided)
+                if isinstance(event, ConversionEvent):
+                    out.processed.append(event.id)
+                out.decided += decided
+            except Exception as exc:
+                if is_transient(exc):
+                    raise  # outage, deadlock, failover: the flusher retries the batch
+                # One conversion that cannot be processed must not hold back the others: it is
+                # set aside, with the error, for a person to look at and replay.
+                log.exception("conversion moved to dead letters", extra={"id": raw.get("id")})
+                await dead_letters.add(conn, self._stream, [raw], repr(exc))
+
+    async def _lane_connections(self, n: int) -> list[asyncpg.Connection]:
+        self._connections = [c for c in self._connections if not c.is_closed()]
+        while len(self._connections) < n:
+            assert self._dsn is not None  # workers > 1 only with a dsn
+            self._connections.append(await asyncpg.connect(self._dsn, command_timeout=60))
+        return self._connections[:n]
+
+    async def _drop_lane_connections(self) -> None:
+        for connection in self._connections:
+            connection.terminate()
+        self._connections = []
+
+
+@dataclass
+class _Lane:
+    stored: int = 0
+    processed: list[UUID] = field(default_factory=list)
+    decided: list[Decision] = field(default_factory=list)
+
+
+def _lane_of(raw: dict[str, Any], lanes: int) -> int:
+    """The lane of a conversion: by its order (a refund by the order it refunds), else its
+    customer, else its subscription; pixels by their order. (Advocates are known only once
+    attributed; their locks are taken one conversion at a time.)"""
+    if lanes == 1:
+        return 0
+    key = (raw.get("refund_of") or raw.get("order_id") or raw.get("customer_id")
+           or raw.get("subscription_id") or raw.get("id") or "")  # fmt: skip
+    return zlib.crc32(f"{raw.get('merchant_id')}:{key}".encode()) % lanes
 
 
 def _count_decisions(decisions: list[Decision]) -> None:

@@ -33,8 +33,9 @@ def sinks(settings: Settings, redis: RedisClient) -> list[Sink]:
             )
         )
     conversion_sink = ConversionSink(
-        redis, settings.click_streams, stream=settings.conversion_stream
-    )
+        redis, settings.click_streams, stream=settings.conversion_stream,
+        dsn=settings.database_url, workers=settings.conversion_workers,
+    )  # fmt: skip
     out.append(
         Sink(
             stream=settings.conversion_stream,
