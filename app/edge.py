@@ -11,8 +11,9 @@ plain ASGI in front of FastAPI:
 3. rate limits (app/ratelimits.py): per API key, per merchant for pixels and providers'
    webhooks, per IP for pixels and for failed authentication; 429 with Retry-After and
    RateLimit-* headers.
-The redirect (/r/…) and the signed postback (POST /v1/conversions, app/routes/postback.py, which
-does the same checks itself) never come here.
+The redirect (/r/…), the signed postback (POST /v1/conversions, app/routes/postback.py) and the
+order pixel (GET /t/pixel.gif, app/routes/pixel.py, which calls `limit_pixel`) never come here:
+they do the same checks themselves.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class EdgeGuard:
                     verdict = await runtime.limits.hit(runtime.limits.postbacks, "postbacks",
                                                        str(provider_merchant))  # fmt: skip
             elif path == _PIXEL:
-                verdict = await self._limit_pixel(runtime, scope, ip)
+                verdict = await limit_pixel(runtime.limits, scope, ip)
             elif not path.startswith(_ADVOCATE_PREFIX):
                 outcome = await self._authenticate(runtime, headers, ip)
                 if outcome is _UNAVAILABLE:
@@ -219,22 +220,21 @@ class EdgeGuard:
             return _BAD_KEY
         return merchant, key_hash
 
-    async def _limit_pixel(
-        self, runtime: GuardRuntime, scope: dict[str, Any], ip: str
-    ) -> Verdict | None:
-        per_ip = await runtime.limits.hit(runtime.limits.pixels_per_ip, "pixels-ip", ip)
-        if not per_ip.allowed:
-            return per_ip
-        query = scope.get("query_string", b"").decode("latin-1")
-        merchant = next((_uuid(p[2:]) for p in query.split("&") if p.startswith("m=")), None)
-        if merchant is None:
-            return per_ip
-        limits = runtime.limits
-        return await limits.hit(limits.pixels_per_merchant, "pixels", str(merchant))
-
     def _client_ip(self, scope: dict[str, Any], headers: dict[bytes, bytes]) -> str:
         runtime = self.runtime
         return client_ip(scope, headers, runtime is not None and runtime.trust_forwarded_for)
+
+
+async def limit_pixel(limits: RateLimits, scope: dict[str, Any], ip: str) -> Verdict:
+    """The pixel's limits: per IP, then per merchant (named by the `m` parameter)."""
+    per_ip = await limits.hit(limits.pixels_per_ip, "pixels-ip", ip)
+    if not per_ip.allowed:
+        return per_ip
+    query = scope.get("query_string", b"").decode("latin-1")
+    merchant = next((_uuid(p[2:]) for p in query.split("&") if p.startswith("m=")), None)
+    if merchant is None:
+        return per_ip
+    return await limits.hit(limits.pixels_per_merchant, "pixels", str(merchant))
 
 
 def client_ip(scope: dict[str, Any], headers: dict[bytes, bytes], trust_forwarded_for: bool) -> str:

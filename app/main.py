@@ -1,8 +1,9 @@
-"""The ASGI application: the two hot paths in front of the FastAPI management API.
+"""The ASGI application: the hot paths in front of the FastAPI management API.
 
-`create_app()` builds them. Requests for /r/… go straight to `RedirectEndpoint`, and signed
-postbacks (POST /v1/conversions) to `PostbackEndpoint`, plain ASGI callables; everything else
-goes through the edge (app/edge.py) to FastAPI. The lifespan (run by
+`create_app()` builds them. Requests for /r/… go straight to `RedirectEndpoint`, signed
+postbacks (POST /v1/conversions) to `PostbackEndpoint` and the order pixel (GET /t/pixel.gif)
+to `PixelEndpoint`, plain ASGI callables; everything else goes through the edge (app/edge.py)
+to FastAPI. The lifespan (run by
 FastAPI) opens the typed runtime (app/runtime.py) and hands the redirect and the edge their
 collaborators.
 """
@@ -49,6 +50,8 @@ from app.routes import (
 from app.routes import (
     webhooks as webhooks_routes,
 )
+from app.routes.pixel import ROUTE as PIXEL_ROUTE
+from app.routes.pixel import PixelEndpoint
 from app.routes.postback import ROUTE as POSTBACK_ROUTE
 from app.routes.postback import PostbackEndpoint
 from app.routes.redirect import RedirectEndpoint
@@ -120,6 +123,7 @@ class TrackingApp:
         self.api = api
         self.redirect: RedirectEndpoint | None = None
         self.postback: PostbackEndpoint | None = None
+        self.pixel: PixelEndpoint | None = None
         self.guard = EdgeGuard(api, max_body_bytes, max_upload_bytes)
         self._observed = ObserveRequests(self.guard)
 
@@ -132,6 +136,11 @@ class TrackingApp:
         if (postback is not None and scope["type"] == "http"
                 and scope["path"] == POSTBACK_ROUTE and scope["method"] == "POST"):  # fmt: skip
             await postback(scope, receive, send)
+            return
+        pixel = self.pixel
+        if (pixel is not None and scope["type"] == "http"
+                and scope["path"] == PIXEL_ROUTE and scope["method"] == "GET"):  # fmt: skip
+            await pixel(scope, receive, send)
             return
         await self._observed(scope, receive, send)
 
@@ -151,6 +160,10 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
                 runtime.secrets, runtime.conversion_buffer, runtime.anonymize_ip,
                 runtime.rate_limits, settings.max_body_bytes, settings.trust_forwarded_for,
             )  # fmt: skip
+            app.pixel = PixelEndpoint(
+                runtime.secrets, runtime.conversion_buffer, runtime.rate_limits,
+                settings.cookie_name, settings.max_body_bytes, settings.trust_forwarded_for,
+            )  # fmt: skip
             app.guard.runtime = GuardRuntime(
                 runtime.pool,
                 runtime.rate_limits,
@@ -164,6 +177,7 @@ def create_app(settings: Settings | None = None) -> TrackingApp:
             finally:
                 app.redirect = None
                 app.postback = None
+                app.pixel = None
                 app.guard.runtime = None
                 log.info("api stopped")
 

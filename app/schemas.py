@@ -23,6 +23,7 @@ from app.bounds import (
     EARLIEST_CLICK,
     FUTURE_SKEW,
     MAX_AMOUNT_MINOR,
+    NO_CONTROL_CHARACTERS,
     Email,
     Int,
     OccurredAt,
@@ -55,8 +56,22 @@ Channel = Literal[
 ]
 
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        """Text may not hold control characters, surrounding whitespace included: the pattern is
+        checked after the surrounding whitespace is stripped, so a tab or newline at either end
+        was stripped and accepted, against the documented pattern (the fuzzer found `"o\t"`).
+        A validator of the model, not of the type: it leaves the JSON schema as it is."""
+        if isinstance(value, str) and _CONTROL_CHARACTER.search(value):
+            raise ValueError("must not contain control characters")
+        return value
 
 
 def _url(value: str) -> str:
@@ -197,6 +212,18 @@ class Advocate(BaseModel):
 class MerchantInfo(BaseModel):
     id: UUID
     name: str
+
+
+class PixelQuery(BaseModel):
+    """The order pixel's query (GET /t/pixel.gif): validated the same way by FastAPI's route
+    (which documents it) and by the lean endpoint that serves it (app/routes/pixel.py)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    m: UUID = Field(description="Your merchant id")
+    order_id: str = Field(min_length=1, max_length=200, pattern=NO_CONTROL_CHARACTERS)
+    amount_minor: int | None = Field(None, ge=0, le=MAX_AMOUNT_MINOR)
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
 
 
 class ConversionIn(_Strict):

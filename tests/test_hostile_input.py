@@ -41,6 +41,10 @@ async def program(client: httpx.AsyncClient, merchant: CreatedMerchant) -> dict[
         ({"click_id": "ffffffffffff" + "0" * 20}, "body.click_id"),
         ({"click_id": "000000000000" + "0" * 20}, "body.click_id"),
         ({"event_id": "pixel:1"}, "body.event_id"),
+        # Whitespace among the control characters, at either end: refused as the schema says,
+        # not stripped and accepted.
+        ({"customer_id": "o\t"}, "body.customer_id"),
+        ({"order_id": "\n12"}, "body.order_id"),
     ],
 )
 async def test_a_postback_the_storage_would_refuse_is_refused_at_intake_naming_the_field(

@@ -9,7 +9,6 @@ from uuid import UUID
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.bounds import MAX_AMOUNT_MINOR, NO_CONTROL_CHARACTERS
 from app.routes.deps import (
     Anonymizer,
     AppSettings,
@@ -19,7 +18,8 @@ from app.routes.deps import (
     RedisConn,
     WebhookSecrets,
 )
-from app.schemas import ConversionAccepted, ConversionIn, ConversionView
+from app.routes.pixel import PIXEL
+from app.schemas import ConversionAccepted, ConversionIn, ConversionView, PixelQuery
 from app.services import intake
 
 router = APIRouter(tags=["conversions"])
@@ -68,13 +68,6 @@ async def read_conversion(
     )
 
 
-# A transparent 1x1 GIF.
-_PIXEL = (
-    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
-    b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
-)
-
-
 @router.get(
     "/t/pixel.gif", response_class=Response, responses={200: {"content": {"image/gif": {}}}}
 )
@@ -83,10 +76,7 @@ async def order_pixel(
     settings: AppSettings,
     secrets: WebhookSecrets,
     buffer: ConversionBuffer,
-    m: Annotated[UUID, Query(description="Your merchant id")],
-    order_id: Annotated[str, Query(min_length=1, max_length=200, pattern=NO_CONTROL_CHARACTERS)],
-    amount_minor: Annotated[int | None, Query(ge=0, le=MAX_AMOUNT_MINOR)] = None,
-    currency: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
+    query: Annotated[PixelQuery, Query()],
 ) -> Response:
     """For the order-confirmation page: `<img src="https://go.yourshop.com/t/pixel.gif?m=…&order_id=…">`.
 
@@ -94,8 +84,9 @@ async def order_pixel(
     shop (a subdomain, e.g. go.yourshop.com) so the browser sends the cookie. A pixel alone is
     unverified and earns nothing; the signed postback for the order is attributed with it.
     """
+    # Served by the lean endpoint in front of FastAPI (app/routes/pixel.py); this route
+    # documents the operation and answers the same way if it is ever reached.
     visitor = request.cookies.get(settings.cookie_name, "")
-    await intake.accept_pixel(
-        secrets, buffer, m, order_id, amount_minor, currency, visitor, datetime.now(UTC)
-    )
-    return Response(_PIXEL, media_type="image/gif", headers={"cache-control": "no-store"})
+    await intake.accept_pixel(secrets, buffer, query.m, query.order_id, query.amount_minor,
+                              query.currency, visitor, datetime.now(UTC))  # fmt: skip
+    return Response(PIXEL, media_type="image/gif", headers={"cache-control": "no-store"})
