@@ -220,17 +220,9 @@ def nginx_server(port: int) -> Iterator[int]:
 
 
 @contextmanager
-def raw_asgi_server(port: int) -> Iterator[int]:
-    args = [sys.executable, "-m", "uvicorn", "loadtests.raw_asgi:app", "--port", str(port),
-            *UVICORN_FLAGS]  # fmt: skip
-    with process(args, SERVER_CPU) as proc:
-        wait_http(port)
-        yield proc.pid
-
-
-@contextmanager
-def raw_post_server(port: int) -> Iterator[int]:
-    args = [sys.executable, "-m", "uvicorn", "loadtests.raw_asgi:post_app", "--port", str(port),
+def raw_asgi_server(port: int, app: str = "app") -> Iterator[int]:
+    """A ceiling of loadtests/raw_asgi.py: `app` (302) or `post_app` (a JSON POST → 202)."""
+    args = [sys.executable, "-m", "uvicorn", f"loadtests.raw_asgi:{app}", "--port", str(port),
             *UVICORN_FLAGS]  # fmt: skip
     with process(args, SERVER_CPU) as proc:
         wait_http(port)
@@ -340,7 +332,7 @@ def postback_rows(
     budget = int(12_000 * (rounds * slice_seconds + 1) + 6_000 * seconds) + 10_000
     postbacks = Postbacks(merchant, advocates, budget)
     try:
-        with raw_post_server(raw_port) as raw_pid, our_api(port) as our_pid:
+        with raw_asgi_server(raw_port, "post_app") as raw_pid, our_api(port) as our_pid:
             postbacks.run(raw_port, 1, ceiling=True)
             postbacks.run(port, 1)
             raw_runs, our_runs = [], []

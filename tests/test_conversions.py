@@ -408,10 +408,11 @@ async def test_approved_rewards_are_paid_and_fraud_is_rejected_with_a_reason(
     assert missing_reason.json()["error"]["field"] == "body.reason"
 
 
-async def test_a_conversion_that_cannot_be_processed_is_set_aside_alone(
-    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool,
-    redis: Any,
-) -> None:  # fmt: skip
+async def good_and_broken_advocates(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, db: asyncpg.Pool
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Anna in a sound program, Ben in one whose stored rules no version of the service can
+    read (his conversions cannot be processed); and Ben's program."""
     good = await make_program(client, merchant, rules=RULES)
     broken = await make_program(client, merchant, rules=RULES)
     anna = await make_advocate(client, merchant, good, "cust-anna")
@@ -419,6 +420,14 @@ async def test_a_conversion_that_cannot_be_processed_is_set_aside_alone(
     await db.execute(  # corrupt: rules no version of the service can read
         "UPDATE program_rules SET rules = '{\"currency\": 5}' WHERE program_id = $1", broken["id"]
     )
+    return anna, ben, broken
+
+
+async def test_a_conversion_that_cannot_be_processed_is_set_aside_alone(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool,
+    redis: Any,
+) -> None:  # fmt: skip
+    anna, ben, broken = await good_and_broken_advocates(client, merchant, db)
     for n, advocate in enumerate((ben, anna)):
         await post(client, merchant, {
             "event_id": f"o-{n}", "type": "purchase", "order_id": str(n), "amount_minor": 5000,

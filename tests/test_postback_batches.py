@@ -19,7 +19,7 @@ from app.services.intake import conversion_id
 from app.settings import Settings
 from app.storage.merchants import CreatedMerchant
 from tests.conftest import flush, make_advocate, make_program
-from tests.test_conversions import RULES
+from tests.test_conversions import RULES, good_and_broken_advocates
 
 
 def _signed(merchant: CreatedMerchant, body: dict[str, Any], stamp: int) -> tuple[bytes, str]:
@@ -95,13 +95,7 @@ async def test_concurrent_postbacks_share_batches_and_each_gets_its_own_answer(
 async def test_one_conversion_that_fails_inside_a_batch_is_set_aside_alone(
     client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool,
 ) -> None:  # fmt: skip
-    good = await make_program(client, merchant, rules=RULES)
-    broken = await make_program(client, merchant, rules=RULES)
-    anna = await make_advocate(client, merchant, good, "cust-anna")
-    ben = await make_advocate(client, merchant, broken, "cust-ben")
-    await db.execute(  # corrupt: rules no version of the service can read
-        "UPDATE program_rules SET rules = '{\"currency\": 5}' WHERE program_id = $1", broken["id"]
-    )
+    anna, ben, _ = await good_and_broken_advocates(client, merchant, db)
     stamp = int(time.time())
     bodies = [
         {"event_id": f"o-{n}", "type": "purchase", "order_id": f"{n}", "amount_minor": 5000,
