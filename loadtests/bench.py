@@ -325,7 +325,7 @@ def postback_rows(
     """The postback intake against a raw ASGI JSON POST on the same core, its p99 at half its
     rate, and the flusher's processing of what it accepted (attribution, rewards, ledger)."""
     port, raw_port = 18084, 18083
-    asyncio.run(clear_conversions(dsn, redis_url))
+    asyncio.run(clear(dsn, redis_url, "conversions"))
     # What `flusher --burst` costs with nothing to do (start, connect, exit) is not processing.
     startup = min(burst_flusher_seconds() for _ in range(2))
     # Enough for 12,000/s at full speed and 6,000/s at half (a wrap-around would be refused).
@@ -421,13 +421,18 @@ async def prepare(dsn: str, redis_url: str, links: int) -> tuple[list[str], Any]
     return [r["code"] for r in codes], merchant
 
 
-async def clear_clicks(dsn: str, redis_url: str) -> None:
+async def clear(dsn: str, redis_url: str, table: str) -> None:
+    """Empty a table ("clicks", "conversions") and the Redis stream of the same name."""
     conn = await asyncpg.connect(dsn)
-    await conn.execute("TRUNCATE clicks")
+    await conn.execute(f"TRUNCATE {table} CASCADE")
     await conn.close()
     redis = Redis.from_url(redis_url)
-    await redis.delete("clicks")
+    await redis.delete(table)
     await redis.aclose()
+
+
+async def clear_clicks(dsn: str, redis_url: str) -> None:
+    await clear(dsn, redis_url, "clicks")
 
 
 async def count_clicks(dsn: str) -> tuple[int, int]:
@@ -435,15 +440,6 @@ async def count_clicks(dsn: str) -> tuple[int, int]:
     rows, distinct = await conn.fetchrow("SELECT count(*), count(DISTINCT click_id) FROM clicks")
     await conn.close()
     return rows, distinct
-
-
-async def clear_conversions(dsn: str, redis_url: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    await conn.execute("TRUNCATE conversions CASCADE")
-    await conn.close()
-    redis = Redis.from_url(redis_url)
-    await redis.delete("conversions")
-    await redis.aclose()
 
 
 async def conversion_backlog(redis_url: str) -> int:
