@@ -120,6 +120,9 @@ async def test_postbacks_are_limited_per_merchant(
             await post(client, merchant, {"event_id": f"e{n}", "type": "signup"}) for n in range(3)
         ]
     assert [a.status_code for a in answers] == [202, 202, 429]
+    assert [a.headers["ratelimit-remaining"] for a in answers] == ["1", "0", "0"]
+    assert {a.headers["ratelimit-limit"] for a in answers} == {"2"}
+    assert "retry-after" in answers[2].headers and "retry-after" not in answers[1].headers
 
 
 async def test_unknown_merchant_ids_are_remembered_in_a_bounded_cache(

@@ -55,7 +55,8 @@ async def post_conversion(
         secrets, buffer, anonymize, None, x_referral_merchant, x_referral_signature,
         await request.body(), datetime.now(UTC),
     )  # fmt: skip
-    return JSONResponse(answer.body, status_code=202, headers=answer.headers)
+    headers = {k.decode(): v.decode() for k, v in answer.headers}
+    return JSONResponse(answer.body, status_code=202, headers=headers)
 
 
 @router.get("/v1/conversions/{conversion_id}", response_model=ConversionView)

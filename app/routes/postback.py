@@ -109,7 +109,7 @@ class PostbackEndpoint:
         except Exception:
             log.exception("postback failed")
             return 500, _INTERNAL
-        extra += [(k.encode(), v.encode()) for k, v in answer.headers.items()]
+        extra += answer.headers
         return 202, orjson.dumps(answer.body)
 
     async def _read_body(self, receive: Any) -> bytes:

@@ -39,6 +39,7 @@ from app.pipeline.admission import Admission, Outcome
 from app.pipeline.event_buffer import EventBuffer, EventsLost
 from app.pipeline.events import ConversionEvent, PixelEvent, encode_conversion, is_click_id
 from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient
+from app.ratelimits import Verdict
 from app.schemas import ConversionIn
 from app.security import IpAnonymizer, email_prints, hash_email
 from app.services import merchant_keys
@@ -160,24 +161,17 @@ class Quota:
     amount: int
     window_seconds: int
 
-    def headers(self, used: int, now: datetime) -> dict[str, str]:
-        """RateLimit-* (IETF httpapi draft), and Retry-After once over."""
-        stamp = int(now.timestamp())
-        reset = self.window_seconds - stamp % self.window_seconds
-        out = {
-            "ratelimit-limit": str(self.amount),
-            "ratelimit-remaining": str(max(self.amount - used, 0)),
-            "ratelimit-reset": str(reset),
-        }
-        if used > self.amount:
-            out["retry-after"] = str(max(reset, 1))
-        return out
+    def verdict(self, used: int, now: datetime) -> Verdict:
+        """The window's state after `used` postbacks (this one included), as the other limits
+        report theirs."""
+        reset = self.window_seconds - int(now.timestamp()) % self.window_seconds
+        return Verdict(used <= self.amount, self.amount, max(self.amount - used, 0), reset)
 
 
 @dataclass(frozen=True, slots=True)
 class PostbackAnswer:
     body: dict[str, str]  # ConversionAccepted
-    headers: dict[str, str]
+    headers: list[tuple[bytes, bytes]]  # RateLimit-*
 
 
 async def receive_postback(
@@ -251,10 +245,12 @@ async def accept_conversion(
         admitted = await buffer.admit(encoded, admission)
     except EventsLost:
         raise Unavailable("the conversion could not be stored: retry shortly") from None
-    headers = quota.headers(admitted.window_count, now) if quota and admitted.window_count else {}
+    verdict = quota.verdict(admitted.window_count, now) if quota and admitted.window_count else None
+    headers = verdict.headers() if verdict else []
     match admitted.outcome:
         case Outcome.LIMITED:
-            raise RateLimited("too many requests: slow down (see Retry-After)", headers)
+            raise RateLimited("too many requests: slow down (see Retry-After)",
+                              {k.decode(): v.decode() for k, v in headers})  # fmt: skip
         case Outcome.REPLAYED:
             raise SignatureRejected(
                 "this signature was already used (replay): sign each delivery anew",
