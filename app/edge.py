@@ -109,23 +109,22 @@ class EdgeGuard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        length = headers.get(b"content-length", b"0")
         path: str = scope["path"]
         # Uploads are larger; their body, like every other, is read only after the key is known.
         limit = self.max_upload_bytes if path == _UPLOADS else self.max_body_bytes
-        if not length.isdigit() or int(length) > limit:
-            await _respond(send, 413, TOO_LARGE)
+        if declared_too_large(headers, limit):
+            await respond(send, 413, TOO_LARGE)
             return
         authorization = headers.get(b"authorization", b"").decode("latin-1")
         if (runtime.ops_token and path in _OPS_PATHS
                 and not bearer_matches(authorization, runtime.ops_token)):  # fmt: skip
-            await _respond(send, 401, _OPS_KEY, [(b"www-authenticate", b"Bearer")])
+            await respond(send, 401, _OPS_KEY, [(b"www-authenticate", b"Bearer")])
             return
         ip = self._client_ip(scope, headers)
         verdict: Verdict | None = None
         if path.startswith("/v1/") or path == _PIXEL:
             if (refused := runtime.limits.blocked(ip)) is not None:
-                await _respond(send, 429, TOO_MANY, refused.headers())
+                await respond(send, 429, TOO_MANY, refused.headers())
                 return
             provider_merchant = _provider_merchant(path) if scope["method"] == "POST" else False
             if path == _POSTBACK and scope["method"] == "POST":
@@ -139,16 +138,16 @@ class EdgeGuard:
             elif not path.startswith(_ADVOCATE_PREFIX):
                 outcome = await self._authenticate(runtime, headers, ip)
                 if outcome is _UNAVAILABLE:
-                    await _respond(send, 503, outcome, [(b"retry-after", b"2")])
+                    await respond(send, 503, outcome, [(b"retry-after", b"2")])
                     return
                 if isinstance(outcome, bytes):
-                    await _respond(send, 401, outcome, [(b"www-authenticate", b"Bearer")])
+                    await respond(send, 401, outcome, [(b"www-authenticate", b"Bearer")])
                     return
                 merchant, key_hash = outcome
                 scope.setdefault("state", {})["merchant"] = merchant
                 verdict = await runtime.limits.hit(runtime.limits.api_key, "key", key_hash.hex())
             if verdict is not None and not verdict.allowed:
-                await _respond(send, 429, TOO_MANY, verdict.headers())
+                await respond(send, 429, TOO_MANY, verdict.headers())
                 return
         await self._forward(scope, receive, send, runtime, ip, verdict, limit)
 
@@ -177,7 +176,7 @@ class EdgeGuard:
                 # 413 in its place, once.
                 if message["type"] == "http.response.start":
                     status = 413
-                    await _respond(send, 413, TOO_LARGE)
+                    await respond(send, 413, TOO_LARGE)
                 return
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -190,7 +189,7 @@ class EdgeGuard:
         except _BodyTooLarge:
             if status:
                 return
-            await _respond(send, 413, TOO_LARGE)
+            await respond(send, 413, TOO_LARGE)
             return
         if status == 401:
             # A bad signature, an unknown merchant, a bad advocate token: guessing is limited.
@@ -253,12 +252,21 @@ def _uuid(value: str) -> UUID | None:
         return None
 
 
-async def _respond(
-    send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
+def declared_too_large(headers: dict[bytes, bytes], limit: int) -> bool:
+    """Refused before it is read: a Content-Length over `limit`, or not a number. (A chunked
+    body is bounded as it is read.)"""
+    length = headers.get(b"content-length", b"0")
+    return not length.isdigit() or int(length) > limit
+
+
+async def respond(
+    send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None,
+    content_type: bytes = b"application/json",
+) -> None:  # fmt: skip
+    """A whole answer in two ASGI messages: the edge's, and the hot paths' own."""
     headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
+        (b"content-type", content_type),
+        (b"content-length", b"%d" % len(body)),
         *(extra or []),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -339,6 +339,7 @@ async def test_pixel_links_the_cookie_to_the_order_for_the_postback(
                                 "currency": "EUR"},
     )  # fmt: skip
     assert pixel.status_code == 200 and pixel.headers["content-type"] == "image/gif"
+    assert pixel.headers["cache-control"] == "no-store"
     await flush(settings)
     unverified = await db.fetchrow("SELECT state, verified, reason, advocate_id FROM conversions")
     assert unverified["state"] == "attributed" and not unverified["verified"]

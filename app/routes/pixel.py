@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from starlette.requests import cookie_parser
 
 from app import metrics
-from app.edge import TOO_LARGE, TOO_MANY, client_ip, limit_pixel
+from app.edge import TOO_LARGE, TOO_MANY, client_ip, declared_too_large, limit_pixel, respond
 from app.errors import BACKEND_UNAVAILABLE, UNAVAILABLE_BODY, AppError, InvalidFields
 from app.pipeline.event_buffer import EventBuffer
 from app.ratelimits import RateLimits
@@ -35,12 +35,7 @@ PIXEL = (
     b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
     b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
 )
-_GIF_HEADERS = [
-    (b"content-type", b"image/gif"),
-    (b"content-length", b"%d" % len(PIXEL)),
-    (b"cache-control", b"no-store"),
-]
-_JSON = (b"content-type", b"application/json")
+_NO_STORE = (b"cache-control", b"no-store")
 
 
 class PixelEndpoint:
@@ -65,18 +60,16 @@ class PixelEndpoint:
         headers: dict[bytes, bytes] = dict(scope["headers"])
         extra: list[tuple[bytes, bytes]] = []
         status, body = await self._answer(scope, headers, extra)
-        answer_headers = (_GIF_HEADERS if body is PIXEL else
-                          [_JSON, (b"content-length", b"%d" % len(body))])  # fmt: skip
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [*answer_headers, *extra]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
+        if body is PIXEL:
+            await respond(send, status, body, [_NO_STORE, *extra], content_type=b"image/gif")
+        else:
+            await respond(send, status, body, extra)
         metrics.http_stats.observe(ROUTE, "GET", status, time.perf_counter() - started)
 
     async def _answer(
         self, scope: dict[str, Any], headers: dict[bytes, bytes], extra: list[tuple[bytes, bytes]]
     ) -> tuple[int, bytes]:
-        length = headers.get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self._max_body:
+        if declared_too_large(headers, self._max_body):
             return 413, TOO_LARGE
         ip = client_ip(scope, headers, self._trust_forwarded_for)
         if (refused := self._limits.blocked(ip)) is not None:

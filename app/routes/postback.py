@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from app import metrics
-from app.edge import TOO_LARGE, TOO_MANY, client_ip
+from app.edge import TOO_LARGE, TOO_MANY, client_ip, declared_too_large, respond
 from app.errors import BACKEND_UNAVAILABLE, UNAVAILABLE_BODY, AppError
 from app.pipeline.event_buffer import EventBuffer
 from app.ratelimits import RateLimits
@@ -67,12 +67,7 @@ class PostbackEndpoint:
         extra: list[tuple[bytes, bytes]] = [(b"x-request-id", request_id)]
         ip = client_ip(scope, headers, self._trust_forwarded_for)
         status, body = await self._answer(receive, headers, ip, extra)
-        await send({
-            "type": "http.response.start", "status": status,
-            "headers": [(b"content-type", b"application/json"),
-                        (b"content-length", b"%d" % len(body)), *extra],
-        })  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, status, body, extra)
         metrics.http_stats.observe(ROUTE, "POST", status, time.perf_counter() - started)
         if status == 401:
             # A bad signature, an unknown merchant: guessing is limited per IP.
@@ -82,8 +77,7 @@ class PostbackEndpoint:
         self, receive: Any, headers: dict[bytes, bytes], ip: str,
         extra: list[tuple[bytes, bytes]],
     ) -> tuple[int, bytes]:  # fmt: skip
-        length = headers.get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self._max_body:
+        if declared_too_large(headers, self._max_body):
             return 413, TOO_LARGE
         if (refused := self._limits.blocked(ip)) is not None:
             extra += refused.headers()
