@@ -562,8 +562,9 @@ Day = Annotated[
 ]
 
 
-class DailyPoint(BaseModel):
-    day: date
+class _PeriodCounts(BaseModel):
+    """A program's counts over a day or a channel (app/storage/stats.py `_bucket`)."""
+
     clicks: int
     bot_clicks: int
     flagged_clicks: int
@@ -571,6 +572,10 @@ class DailyPoint(BaseModel):
     purchases: int
     renewals: int
     revenue_minor: dict[str, int]
+
+
+class DailyPoint(_PeriodCounts):
+    day: date
 
 
 class DailySeries(BaseModel):
@@ -579,15 +584,8 @@ class DailySeries(BaseModel):
     days: list[DailyPoint]
 
 
-class ChannelPoint(BaseModel):
+class ChannelPoint(_PeriodCounts):
     channel: str
-    clicks: int
-    bot_clicks: int
-    flagged_clicks: int
-    signups: int
-    purchases: int
-    renewals: int
-    revenue_minor: dict[str, int]
 
 
 class ChannelBreakdown(BaseModel):
