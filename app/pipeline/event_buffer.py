@@ -25,9 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import RedisCluster
@@ -42,6 +42,8 @@ from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient, new_connec
 from app.pipeline.spool import Spool
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class EventsLost(Exception):
@@ -227,18 +229,10 @@ class EventBuffer:
         for index, admission, _ in admissions:
             conditions[index] = admission
         behind = self._waiting_behind()
-        decided: list[Admitted] | None = None
-        if self.redis_ok:
-            try:
-                async with asyncio.timeout(self._write_timeout):
-                    decided = await self._admitter.run(
-                        self._round_trip, self._stream, events, conditions, write=not behind,
-                        per_entry=self._max_batch,
-                    )  # fmt: skip
-            except REDIS_UNAVAILABLE as exc:
-                self._mark_redis(False, exc)
-            else:
-                self._mark_redis(True)
+        decided = await self._in_redis(
+            lambda: self._admitter.run(self._round_trip, self._stream, events, conditions,
+                                       write=not behind, per_entry=self._max_batch)
+        )  # fmt: skip
         if decided is None:
             # Nothing could be checked: spool all (a duplicate is stored once downstream).
             await self._to_spool(self._payloads(events), len(events))
@@ -272,19 +266,25 @@ class EventBuffer:
         if self._waiting_behind():
             await self._to_spool(payloads, len(events))
             return
-        try:
-            if not self.redis_ok:
-                # Degraded: do not make every shopper wait for a timeout; the replay loop probes
-                # Redis and switches back as soon as it answers.
-                raise ConnectionError("redis marked unreachable")
-            async with asyncio.timeout(self._write_timeout):
-                await self.deliver(payloads)
-        except REDIS_UNAVAILABLE as exc:
-            self._mark_redis(False, exc)
+        if await self._in_redis(lambda: self.deliver(payloads)) is None:
             await self._to_spool(payloads, len(events))
         else:
-            self._mark_redis(True)
             self._buffered.inc(len(events))
+
+    async def _in_redis(self, call: Callable[[], Awaitable[T]]) -> T | None:
+        """`call`'s result within the write timeout; None when Redis did not take it (it is
+        then marked unreachable) or is marked so already: degraded, no request waits for a
+        timeout, and the replay loop probes Redis and switches back as soon as it answers."""
+        if not self.redis_ok:
+            return None
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                result = await call()
+        except REDIS_UNAVAILABLE as exc:
+            self._mark_redis(False, exc)
+            return None
+        self._mark_redis(True)
+        return result
 
     async def _to_spool(self, payloads: list[bytes], n: int) -> None:
         try:
@@ -295,12 +295,13 @@ class EventBuffer:
             raise EventsLost(repr(exc)) from exc
         self._spooled.inc(n)
 
-    async def deliver(self, payloads: list[bytes]) -> None:
-        """XADD each payload as one stream entry, all in one round trip (`_round_trip`)."""
+    async def deliver(self, payloads: list[bytes]) -> list[Any]:
+        """XADD each payload as one stream entry, all in one round trip (`_round_trip`); the
+        entries' ids."""
         command: list[bytes] = []
         for payload in payloads:
             command += (self._xadd_head, b"$%d\r\n" % len(payload), payload, b"\r\n")
-        await self._round_trip(command, len(payloads))
+        return await self._round_trip(command, len(payloads))
 
     async def _round_trip(self, command: list[bytes], replies: int) -> list[Any]:
         """Send commands framed by the caller and read their replies, in one round trip.
