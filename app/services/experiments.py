@@ -28,6 +28,7 @@ from app.errors import Conflict, InvalidInput
 from app.pipeline.redis_client import RedisClient
 from app.services import links as links_service
 from app.services import programs as programs_service
+from app.services.batch_reads import BatchReads
 from app.services.tenancy import found
 from app.services.tx import transaction
 from app.storage import experiments as repo
@@ -73,7 +74,7 @@ async def assign_new_advocate(
 ) -> None:
     """Assign a newly enrolled advocate to the program's running experiment, if any (the
     caller's transaction)."""
-    running = await repo.running(conn, program_id)
+    running = (await repo.running(conn, [program_id])).get(program_id)
     if running is not None:
         experiment, weights = running
         variant = stats.assign_variant(experiment, advocate_id, weights)
@@ -81,11 +82,14 @@ async def assign_new_advocate(
 
 
 async def offer_for(
-    conn: asyncpg.Connection, program_id: UUID, advocate_id: UUID
-) -> tuple[UUID, str, ProgramRules] | None:
+    conn: asyncpg.Connection, program_id: UUID, advocate_id: UUID,
+    reads: BatchReads | None = None,
+) -> tuple[UUID, str, ProgramRules] | None:  # fmt: skip
     """The running experiment's variant for this advocate and its rules, or None (the program's
-    rules apply). Assigns the advocate if they have no variant yet."""
-    running = await repo.running(conn, program_id)
+    rules apply). Assigns the advocate if they have no variant yet. (`reads`: the batch's
+    reads of the experiment and its variants' rules.)"""
+    reads = reads or BatchReads()
+    running = await reads.running(conn, program_id)
     if running is None:
         return None
     experiment, weights = running
@@ -93,7 +97,7 @@ async def offer_for(
     if variant is None:
         variant = stats.assign_variant(experiment, advocate_id, weights)
         await repo.assign(conn, experiment, [(advocate_id, variant)])
-    return experiment, variant, await repo.variant_rules(conn, experiment, variant)
+    return experiment, variant, await reads.variant_rules(conn, experiment, variant)
 
 
 async def get(pool: asyncpg.Pool | asyncpg.Connection, merchant_id: UUID,

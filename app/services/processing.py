@@ -63,15 +63,14 @@ from app.pipeline.flusher import Batch, RetryLater, entry_ms
 from app.pipeline.redis_client import RedisClient
 from app.services import experiments as experiments_service
 from app.services import rewards as rewards_service
+from app.services.batch_reads import BatchReads
 from app.storage import conversions as repo
 from app.storage import dead_letters, evidence
 from app.storage import exchange_rates as rates_repo
-from app.storage import experiments as experiments_repo
 from app.storage import fraud as fraud_repo
 from app.storage import review as review_repo
 from app.storage import rewards as rewards_repo
 from app.storage.db import is_transient
-from app.storage.rules import current_rules
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +150,21 @@ class ConversionSink:
     async def _process_lane(
         self, conn: asyncpg.Connection, events: list[dict[str, Any]], out: _Lane
     ) -> None:
-        raw: dict[str, Any]
+        decoded: list[tuple[dict[str, Any], StreamedConversion | Exception]] = []
         for raw in events:
             try:
-                event = decode_conversion(raw)
+                decoded.append((raw, decode_conversion(raw)))
+            except Exception as exc:  # dead-lettered below, in its turn
+                decoded.append((raw, exc))
+        reads = BatchReads()
+        await reads.prefetch(conn, (e for _, e in decoded if isinstance(e, ConversionEvent)))
+        for raw, event in decoded:
+            try:
+                if isinstance(event, Exception):
+                    raise event
                 decided: list[Decision] = []
                 async with conn.transaction():
-                    out.stored += await process(conn, event, decided)
+                    out.stored += await process(conn, event, decided, reads)
                 if isinstance(event, ConversionEvent):
                     out.processed.append(event.id)
                 out.decided += decided
@@ -207,12 +214,15 @@ def _count_decisions(decisions: list[Decision]) -> None:
 
 
 async def process(
-    conn: asyncpg.Connection, event: StreamedConversion, decided: list[Decision] | None = None
-) -> int:
+    conn: asyncpg.Connection, event: StreamedConversion, decided: list[Decision] | None = None,
+    reads: BatchReads | None = None,
+) -> int:  # fmt: skip
     """Store, attribute and reward one conversion; 0 when it was already stored. (The caller
-    holds the transaction.) The fraud decision, if any, is appended to `decided`."""
+    holds the transaction.) The fraud decision, if any, is appended to `decided`; `reads`: what
+    the batch read once for all its conversions (app/services/batch_reads.py)."""
+    reads = reads or BatchReads()
     if isinstance(event, PixelEvent):
-        return await _record_pixel(conn, event)
+        return await _record_pixel(conn, event, reads)
     order_id = event.refund_of if event.type == "refund" else event.order_id
     if order_id:
         await repo.lock(conn, _order_key(event.merchant_id, order_id))
@@ -225,9 +235,9 @@ async def process(
         )
         return 1
     if event.type == "renewal":
-        decision = await _reward_renewal(conn, event)
+        decision = await _reward_renewal(conn, event, reads)
     else:
-        decision = await _attribute_and_reward(conn, event)
+        decision = await _attribute_and_reward(conn, event, reads)
     if decision is not None and decided is not None:
         decided.append(decision)
     if event.order_id:
@@ -247,7 +257,7 @@ def _order_key(merchant: UUID, order_id: str) -> str:
     return f"order:{merchant}:{order_id}"
 
 
-async def _record_pixel(conn: asyncpg.Connection, pixel: PixelEvent) -> int:
+async def _record_pixel(conn: asyncpg.Connection, pixel: PixelEvent, reads: BatchReads) -> int:
     """Keep the browser's claim on this order; without a signed postback yet, show the order as
     an unverified conversion: attributed by cookie for the statistics (apart from purchases and
     revenue), never rewarded, and only while exactly one browser claims it."""
@@ -264,9 +274,10 @@ async def _record_pixel(conn: asyncpg.Connection, pixel: PixelEvent) -> int:
     result: Attributed | NotAttributed = NotAttributed(verdict.reason)
     if verdict.visitor_id is not None:
         found = await _evidence(
-            conn, merchant, first.seen_at, Customer(None, None), None, None, verdict.visitor_id
-        )
-        _, terms = await _program_terms(conn, found)
+            conn, reads, merchant, first.seen_at, Customer(None, None), None, None,
+            verdict.visitor_id,
+        )  # fmt: skip
+        _, terms = await _program_terms(conn, reads, found)
         result = attribute(found, terms)
     if isinstance(result, Attributed):
         await repo.set_unverified_outcome(
@@ -283,6 +294,7 @@ async def _record_pixel(conn: asyncpg.Connection, pixel: PixelEvent) -> int:
 
 async def _evidence(
     conn: asyncpg.Connection,
+    reads: BatchReads,
     merchant: UUID,
     occurred_at: Any,
     customer: Customer,
@@ -292,9 +304,7 @@ async def _evidence(
 ) -> Evidence:
     """The evidence PostgreSQL holds: the typed code's owner, the click the click id names, and
     every click of the browser (from the click, or the given visitor)."""
-    code_advocate = (
-        await evidence.advocate_by_code(conn, merchant, referral_code) if referral_code else None
-    )
+    code_advocate = await reads.code_owner(conn, merchant, referral_code) if referral_code else None
     click = None
     if click_id:
         found = await evidence.click_by_id(conn, merchant, click_id)
@@ -305,13 +315,13 @@ async def _evidence(
 
 
 async def _program_terms(
-    conn: asyncpg.Connection, found: Evidence
+    conn: asyncpg.Connection, reads: BatchReads, found: Evidence
 ) -> tuple[dict[UUID, tuple[int, ProgramRules]], dict[UUID, ProgramTerms]]:
     """The current rules of every program the evidence points at, and their attribution terms."""
     programs = {c.advocate.program_id for c in (found.click, *found.browser_clicks) if c}
     if found.code_advocate:
         programs.add(found.code_advocate.program_id)
-    rules = await current_rules(conn, list(programs))
+    rules = await reads.rules(conn, programs)
     terms = {
         p: ProgramTerms(r.attribution_window_days, r.attribution_model)
         for p, (_, r) in rules.items()
@@ -319,7 +329,9 @@ async def _program_terms(
     return rules, terms
 
 
-async def _attribute_and_reward(conn: asyncpg.Connection, e: ConversionEvent) -> Decision | None:
+async def _attribute_and_reward(
+    conn: asyncpg.Connection, e: ConversionEvent, reads: BatchReads
+) -> Decision | None:
     """Attribute the conversion, compute its rewards, let the fraud rules decide, and write the
     rewards with the decision's moves; returns the decision (None when not attributed)."""
     customer = Customer(e.customer_id, e.customer_email_hash)
@@ -331,9 +343,9 @@ async def _attribute_and_reward(conn: asyncpg.Connection, e: ConversionEvent) ->
             verdict = pixel_evidence(claims, e.occurred_at)
             visitor, pixel_reason = verdict.visitor_id, verdict.reason
     found = await _evidence(
-        conn, e.merchant_id, e.occurred_at, customer, e.referral_code, e.click_id, visitor
+        conn, reads, e.merchant_id, e.occurred_at, customer, e.referral_code, e.click_id, visitor
     )
-    rules, terms = await _program_terms(conn, found)
+    rules, terms = await _program_terms(conn, reads, found)
     result = attribute(found, terms)
     if not isinstance(result, Attributed):
         await repo.set_reason(conn, e.id, pixel_reason or result.reason)
@@ -346,7 +358,7 @@ async def _attribute_and_reward(conn: asyncpg.Connection, e: ConversionEvent) ->
         return None
     version, program_rules = rules[advocate.program_id]
     # A running experiment gives the advocate their variant's rules (rewards and fraud rules).
-    offer = await experiments_service.offer_for(conn, advocate.program_id, advocate.id)
+    offer = await experiments_service.offer_for(conn, advocate.program_id, advocate.id, reads)
     if offer is not None:
         program_rules = offer[2]
     # Counted per customer and per advocate: decided one conversion at a time.
@@ -378,7 +390,8 @@ async def _attribute_and_reward(conn: asyncpg.Connection, e: ConversionEvent) ->
         user_agent=e.user_agent or (click.user_agent if click else None),
     )
     return await _reward(
-        conn, priced, Credit(advocate.id, advocate.program_id, version, program_rules, offer, fx),
+        conn, reads, priced,
+        Credit(advocate.id, advocate.program_id, version, program_rules, offer, fx),
         compute_rewards(program_rules, sale), click, device, result.method, visitor is not None,
         result.click.click_id if result.click else None,
     )  # fmt: skip
@@ -398,7 +411,7 @@ class Credit:
 
 
 async def _reward(
-    conn: asyncpg.Connection, e: ConversionEvent, credit: Credit,
+    conn: asyncpg.Connection, reads: BatchReads, e: ConversionEvent, credit: Credit,
     drafts: list[RewardDraft] | NoReward, click: fraud_repo.ClickDetails | None, device: Device,
     method: Method, by_pixel: bool, click_id: UUID | None,
 ) -> Decision:  # fmt: skip
@@ -407,9 +420,18 @@ async def _reward(
     rules = credit.rules
     no_reward = drafts.reason if isinstance(drafts, NoReward) else None
     rewarded = [] if isinstance(drafts, NoReward) else drafts
+    variant = (credit.offer[0], credit.offer[1]) if credit.offer is not None else None
     advocate_reward = sum(d.amount_minor for d in rewarded if d.beneficiary == "advocate")
     facts = await gather_facts(
-        conn, rules, e, credit.advocate_id, click, device, advocate_reward, rules.currency
+        conn,
+        rules,
+        e,
+        credit.advocate_id,
+        click,
+        device,
+        advocate_reward,
+        rules.currency,
+        reads=reads,
     )
     decision = fraud.evaluate(rules.fraud, facts.advocate, facts.conversion)
     for draft in rewarded:
@@ -424,6 +446,7 @@ async def _reward(
             draft=draft,
             reason=f"{e.type} {e.order_id or e.event_id}",
             fx=credit.fx,
+            variant=variant,
         )
         moves = fraud.reward_moves(decision, draft.beneficiary, draft.amount_minor)
         if moves:
@@ -435,14 +458,10 @@ async def _reward(
         method=method,
         reason=words.attributed_reason(method, by_pixel, no_reward,
                                        fraud.decision_reason(decision)),
-        rules_version=credit.rules_version,
+        rules_version=credit.rules_version, decision=decision,
+        device=(device.visitor, device.ip_hash, device.ip_prefix, device.user_agent),
+        variant=variant,
     )  # fmt: skip
-    await fraud_repo.set_decision(
-        conn, e.id, decision, device.visitor, device.ip_hash, device.ip_prefix, device.user_agent
-    )
-    if credit.offer is not None:
-        await experiments_repo.set_conversion_variant(conn, e.id, credit.offer[0],
-                                                      credit.offer[1])  # fmt: skip
     if decision.holds and rewarded:
         await review_repo.open_item(
             conn, e.merchant_id, credit.program_id, credit.advocate_id, e.id,
@@ -466,7 +485,9 @@ async def _in_program_currency(
                                                                    e.amount_minor)  # fmt: skip
 
 
-async def _reward_renewal(conn: asyncpg.Connection, e: ConversionEvent) -> Decision | None:
+async def _reward_renewal(
+    conn: asyncpg.Connection, e: ConversionEvent, reads: BatchReads
+) -> Decision | None:
     """A renewal earns the advocate of its subscription's first purchase their recurring
     commission (no click needed); the subscription's renewals are decided one at a time."""
     assert e.subscription_id is not None  # intake requires it
@@ -478,12 +499,12 @@ async def _reward_renewal(conn: asyncpg.Connection, e: ConversionEvent) -> Decis
     if first.advocate_id is None or first.program_id is None:
         await repo.set_reason(conn, e.id, words.SUBSCRIPTION_NOT_REFERRED)
         return None
-    rules = await current_rules(conn, [first.program_id])
+    rules = await reads.rules(conn, [first.program_id])
     if first.program_id not in rules:
         await repo.set_reason(conn, e.id, words.NO_RULES)
         return None
     version, program_rules = rules[first.program_id]
-    offer = await experiments_service.offer_for(conn, first.program_id, first.advocate_id)
+    offer = await experiments_service.offer_for(conn, first.program_id, first.advocate_id, reads)
     if offer is not None:
         program_rules = offer[2]
     await repo.lock(conn, f"advocate:{first.advocate_id}")
@@ -495,7 +516,9 @@ async def _reward_renewal(conn: asyncpg.Connection, e: ConversionEvent) -> Decis
     )  # fmt: skip
     device = Device(None, e.ip_hash, e.ip_prefix, e.user_agent)
     credit = Credit(first.advocate_id, first.program_id, version, program_rules, offer, fx)
-    return await _reward(conn, priced, credit, drafts, None, device, "subscription", False, None)
+    return await _reward(
+        conn, reads, priced, credit, drafts, None, device, "subscription", False, None
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,12 +541,13 @@ async def gather_facts(
     conn: asyncpg.Connection | asyncpg.Pool, rules: ProgramRules, e: ConversionEvent,
     advocate_id: UUID, click: fraud_repo.ClickDetails | None, device: Device,
     advocate_reward_minor: int, currency: str, until: datetime | None = None,
+    reads: BatchReads | None = None,
 ) -> Facts:  # fmt: skip
     """What the fraud rules read about one conversion, counted as far as their thresholds need
     (a rule that is off costs no query). `until` bounds the reward cap's period (the preview
     counts only earlier conversions)."""
     config = rules.fraud
-    advocate = await fraud_repo.advocate_facts(conn, advocate_id)
+    advocate = await (reads or BatchReads()).advocate_facts(conn, advocate_id)
     shared = None
     if config.same_device_as_advocate.action != fraud.RuleAction.OFF:
         shared = await fraud_repo.shared_device(

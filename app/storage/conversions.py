@@ -11,6 +11,7 @@ from uuid import UUID
 import asyncpg
 
 from app.attribution.conversions import ConversionState
+from app.attribution.fraud import Decision
 from app.attribution.pixels import PixelClaim
 from app.pipeline.events import ConversionEvent, PixelEvent
 from app.storage import fraud as fraud_repo
@@ -19,9 +20,17 @@ from app.storage.rows import ConversionRow
 
 
 async def lock(conn: asyncpg.Connection, *keys: str) -> None:
-    """Transaction-scoped advisory locks, taken in sorted order."""
-    for key in sorted(set(keys)):
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+    """Transaction-scoped advisory locks, taken in sorted order, in one round trip. (A volatile
+    function in the select list is evaluated after the sort: PostgreSQL >= 9.6.)"""
+    ordered = sorted(set(keys))
+    if len(ordered) == 1:
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", ordered[0])
+        return
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(k, 0))"
+        " FROM unnest($1::text[]) WITH ORDINALITY AS t(k, n) ORDER BY n",
+        ordered,
+    )
 
 
 async def insert(conn: asyncpg.Connection, e: ConversionEvent) -> bool:
@@ -51,14 +60,27 @@ async def set_reason(conn: asyncpg.Connection, conversion: UUID, reason: str) ->
 
 async def set_attributed(
     conn: asyncpg.Connection, conversion: UUID, *, program: UUID, advocate: UUID,
-    click: UUID | None, method: str, reason: str, rules_version: int,
+    click: UUID | None, method: str, reason: str, rules_version: int, decision: Decision,
+    device: tuple[UUID | None, bytes | None, str | None, str | None],
+    variant: tuple[UUID, str] | None,
 ) -> None:  # fmt: skip
+    """The attributed conversion's outcome in one write: its advocate and reason, the fraud
+    rules' decision, the converting browser as the rules saw it (visitor, IP hash and prefix,
+    user agent: the postback's, or else the attributed click's, which later conversions' rules
+    compare with), and the experiment's variant, if any."""
+    visitor, ip_hash, ip_prefix, user_agent = device
+    experiment, key = variant if variant is not None else (None, None)
     await conn.execute(
         "UPDATE conversions SET state = $8, program_id = $2, advocate_id = $3,"
-        " attributed_click_id = $4, attribution_method = $5, reason = $6, rules_version = $7"
+        " attributed_click_id = $4, attribution_method = $5, reason = $6, rules_version = $7,"
+        " fraud_action = $9, fraud_findings = $10::jsonb, visitor_id = coalesce(visitor_id, $11),"
+        " ip_hash = coalesce(ip_hash, $12), ip_prefix = coalesce(ip_prefix, $13),"
+        " user_agent = coalesce(user_agent, $14), experiment_id = coalesce($15, experiment_id),"
+        " variant = coalesce($16, variant)"
         " WHERE id = $1",
         conversion, program, advocate, click, method, reason, rules_version,
-        ConversionState.ATTRIBUTED.value,
+        ConversionState.ATTRIBUTED.value, decision.outcome, fraud_repo.findings_json(decision),
+        visitor, ip_hash, ip_prefix, user_agent, experiment, key,
     )  # fmt: skip
 
 
@@ -264,10 +286,19 @@ async def prior_rewarded_purchases(
     conn: asyncpg.Connection, merchant: UUID, program: UUID, conversion: UUID,
     customer_id: str | None, email_hash: bytes | None,
 ) -> int:  # fmt: skip
+    # One branch per way of matching the customer, each on its own index (an OR of the two
+    # would read every conversion of the program); UNION counts a conversion matched both ways
+    # once.
     count: int = await conn.fetchval(
-        "SELECT count(DISTINCT c.id) FROM conversions c JOIN rewards r ON r.conversion_id = c.id"
-        " WHERE c.merchant_id = $1 AND c.program_id = $2 AND c.type = 'purchase' AND c.id <> $3"
-        " AND (c.customer_id = $4 OR c.customer_email_hash = $5)",
+        "SELECT count(*) FROM ("
+        " SELECT c.id FROM conversions c WHERE c.merchant_id = $1 AND c.program_id = $2"
+        "  AND c.customer_id = $4 AND c.type = 'purchase' AND c.id <> $3"
+        "  AND EXISTS (SELECT 1 FROM rewards r WHERE r.conversion_id = c.id)"
+        " UNION"
+        " SELECT c.id FROM conversions c WHERE c.merchant_id = $1 AND c.program_id = $2"
+        "  AND c.customer_email_hash = $5 AND c.type = 'purchase' AND c.id <> $3"
+        "  AND EXISTS (SELECT 1 FROM rewards r WHERE r.conversion_id = c.id)"
+        ") AS matched",
         merchant, program, conversion, customer_id, email_hash,
     )  # fmt: skip
     return int(count)

@@ -40,6 +40,22 @@ async def advocate_by_code(conn: asyncpg.Connection, merchant: UUID, code: str) 
     return Referrer(row["id"], row["program_id"], row["external_id"], row["email_hash"])
 
 
+async def advocates_by_codes(
+    conn: asyncpg.Connection, merchant: UUID, codes: list[str]
+) -> dict[str, Referrer]:
+    """The owners of the (normalized) codes that have one, by code."""
+    rows = await conn.fetch(
+        "SELECT referral_code, id, program_id, external_id, email_hash FROM advocates"
+        " WHERE merchant_id = $1 AND referral_code = ANY($2::text[])",
+        merchant,
+        codes,
+    )
+    return {
+        r["referral_code"]: Referrer(r["id"], r["program_id"], r["external_id"], r["email_hash"])
+        for r in rows
+    }
+
+
 async def click_by_id(
     conn: asyncpg.Connection, merchant: UUID, click_id: str
 ) -> tuple[Click, UUID | None] | None:

@@ -96,17 +96,23 @@ async def list_for_program(db: Db, merchant: UUID, program: UUID) -> list[dict[s
     return [{**_plain(r), "variants": await variants(db, r["id"])} for r in rows]
 
 
-async def running(db: Db, program: UUID) -> tuple[UUID, list[tuple[str, int]]] | None:
-    """The program's running experiment and its variants' (key, weight), in order."""
+Running = tuple[UUID, list[tuple[str, int]]]  # the experiment, its variants' (key, weight)
+
+
+async def running(db: Db, programs: list[UUID]) -> dict[UUID, Running]:
+    """Each program's running experiment (of those that have one) and its variants' (key,
+    weight), in order."""
     rows = await db.fetch(
-        "SELECT e.id, v.key, v.weight FROM experiments e"
+        "SELECT e.program_id, e.id, v.key, v.weight FROM experiments e"
         " JOIN experiment_variants v ON v.experiment_id = e.id"
-        " WHERE e.program_id = $1 AND e.status = 'running' ORDER BY v.position",
-        program,
+        " WHERE e.program_id = ANY($1::uuid[]) AND e.status = 'running'"
+        " ORDER BY e.program_id, v.position",
+        programs,
     )
-    if not rows:
-        return None
-    return rows[0]["id"], [(r["key"], r["weight"]) for r in rows]
+    out: dict[UUID, Running] = {}
+    for r in rows:
+        out.setdefault(r["program_id"], (r["id"], []))[1].append((r["key"], r["weight"]))
+    return out
 
 
 async def variant_rules(db: Db, experiment: UUID, key: str) -> ProgramRules:
@@ -195,16 +201,3 @@ async def set_promoted(
         variant,
         version,
     )
-
-
-async def set_conversion_variant(
-    conn: asyncpg.Connection, conversion: UUID, experiment: UUID, variant: str
-) -> None:
-    await conn.execute(
-        "UPDATE conversions SET experiment_id = $2, variant = $3 WHERE id = $1",
-        conversion, experiment, variant,
-    )  # fmt: skip
-    await conn.execute(
-        "UPDATE rewards SET experiment_id = $2, variant = $3 WHERE conversion_id = $1",
-        conversion, experiment, variant,
-    )  # fmt: skip

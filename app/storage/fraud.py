@@ -21,16 +21,20 @@ from app.pipeline.events import click_time
 Db = asyncpg.Connection | asyncpg.Pool
 
 
-async def advocate_facts(conn: Db, advocate_id: UUID) -> AdvocateFacts:
-    row = await conn.fetchrow(
-        "SELECT external_id, email_hash, email_canonical, email_near, banned_at FROM advocates"
-        " WHERE id = $1",
-        advocate_id,
+async def advocate_facts(conn: Db, advocate_ids: list[UUID]) -> dict[UUID, AdvocateFacts]:
+    """What the rules compare the customer with, of each advocate (those that exist)."""
+    rows = await conn.fetch(
+        "SELECT id, external_id, email_hash, email_canonical, email_near, banned_at"
+        " FROM advocates WHERE id = ANY($1::uuid[])",
+        advocate_ids,
     )
-    assert row is not None  # attribution found this advocate
+    return {r["id"]: _advocate_facts(r) for r in rows}
+
+
+def _advocate_facts(r: asyncpg.Record) -> AdvocateFacts:
     return AdvocateFacts(
-        row["external_id"], row["email_hash"], row["email_canonical"],
-        frozenset(row["email_near"] or ()), row["banned_at"] is not None,
+        r["external_id"], r["email_hash"], r["email_canonical"],
+        frozenset(r["email_near"] or ()), r["banned_at"] is not None,
     )  # fmt: skip
 
 
@@ -130,22 +134,6 @@ async def period_rewards(
         merchant, advocate, currency, start, end, conversion,
     )  # fmt: skip
     return int(total)
-
-
-async def set_decision(
-    conn: asyncpg.Connection, conversion: UUID, decision: Decision,
-    visitor: UUID | None, ip_hash: bytes | None, ip_prefix: str | None, user_agent: str | None,
-) -> None:  # fmt: skip
-    """The decision, and the converting browser as the rules saw it (the postback's, or else the
-    attributed click's), which later conversions' rules compare with."""
-    await conn.execute(
-        "UPDATE conversions SET fraud_action = $2, fraud_findings = $3::jsonb,"
-        " visitor_id = coalesce(visitor_id, $4), ip_hash = coalesce(ip_hash, $5),"
-        " ip_prefix = coalesce(ip_prefix, $6), user_agent = coalesce(user_agent, $7)"
-        " WHERE id = $1",
-        conversion, decision.outcome, findings_json(decision), visitor, ip_hash, ip_prefix,
-        user_agent,
-    )  # fmt: skip
 
 
 async def set_browser(conn: asyncpg.Connection, conversion: UUID, visitor: UUID) -> None:

@@ -30,23 +30,26 @@ async def create_reward(
     draft: RewardDraft,
     reason: str,
     fx: tuple[Decimal, str, int] | None = None,
+    variant: tuple[UUID, str] | None = None,
 ) -> UUID:
     """The reward and its first entry (pending); `fx`: the rate an order in another currency
-    was converted at, with the order's currency and amount."""
+    was converted at, with the order's currency and amount; `variant`: the experiment and the
+    variant whose rules computed it."""
     rate, order_currency, order_amount = fx if fx is not None else (None, None, None)
+    experiment, key = variant if variant is not None else (None, None)
+    # The reward and its first entry in one statement (one round trip per reward).
     reward_id: UUID = await conn.fetchval(
-        "INSERT INTO rewards (merchant_id, program_id, advocate_id, conversion_id, beneficiary,"
+        "WITH reward AS ("
+        " INSERT INTO rewards (merchant_id, program_id, advocate_id, conversion_id, beneficiary,"
         " customer_id, amount_minor, currency, rules_version, hold_until, fx_rate,"
-        " order_currency, order_amount_minor)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+        " order_currency, order_amount_minor, experiment_id, variant)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15, $16) RETURNING id)"
+        " INSERT INTO reward_entries (reward_id, merchant_id, from_state, to_state, amount_minor,"
+        " reason, conversion_id) SELECT id, $1, NULL, 'pending', $7, $14, $4 FROM reward"
+        " RETURNING reward_id",
         merchant_id, program_id, advocate_id, conversion_id, draft.beneficiary, customer_id,
         draft.amount_minor, draft.currency, rules_version, draft.hold_until, rate,
-        order_currency, order_amount,
-    )  # fmt: skip
-    await conn.execute(
-        "INSERT INTO reward_entries (reward_id, merchant_id, from_state, to_state, amount_minor,"
-        " reason, conversion_id) VALUES ($1, $2, NULL, 'pending', $3, $4, $5)",
-        reward_id, merchant_id, draft.amount_minor, reason, conversion_id,
+        order_currency, order_amount, reason, experiment, key,
     )  # fmt: skip
     return reward_id
 

@@ -30,12 +30,20 @@ async def save_rules(conn: asyncpg.Connection, program_id: UUID, rules: ProgramR
 async def current_rules(
     conn: asyncpg.Connection | asyncpg.Pool, program_ids: list[UUID]
 ) -> dict[UUID, tuple[int, ProgramRules]]:
+    return {
+        program: (version, ProgramRules.model_validate_json(text))
+        for program, (version, text) in (await current_rules_json(conn, program_ids)).items()
+    }
+
+
+async def current_rules_json(
+    conn: asyncpg.Connection | asyncpg.Pool, program_ids: list[UUID]
+) -> dict[UUID, tuple[int, str]]:
+    """The current version of each program's rules, as stored (JSON)."""
     rows = await conn.fetch(
         "SELECT DISTINCT ON (program_id) program_id, version, rules::text AS rules"
         " FROM program_rules WHERE program_id = ANY($1::uuid[])"
         " ORDER BY program_id, version DESC",
         program_ids,
     )
-    return {
-        r["program_id"]: (r["version"], ProgramRules.model_validate_json(r["rules"])) for r in rows
-    }
+    return {r["program_id"]: (r["version"], r["rules"]) for r in rows}

@@ -1,0 +1,128 @@
+"""What the conversions of one batch read alike, read once for the batch (#18).
+
+Most conversions of a batch name a referral code, and most codes lead to a handful of programs:
+their owners, the programs' current rules, running experiments and the advocates' facts the
+fraud rules compare with are read for the whole batch in a few queries (`prefetch`), instead of
+four or five round trips per conversion. What was not prefetched is read on first use and kept
+for the rest of the batch.
+
+What is kept is what the processing of a conversion does not change: it is as fresh as when the
+batch started (a batch is processed in well under a second; a rules version saved meanwhile
+applies from the next batch, as it would have had the batch come a moment earlier). Counts that
+processing changes (earlier rewards of a customer, of an advocate) are never kept here: they are
+read in each conversion's transaction, under its locks.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from uuid import UUID
+
+import asyncpg
+
+from app.attribution.fraud import AdvocateFacts
+from app.attribution.model import Referrer
+from app.attribution.rules import ProgramRules
+from app.codes import normalize_referral_code
+from app.pipeline.events import ConversionEvent
+from app.storage import evidence
+from app.storage import experiments as experiments_repo
+from app.storage import fraud as fraud_repo
+from app.storage.rules import current_rules_json
+
+Db = asyncpg.Connection | asyncpg.Pool
+
+
+class BatchReads:
+    """A read-through cache for one batch (a fresh one reads everything live)."""
+
+    def __init__(self) -> None:
+        self._owners: dict[tuple[UUID, str], Referrer | None] = {}
+        self._rules_json: dict[UUID, tuple[int, str] | None] = {}
+        self._rules: dict[UUID, tuple[int, ProgramRules]] = {}
+        self._running: dict[UUID, experiments_repo.Running | None] = {}
+        self._variant_rules: dict[tuple[UUID, str], ProgramRules] = {}
+        self._advocates: dict[UUID, AdvocateFacts] = {}
+
+    async def prefetch(self, conn: asyncpg.Connection, events: Iterable[ConversionEvent]) -> None:
+        """The codes' owners, and their programs' rules and experiments and their facts, for
+        every conversion of the batch that names a code: one query each."""
+        codes: dict[UUID, set[str]] = defaultdict(set)
+        for e in events:
+            if e.referral_code:
+                codes[e.merchant_id].add(normalize_referral_code(e.referral_code))
+        for merchant, named in codes.items():
+            owners = await evidence.advocates_by_codes(conn, merchant, sorted(named))
+            for code in named:
+                self._owners[(merchant, code)] = owners.get(code)
+        advocates = {a.id: a.program_id for a in self._owners.values() if a is not None}
+        programs = sorted(set(advocates.values()))
+        found = await current_rules_json(conn, programs)
+        for program in programs:
+            self._rules_json[program] = found.get(program)  # read (parsed on first use)
+        await self._fill_running(conn, programs)
+        await self._fill_advocates(conn, list(advocates))
+
+    async def code_owner(
+        self, conn: asyncpg.Connection, merchant: UUID, code: str
+    ) -> Referrer | None:
+        key = (merchant, normalize_referral_code(code))
+        if key not in self._owners:
+            self._owners[key] = await evidence.advocate_by_code(conn, merchant, code)
+        return self._owners[key]
+
+    async def rules(
+        self, conn: asyncpg.Connection, programs: Iterable[UUID]
+    ) -> dict[UUID, tuple[int, ProgramRules]]:
+        """The current rules (version, rules) of those of the programs that have some. Rules
+        that cannot be read fail the conversions that need them, each in its turn, and no
+        other."""
+        wanted = list(dict.fromkeys(programs))
+        missing = [p for p in wanted if p not in self._rules_json]
+        if missing:
+            found = await current_rules_json(conn, missing)
+            for program in missing:
+                self._rules_json[program] = found.get(program)
+        out = {}
+        for program in wanted:
+            if program not in self._rules and (stored := self._rules_json[program]) is not None:
+                version, text = stored
+                self._rules[program] = (version, ProgramRules.model_validate_json(text))
+            if program in self._rules:
+                out[program] = self._rules[program]
+        return out
+
+    async def running(
+        self, conn: asyncpg.Connection, program: UUID
+    ) -> experiments_repo.Running | None:
+        """The program's running experiment and its variants' weights, if it runs one."""
+        if program not in self._running:
+            await self._fill_running(conn, [program])
+        return self._running[program]
+
+    async def variant_rules(
+        self, conn: asyncpg.Connection, experiment: UUID, key: str
+    ) -> ProgramRules:
+        if (experiment, key) not in self._variant_rules:
+            self._variant_rules[(experiment, key)] = await experiments_repo.variant_rules(
+                conn, experiment, key
+            )
+        return self._variant_rules[(experiment, key)]
+
+    async def advocate_facts(self, conn: Db, advocate: UUID) -> AdvocateFacts:
+        if advocate not in self._advocates:
+            await self._fill_advocates(conn, [advocate])
+        return self._advocates[advocate]  # attribution found this advocate: it exists
+
+    async def _fill_running(self, conn: asyncpg.Connection, programs: list[UUID]) -> None:
+        missing = [p for p in programs if p not in self._running]
+        if missing:
+            found = await experiments_repo.running(conn, missing)
+            for program in missing:
+                self._running[program] = found.get(program)
+
+    async def _fill_advocates(self, conn: Db, advocates: list[UUID]) -> None:
+        missing = [a for a in advocates if a not in self._advocates]
+        if missing:
+            self._advocates |= await fraud_repo.advocate_facts(conn, missing)
