@@ -241,15 +241,15 @@ async def process(
     if decision is not None and decided is not None:
         decided.append(decision)
     if event.order_id:
-        await repo.supersede_unverified(
-            conn, event.merchant_id, event.order_id, words.SUPERSEDED_REASON
-        )
-        if event.type in ("purchase", "renewal"):
-            for waiting in await repo.waiting_refunds(conn, event.merchant_id, event.order_id):
-                await _apply_refund(
-                    conn, event.merchant_id, waiting.id, event.order_id,
-                    waiting.requested_minor, waiting.currency,
-                )  # fmt: skip
+        waiting_refunds = await repo.settle_order(
+            conn, event.merchant_id, event.order_id, words.SUPERSEDED_REASON,
+            refunds_wait=event.type in ("purchase", "renewal"),
+        )  # fmt: skip
+        for waiting in waiting_refunds:
+            await _apply_refund(
+                conn, event.merchant_id, waiting.id, event.order_id, waiting.requested_minor,
+                waiting.currency,
+            )  # fmt: skip
     return 1
 
 
@@ -369,17 +369,17 @@ async def _attribute_and_reward(
         lock_keys.append(f"email:{advocate.program_id}:{e.customer_email_hash.hex()}")
     await repo.lock(conn, *lock_keys)
     priced, fx = await _in_program_currency(conn, e, program_rules.currency)
+    prior_purchases, referrals = await repo.reward_counts(
+        conn, e.merchant_id, advocate.program_id, advocate.id, e.id, e.customer_id,
+        e.customer_email_hash,
+    )  # fmt: skip
     sale = Sale(
         type="purchase" if e.type == "purchase" else "signup",
         amount_minor=priced.amount_minor or 0,
         currency=priced.currency,
         occurred_at=found.occurred_at,
-        prior_rewarded_purchases=await repo.prior_rewarded_purchases(
-            conn, e.merchant_id, advocate.program_id, e.id, e.customer_id, e.customer_email_hash
-        ),
-        advocate_successful_referrals=await repo.advocate_referrals(
-            conn, e.merchant_id, advocate.id
-        ),
+        prior_rewarded_purchases=prior_purchases,
+        advocate_successful_referrals=referrals,
         customer_known=bool(e.customer_id or e.customer_email_hash),
     )
     click = await fraud_repo.click_details(conn, result.click.click_id) if result.click else None

@@ -84,16 +84,6 @@ async def set_attributed(
     )  # fmt: skip
 
 
-async def supersede_unverified(
-    conn: asyncpg.Connection, merchant: UUID, order_id: str, reason: str
-) -> None:
-    await conn.execute(
-        "UPDATE conversions SET state = $4, reason = $3 WHERE merchant_id = $1"
-        " AND order_id = $2 AND NOT verified AND state <> $4",
-        merchant, order_id, reason, ConversionState.SUPERSEDED.value,
-    )  # fmt: skip
-
-
 # -- The order pixel ---------------------------------------------------------------------------
 
 
@@ -206,13 +196,21 @@ async def refunded_total(
     return int(total)
 
 
-async def waiting_refunds(
-    conn: asyncpg.Connection, merchant: UUID, order_id: str
-) -> list[WaitingRefund]:
+async def settle_order(
+    conn: asyncpg.Connection, merchant: UUID, order_id: str, superseded_reason: str,
+    refunds_wait: bool,
+) -> list[WaitingRefund]:  # fmt: skip
+    """Now that the order has a signed conversion: the pixel's unverified one is superseded;
+    and, if `refunds_wait` (a purchase or renewal), the refunds that waited for it, oldest first
+    (one round trip)."""
     rows = await conn.fetch(
-        "SELECT id, requested_amount_minor, currency FROM conversions WHERE merchant_id = $1"
-        " AND refund_of = $2 AND type = 'refund' AND state = $3 ORDER BY received_at, id",
-        merchant, order_id, ConversionState.REFUND_UNMATCHED.value,
+        "WITH superseded AS (UPDATE conversions SET state = $4, reason = $3"
+        "  WHERE merchant_id = $1 AND order_id = $2 AND NOT verified AND state <> $4)"
+        " SELECT id, requested_amount_minor, currency FROM conversions WHERE $6 AND"
+        " merchant_id = $1 AND refund_of = $2 AND type = 'refund' AND state = $5"
+        " ORDER BY received_at, id",
+        merchant, order_id, superseded_reason, ConversionState.SUPERSEDED.value,
+        ConversionState.REFUND_UNMATCHED.value, refunds_wait,
     )  # fmt: skip
     return [
         WaitingRefund(
@@ -282,36 +280,31 @@ async def rewarded_renewals(
 # -- Counts the reward rules need --------------------------------------------------------------
 
 
-async def prior_rewarded_purchases(
-    conn: asyncpg.Connection, merchant: UUID, program: UUID, conversion: UUID,
+async def reward_counts(
+    conn: asyncpg.Connection, merchant: UUID, program: UUID, advocate: UUID, conversion: UUID,
     customer_id: str | None, email_hash: bytes | None,
-) -> int:  # fmt: skip
+) -> tuple[int, int]:  # fmt: skip
+    """The customer's other purchases rewarded in the program (matched by customer id or e-mail
+    hash), and the advocate's rewarded referrals so far: one round trip."""
     # One branch per way of matching the customer, each on its own index (an OR of the two
     # would read every conversion of the program); UNION counts a conversion matched both ways
     # once.
-    count: int = await conn.fetchval(
-        "SELECT count(*) FROM ("
-        " SELECT c.id FROM conversions c WHERE c.merchant_id = $1 AND c.program_id = $2"
-        "  AND c.customer_id = $4 AND c.type = 'purchase' AND c.id <> $3"
-        "  AND EXISTS (SELECT 1 FROM rewards r WHERE r.conversion_id = c.id)"
-        " UNION"
-        " SELECT c.id FROM conversions c WHERE c.merchant_id = $1 AND c.program_id = $2"
-        "  AND c.customer_email_hash = $5 AND c.type = 'purchase' AND c.id <> $3"
-        "  AND EXISTS (SELECT 1 FROM rewards r WHERE r.conversion_id = c.id)"
-        ") AS matched",
-        merchant, program, conversion, customer_id, email_hash,
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM ("
+        "  SELECT c.id FROM conversions c WHERE c.merchant_id = $1 AND c.program_id = $2"
+        "   AND c.customer_id = $4 AND c.type = 'purchase' AND c.id <> $3"
+        "   AND EXISTS (SELECT 1 FROM rewards r WHERE r.conversion_id = c.id)"
+        "  UNION"
+        "  SELECT c.id FROM conversions c WHERE c.merchant_id = $1 AND c.program_id = $2"
+        "   AND c.customer_email_hash = $5 AND c.type = 'purchase' AND c.id <> $3"
+        "   AND EXISTS (SELECT 1 FROM rewards r WHERE r.conversion_id = c.id)"
+        " ) AS matched) AS purchases,"
+        " (SELECT count(*) FROM rewards WHERE merchant_id = $1 AND advocate_id = $6"
+        "  AND beneficiary = 'advocate') AS referrals",
+        merchant, program, conversion, customer_id, email_hash, advocate,
     )  # fmt: skip
-    return int(count)
-
-
-async def advocate_referrals(conn: asyncpg.Connection, merchant: UUID, advocate: UUID) -> int:
-    count: int = await conn.fetchval(
-        "SELECT count(*) FROM rewards WHERE merchant_id = $1 AND advocate_id = $2"
-        " AND beneficiary = 'advocate'",
-        merchant,
-        advocate,
-    )
-    return int(count)
+    assert row is not None  # a select without FROM returns its one row
+    return int(row["purchases"]), int(row["referrals"])
 
 
 # -- Reading -----------------------------------------------------------------------------------
