@@ -9,6 +9,7 @@ import asyncio
 import json
 import time
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import httpx
@@ -159,3 +160,40 @@ async def test_lanes_process_a_batch_at_once_and_keep_each_orders_refund_after_i
     )
     # Each refund took a quarter of both sides' rewards (10.00 and 10 % of the order, capped).
     assert reversed_total == 10 * (250 + 250)
+
+
+async def test_a_batch_reads_its_codes_once_yet_counts_each_conversion_after_the_one_before(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, other_merchant: CreatedMerchant,
+    settings: Settings, db: asyncpg.Pool,
+) -> None:  # fmt: skip
+    # Two shops whose advocates hold the same code text: the batch's shared reads of code
+    # owners are per merchant. And two first purchases of one customer in one batch: only the
+    # first is rewarded (the counts are read per conversion, never kept for the batch).
+    ours = await make_advocate(
+        client, merchant, await make_program(client, merchant, rules=RULES), "anna"
+    )
+    theirs = await make_advocate(client, other_merchant, await make_program(
+        client, other_merchant, rules=RULES), "olga")  # fmt: skip
+    await db.execute("UPDATE advocates SET referral_code = $1 WHERE id = $2",
+                     ours["referral_code"], theirs["id"])  # fmt: skip
+    stamp = int(time.time())
+    sends = []
+    for shop in (merchant, other_merchant):
+        for n in range(2):
+            body = {"event_id": f"buy-{n}", "type": "purchase", "order_id": f"{n}",
+                    "amount_minor": 10_000, "currency": "EUR", "customer_id": "friend",
+                    "referral_code": ours["referral_code"]}  # fmt: skip
+            sends.append(_send(client, shop, *_signed(shop, body, stamp)))
+    assert {a.status_code for a in await asyncio.gather(*sends)} == {202}
+    await flush(settings)
+
+    rows = await db.fetch(
+        "SELECT c.merchant_id, c.advocate_id, c.order_id, count(r.id) AS rewards"
+        " FROM conversions c LEFT JOIN rewards r ON r.conversion_id = c.id"
+        " GROUP BY c.id ORDER BY c.merchant_id, c.order_id"
+    )
+    by_shop = {(r["merchant_id"], r["order_id"]): (r["advocate_id"], r["rewards"]) for r in rows}
+    for shop, advocate in ((merchant, ours), (other_merchant, theirs)):
+        first, second = by_shop[(shop.id, "0")], by_shop[(shop.id, "1")]
+        assert {first[0], second[0]} == {UUID(advocate["id"])}
+        assert sorted((first[1], second[1])) == [0, 2]  # both sides once, for one of the two
