@@ -45,6 +45,9 @@ async def program(client: httpx.AsyncClient, merchant: CreatedMerchant) -> dict[
         # not stripped and accepted.
         ({"customer_id": "o\t"}, "body.customer_id"),
         ({"order_id": "\n12"}, "body.order_id"),
+        # The schema's integers are JSON numbers: neither a string of digits nor a boolean.
+        ({"amount_minor": "5000"}, "body.amount_minor"),
+        ({"amount_minor": True}, "body.amount_minor"),
     ],
 )
 async def test_a_postback_the_storage_would_refuse_is_refused_at_intake_naming_the_field(
@@ -145,6 +148,13 @@ async def test_numbers_beyond_64_bits_in_management_bodies_are_422(
         headers=auth(merchant),
     )
     assert named.status_code == 422 and named.json()["error"]["field"] == "body.name"
+    days = await client.put(
+        f"/v1/programs/{program['id']}/rules",
+        json={**RULES, "attribution_window_days": "9"},
+        headers=auth(merchant),
+    )
+    assert days.status_code == 422  # the fuzzer found "9" taken for 9 (rotate-secret's overlap)
+    assert days.json()["error"]["field"] == "body.attribution_window_days"
 
 
 def test_signature_verification_never_raises_anything_but_invalid_signature() -> None:
@@ -276,7 +286,7 @@ async def test_redis_unavailable_inside_a_sink_is_retried_not_dead_lettered(
     # at that moment is an outage, not a property of the events.
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from app.services.processing import ConversionSink
+    from app.services.conversion_sink import ConversionSink
 
     real = ConversionSink._clicks_flushed_until
     failures = [RedisConnectionError("redis restarting")]

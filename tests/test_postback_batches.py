@@ -197,3 +197,30 @@ async def test_a_batch_reads_its_codes_once_yet_counts_each_conversion_after_the
         first, second = by_shop[(shop.id, "0")], by_shop[(shop.id, "1")]
         assert {first[0], second[0]} == {UUID(advocate["id"])}
         assert sorted((first[1], second[1])) == [0, 2]  # both sides once, for one of the two
+
+
+async def test_every_stored_conversion_keeps_the_emails_prints_the_fraud_rules_compare(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool,
+) -> None:  # fmt: skip
+    # The self-referral and same-device rules (and their preview) compare a customer's email
+    # prints with the advocate's: stored with the conversion, whichever way it was decided
+    # (they were kept in the stream event only, and the columns stayed empty).
+    anna = await make_advocate(
+        client, merchant, await make_program(client, merchant, rules=RULES), "anna"
+    )
+    stamp = int(time.time())
+    grouped_one = {"event_id": "by-code", "type": "signup", "customer_email": "Jo.Doe@x.org",
+                   "referral_code": anna["referral_code"]}  # fmt: skip
+    alone = {"event_id": "no-code", "type": "signup", "customer_email": "Jo.Doe@x.org"}
+    for body in (grouped_one, alone):
+        assert (await _send(client, merchant, *_signed(merchant, body, stamp))).status_code == 202
+    await flush(settings)
+
+    rows = await db.fetch(
+        "SELECT event_id, customer_email_canonical, customer_email_near, state FROM conversions"
+        " ORDER BY event_id"
+    )
+    assert [(r["event_id"], r["state"]) for r in rows] == [
+        ("by-code", "attributed"), ("no-code", "unattributed")]  # fmt: skip
+    assert rows[0]["customer_email_canonical"] == rows[1]["customer_email_canonical"] is not None
+    assert rows[0]["customer_email_near"] == rows[1]["customer_email_near"] != []

@@ -64,6 +64,31 @@ class BatchReads:
         await self._fill_running(conn, programs)
         await self._fill_advocates(conn, list(advocates))
 
+    def prefetched(
+        self, merchant: UUID, code: str
+    ) -> tuple[Referrer, tuple[int, ProgramRules], AdvocateFacts] | None:
+        """Without a query: the code's owner, their program's current rules and their facts,
+        when all were read for the batch, the rules can be read, and the program runs no
+        experiment (the grouped path's conditions); None otherwise."""
+        owner = self._owners.get((merchant, normalize_referral_code(code)))
+        if owner is None or self._running.get(owner.program_id, False) is not None:
+            return None  # unknown code, not prefetched, or an experiment running
+        facts = self._advocates.get(owner.id)
+        if facts is None or self._rules_json.get(owner.program_id) is None:
+            return None
+        if owner.program_id not in self._rules:
+            try:
+                self.parse_rules(owner.program_id)
+            except ValueError:  # pydantic's ValidationError: decided one by one, and set aside
+                return None
+        return owner, self._rules[owner.program_id], facts
+
+    def parse_rules(self, program: UUID) -> None:
+        stored = self._rules_json[program]
+        assert stored is not None
+        version, text = stored
+        self._rules[program] = (version, ProgramRules.model_validate_json(text))
+
     async def code_owner(
         self, conn: asyncpg.Connection, merchant: UUID, code: str
     ) -> Referrer | None:
@@ -86,9 +111,8 @@ class BatchReads:
                 self._rules_json[program] = found.get(program)
         out = {}
         for program in wanted:
-            if program not in self._rules and (stored := self._rules_json[program]) is not None:
-                version, text = stored
-                self._rules[program] = (version, ProgramRules.model_validate_json(text))
+            if program not in self._rules and self._rules_json[program] is not None:
+                self.parse_rules(program)
             if program in self._rules:
                 out[program] = self._rules[program]
         return out

@@ -1,14 +1,8 @@
-"""Processing a conversion from the stream: the flusher's sink for "conversions".
-
-A flusher processes a batch's conversions in a few lanes at once (`CONVERSION_WORKERS`), each
-conversion in its own transaction (one that fails goes alone to dead_letters): stored once (its
-id is derived from the merchant's event id, so a re-delivery is a no-op), attributed from the
-evidence in PostgreSQL by the pure domain (app/attribution/), and its rewards (or a refund's
-reversals) written to the ledger. Before a batch is processed, the sink waits until every click
-that entered the Redis click streams before the batch's conversions entered theirs has been
-stored, so a conversion posted a millisecond after its click still finds it. (Both times are
-Redis's, from the entry ids. The API keeps the order when Redis fails: while clicks wait in its
-spool, conversions are spooled behind them.)
+"""Processing one conversion from the stream, in the caller's transaction (the flusher's sink,
+app/services/conversion_sink.py, holds it; app/services/grouped.py decides the common case many
+at once with the same rules): stored once (its id is derived from the merchant's event id, so a
+re-delivery is a no-op), attributed from the evidence in PostgreSQL by the pure domain
+(app/attribution/), and its rewards (or a refund's reversals) written to the ledger.
 
 Conversions of one order, and rewards counted per customer or per advocate, are decided one at a
 time however many flushers run (advisory locks: an order's key first, then customer and advocate
@@ -19,19 +13,15 @@ its purchase would find no purchase while the purchase found no refund.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
 
-from app import metrics
 from app.attribution import conversions as words
 from app.attribution import fraud
 from app.attribution.conversions import ConversionState
@@ -57,160 +47,18 @@ from app.attribution.rewards import (
     renewal_rewards,
 )
 from app.attribution.rules import ProgramRules
-from app.pipeline import keys
-from app.pipeline.events import ConversionEvent, PixelEvent, StreamedConversion, decode_conversion
-from app.pipeline.flusher import Batch, RetryLater, entry_ms
-from app.pipeline.redis_client import RedisClient
+from app.pipeline.events import ConversionEvent, PixelEvent, StreamedConversion
 from app.services import experiments as experiments_service
 from app.services import rewards as rewards_service
 from app.services.batch_reads import BatchReads
 from app.storage import conversions as repo
-from app.storage import dead_letters, evidence
+from app.storage import evidence
 from app.storage import exchange_rates as rates_repo
 from app.storage import fraud as fraud_repo
 from app.storage import review as review_repo
 from app.storage import rewards as rewards_repo
-from app.storage.db import is_transient
 
 log = logging.getLogger(__name__)
-
-
-class ConversionSink:
-    def __init__(
-        self,
-        redis: RedisClient,
-        click_streams: list[str],
-        wait_seconds: float = 10.0,
-        stream: str = "conversions",
-        dsn: str | None = None,
-        workers: int = 1,
-    ) -> None:
-        self._redis = redis
-        self._click_streams = click_streams
-        self._wait_seconds = wait_seconds
-        self._stream = stream
-        self._processed: list[UUID] = []
-        self._dsn = dsn
-        self._workers = workers if dsn else 1
-        # The lanes' own connections beyond the flusher's (opened on first use).
-        self._connections: list[asyncpg.Connection] = []
-
-    async def prepare(self, conn: asyncpg.Connection) -> None:
-        return None
-
-    async def _clicks_flushed_until(self, entered_ms: int) -> None:
-        """Wait until the click streams hold nothing that entered them by `entered_ms`
-        (acknowledged clicks are deleted, so a stream's first entry is its oldest click not yet
-        stored)."""
-        deadline = time.monotonic() + self._wait_seconds
-        while True:
-            heads = [await self._redis.xrange(s, count=1) for s in self._click_streams]
-            if all(not h or entry_ms(cast(bytes, h[0][0])) > entered_ms for h in heads):
-                return
-            if time.monotonic() > deadline:
-                raise RetryLater("clicks older than these conversions are not stored yet")
-            await asyncio.sleep(0.02)
-
-    def before_ack(self, pipe: Any) -> None:
-        """Processed conversions are in PostgreSQL now: drop their "queued" marks (one DEL: they
-        share the conversion stream's hash slot)."""
-        if self._processed:
-            pipe.delete(*(keys.conversion_queued(self._stream, c) for c in self._processed))
-        self._processed = []
-
-    async def store(self, conn: asyncpg.Connection, batch: Batch) -> int:
-        """Process the batch in up to `workers` lanes at once, one PostgreSQL connection each
-        (the time goes to round trips, not to Python: one lane waits on PostgreSQL most of the
-        time). Each conversion in a transaction of its own, so no transaction holds the locks of
-        two conversions (two lanes could then wait on each other). The conversions of one order
-        or customer share a lane, in stream order. A transient failure (outage, deadlock,
-        failover) in any lane stops them all, and the flusher retries the batch: storing is
-        idempotent."""
-        await self._clicks_flushed_until(batch.entered_until_ms())
-        self._processed = []
-        lanes: list[list[dict[str, Any]]] = [[] for _ in range(self._workers)]
-        for raw in batch.events:
-            lanes[_lane_of(raw, self._workers)].append(raw)
-        busy = [lane for lane in lanes if lane]
-        connections = [conn, *await self._lane_connections(len(busy) - 1)]
-        outcomes = [_Lane() for _ in busy]
-        try:
-            async with asyncio.TaskGroup() as group:
-                for lane, connection, outcome in zip(busy, connections, outcomes, strict=False):
-                    group.create_task(self._process_lane(connection, lane, outcome))
-        except BaseException as exc:
-            await self._drop_lane_connections()  # their state is unknown after a cancel
-            failures = exc.exceptions if isinstance(exc, BaseExceptionGroup) else [exc]
-            raise failures[0] from None
-        for outcome in outcomes:
-            self._processed += outcome.processed
-            _count_decisions(outcome.decided)  # committed
-        return sum(outcome.stored for outcome in outcomes)
-
-    async def _process_lane(
-        self, conn: asyncpg.Connection, events: list[dict[str, Any]], out: _Lane
-    ) -> None:
-        decoded: list[tuple[dict[str, Any], StreamedConversion | Exception]] = []
-        for raw in events:
-            try:
-                decoded.append((raw, decode_conversion(raw)))
-            except Exception as exc:  # dead-lettered below, in its turn
-                decoded.append((raw, exc))
-        reads = BatchReads()
-        await reads.prefetch(conn, (e for _, e in decoded if isinstance(e, ConversionEvent)))
-        for raw, event in decoded:
-            try:
-                if isinstance(event, Exception):
-                    raise event
-                decided: list[Decision] = []
-                async with conn.transaction():
-                    out.stored += await process(conn, event, decided, reads)
-                if isinstance(event, ConversionEvent):
-                    out.processed.append(event.id)
-                out.decided += decided
-            except Exception as exc:
-                if is_transient(exc):
-                    raise  # outage, deadlock, failover: the flusher retries the batch
-                # One conversion that cannot be processed must not hold back the others: it is
-                # set aside, with the error, for a person to look at and replay.
-                log.exception("conversion moved to dead letters", extra={"id": raw.get("id")})
-                await dead_letters.add(conn, self._stream, [raw], repr(exc))
-
-    async def _lane_connections(self, n: int) -> list[asyncpg.Connection]:
-        self._connections = [c for c in self._connections if not c.is_closed()]
-        while len(self._connections) < n:
-            assert self._dsn is not None  # workers > 1 only with a dsn
-            self._connections.append(await asyncpg.connect(self._dsn, command_timeout=60))
-        return self._connections[:n]
-
-    async def _drop_lane_connections(self) -> None:
-        for connection in self._connections:
-            connection.terminate()
-        self._connections = []
-
-
-@dataclass
-class _Lane:
-    stored: int = 0
-    processed: list[UUID] = field(default_factory=list)
-    decided: list[Decision] = field(default_factory=list)
-
-
-def _lane_of(raw: dict[str, Any], lanes: int) -> int:
-    """The lane of a conversion: by its order (a refund by the order it refunds), else its
-    customer, else its subscription; pixels by their order. (Advocates are known only once
-    attributed; their locks are taken one conversion at a time.)"""
-    if lanes == 1:
-        return 0
-    key = (raw.get("refund_of") or raw.get("order_id") or raw.get("customer_id")
-           or raw.get("subscription_id") or raw.get("id") or "")  # fmt: skip
-    return zlib.crc32(f"{raw.get('merchant_id')}:{key}".encode()) % lanes
-
-
-def _count_decisions(decisions: list[Decision]) -> None:
-    for decision in decisions:
-        for finding in decision.findings:
-            metrics.fraud_decisions.labels(finding.rule, finding.action.value).inc()
 
 
 async def process(
@@ -225,12 +73,12 @@ async def process(
         return await _record_pixel(conn, event, reads)
     order_id = event.refund_of if event.type == "refund" else event.order_id
     if order_id:
-        await repo.lock(conn, _order_key(event.merchant_id, order_id))
+        await repo.lock(conn, order_key(event.merchant_id, order_id))
     if not await repo.insert(conn, event):
         return 0
     if event.type == "refund":
         assert event.refund_of is not None  # intake requires it
-        await _apply_refund(
+        await apply_refund(
             conn, event.merchant_id, event.id, event.refund_of, event.amount_minor, event.currency
         )
         return 1
@@ -246,14 +94,14 @@ async def process(
             refunds_wait=event.type in ("purchase", "renewal"),
         )  # fmt: skip
         for waiting in waiting_refunds:
-            await _apply_refund(
+            await apply_refund(
                 conn, event.merchant_id, waiting.id, event.order_id, waiting.requested_minor,
                 waiting.currency,
             )  # fmt: skip
     return 1
 
 
-def _order_key(merchant: UUID, order_id: str) -> str:
+def order_key(merchant: UUID, order_id: str) -> str:
     return f"order:{merchant}:{order_id}"
 
 
@@ -262,7 +110,7 @@ async def _record_pixel(conn: asyncpg.Connection, pixel: PixelEvent, reads: Batc
     an unverified conversion: attributed by cookie for the statistics (apart from purchases and
     revenue), never rewarded, and only while exactly one browser claims it."""
     merchant, order_id = pixel.merchant_id, pixel.order_id
-    await repo.lock(conn, _order_key(merchant, order_id))
+    await repo.lock(conn, order_key(merchant, order_id))
     if not await repo.insert_pixel_claim(conn, pixel):
         return 0
     if await repo.has_signed_order(conn, merchant, order_id):
@@ -373,15 +221,7 @@ async def _attribute_and_reward(
         conn, e.merchant_id, advocate.program_id, advocate.id, e.id, e.customer_id,
         e.customer_email_hash,
     )  # fmt: skip
-    sale = Sale(
-        type="purchase" if e.type == "purchase" else "signup",
-        amount_minor=priced.amount_minor or 0,
-        currency=priced.currency,
-        occurred_at=found.occurred_at,
-        prior_rewarded_purchases=prior_purchases,
-        advocate_successful_referrals=referrals,
-        customer_known=bool(e.customer_id or e.customer_email_hash),
-    )
+    sale = sale_of(priced, prior_purchases, referrals)
     click = await fraud_repo.click_details(conn, result.click.click_id) if result.click else None
     device = Device(
         visitor=click.visitor_id if click and click.visitor_id else visitor,
@@ -395,6 +235,19 @@ async def _attribute_and_reward(
         compute_rewards(program_rules, sale), click, device, result.method, visitor is not None,
         result.click.click_id if result.click else None,
     )  # fmt: skip
+
+
+def sale_of(priced: ConversionEvent, prior_purchases: int, referrals: int) -> Sale:
+    """What the reward rules see of a signup or purchase (priced in the program currency)."""
+    return Sale(
+        type="purchase" if priced.type == "purchase" else "signup",
+        amount_minor=priced.amount_minor or 0,
+        currency=priced.currency,
+        occurred_at=priced.occurred_at,
+        prior_rewarded_purchases=prior_purchases,
+        advocate_successful_referrals=referrals,
+        customer_known=bool(priced.customer_id or priced.customer_email_hash),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,46 +401,82 @@ async def gather_facts(
     counts only earlier conversions)."""
     config = rules.fraud
     advocate = await (reads or BatchReads()).advocate_facts(conn, advocate_id)
+    wanted = counts_wanted(config, click, device, advocate_reward_minor)
     shared = None
-    if config.same_device_as_advocate.action != fraud.RuleAction.OFF:
+    if wanted.shared_device:
         shared = await fraud_repo.shared_device(
             conn, e.merchant_id, advocate, e.id, device.visitor, device.ip_hash, device.user_agent
         )
     flood = None
-    if config.click_flood.action != fraud.RuleAction.OFF and click and click.ip_prefix:
+    if wanted.click_flood:
+        assert click is not None and click.ip_prefix is not None  # what it counts by
         flood = await fraud_repo.flood_clicks(
             conn, click.link_id, click.ip_prefix, click.clicked_at, config.click_flood.minutes
         )
     velocity = None
-    rule = config.conversion_velocity
-    if rule.action != fraud.RuleAction.OFF and (device.visitor or device.ip_prefix):
+    if wanted.velocity:
         velocity = await fraud_repo.velocity(
             conn, e.merchant_id, advocate_id, e.id, device.visitor, device.ip_prefix,
-            e.occurred_at, rule.days,
+            e.occurred_at, config.conversion_velocity.days,
         )  # fmt: skip
     so_far = 0
-    if config.reward_cap.action != fraud.RuleAction.OFF and advocate_reward_minor:
+    if wanted.reward_cap:
         start, end = fraud.cap_period(config.reward_cap.period, e.occurred_at)
         so_far = await fraud_repo.period_rewards(
             conn, e.merchant_id, advocate_id, e.id, currency, start, min(end, until or end)
         )
     return Facts(
         advocate,
-        fraud.ConversionFacts(
-            type=e.type, occurred_at=e.occurred_at, amount_minor=e.amount_minor or 0,
-            currency=e.currency, customer_id=e.customer_id, email_hash=e.customer_email_hash,
-            email_canonical=e.customer_email_canonical,
-            email_near=frozenset(e.customer_email_near),
-            email_disposable=e.customer_email_disposable,
-            clicked_at=click.clicked_at if click else None,
-            ad_click_param=click.ad_click_param if click else None,
-            shared_device=shared, flood_clicks=flood, velocity_conversions=velocity,
-            period_rewards_minor=so_far, advocate_reward_minor=advocate_reward_minor,
-        ),
+        conversion_facts(e, click, advocate_reward_minor, shared, flood, velocity, so_far),
+    )
+
+
+class Wanted(NamedTuple):
+    """The counts the fraud rules need for one conversion."""
+
+    shared_device: bool
+    click_flood: bool
+    velocity: bool
+    reward_cap: bool
+
+
+def counts_wanted(
+    config: fraud.FraudRules, click: fraud_repo.ClickDetails | None, device: Device,
+    advocate_reward_minor: int,
+) -> Wanted:  # fmt: skip
+    """A rule that is off, or has nothing to count by, costs no query."""
+    off = fraud.RuleAction.OFF
+    return Wanted(
+        shared_device=config.same_device_as_advocate.action != off
+        and (device.visitor is not None or (device.ip_hash is not None
+                                            and device.user_agent is not None)),
+        click_flood=config.click_flood.action != off and click is not None
+        and click.ip_prefix is not None,
+        velocity=config.conversion_velocity.action != off
+        and bool(device.visitor or device.ip_prefix),
+        reward_cap=config.reward_cap.action != off and bool(advocate_reward_minor),
     )  # fmt: skip
 
 
-async def _apply_refund(
+def conversion_facts(
+    e: ConversionEvent, click: fraud_repo.ClickDetails | None, advocate_reward_minor: int,
+    shared: str | None = None, flood: int | None = None, velocity: int | None = None,
+    period_rewards_minor: int = 0,
+) -> fraud.ConversionFacts:  # fmt: skip
+    """The conversion as the fraud rules see it, with the counts read for it."""
+    return fraud.ConversionFacts(
+        type=e.type, occurred_at=e.occurred_at, amount_minor=e.amount_minor or 0,
+        currency=e.currency, customer_id=e.customer_id, email_hash=e.customer_email_hash,
+        email_canonical=e.customer_email_canonical, email_near=frozenset(e.customer_email_near),
+        email_disposable=e.customer_email_disposable,
+        clicked_at=click.clicked_at if click else None,
+        ad_click_param=click.ad_click_param if click else None,
+        shared_device=shared, flood_clicks=flood, velocity_conversions=velocity,
+        period_rewards_minor=period_rewards_minor, advocate_reward_minor=advocate_reward_minor,
+    )  # fmt: skip
+
+
+async def apply_refund(
     conn: asyncpg.Connection,
     merchant: UUID,
     refund_id: UUID,

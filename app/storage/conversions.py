@@ -40,18 +40,79 @@ async def insert(conn: asyncpg.Connection, e: ConversionEvent) -> bool:
         INSERT INTO conversions (id, merchant_id, event_id, type, order_id, refund_of,
             customer_id, customer_email_hash, amount_minor, currency, click_id, referral_code,
             ip_hash, ip_prefix, user_agent, occurred_at, received_at, state,
-            requested_amount_minor, subscription_id)
+            requested_amount_minor, subscription_id, customer_email_canonical,
+            customer_email_near, customer_email_disposable)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                $19, $20)
+                $19, $20, $21, $22, $23)
         ON CONFLICT DO NOTHING RETURNING id
         """,
         e.id, e.merchant_id, e.event_id, e.type, e.order_id, e.refund_of, e.customer_id,
         e.customer_email_hash, e.amount_minor or 0, e.currency, e.click_id, e.referral_code,
         e.ip_hash, e.ip_prefix, e.user_agent, e.occurred_at, e.received_at,
         ConversionState.UNATTRIBUTED.value, e.amount_minor if e.type == "refund" else None,
-        e.subscription_id,
+        e.subscription_id, e.customer_email_canonical, list(e.customer_email_near),
+        e.customer_email_disposable,
     )  # fmt: skip
     return inserted is not None
+
+
+async def stored_ids(conn: asyncpg.Connection, ids: list[UUID]) -> set[UUID]:
+    """Those of the conversions that are stored already."""
+    rows = await conn.fetch("SELECT id FROM conversions WHERE id = ANY($1::uuid[])", ids)
+    return {r["id"] for r in rows}
+
+
+async def insert_attributed(
+    conn: asyncpg.Connection,
+    rows: list[tuple[ConversionEvent, UUID, UUID, int, str, Decision]],
+) -> int:
+    """Store signups and purchases attributed by referral code, each with its outcome (program,
+    advocate, rules version, reason, fraud decision), in one statement; returns how many were
+    new. The row is the one `insert` then `set_attributed` leave."""
+    columns: list[list[object]] = [[] for _ in range(27)]
+    for e, program, advocate, version, reason, decision in rows:
+        values = (
+            e.id, e.merchant_id, e.event_id, e.type, e.order_id, e.refund_of, e.customer_id,
+            e.customer_email_hash, e.amount_minor or 0, e.currency,
+            UUID(e.click_id) if e.click_id else None, e.referral_code, e.ip_hash, e.ip_prefix,
+            e.user_agent, e.occurred_at, e.received_at, e.subscription_id,
+            e.customer_email_canonical,
+            # bytea[] per row does not unnest: hex, comma-separated, taken apart in SQL
+            ",".join(near.hex() for near in e.customer_email_near),
+            e.customer_email_disposable, program, advocate, version, reason, decision.outcome,
+            fraud_repo.findings_json(decision),
+        )  # fmt: skip
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    inserted = await conn.fetch(
+        """
+        INSERT INTO conversions (id, merchant_id, event_id, type, order_id, refund_of,
+            customer_id, customer_email_hash, amount_minor, currency, click_id, referral_code,
+            ip_hash, ip_prefix, user_agent, occurred_at, received_at, subscription_id,
+            customer_email_canonical, customer_email_near, customer_email_disposable,
+            program_id, advocate_id, rules_version, reason, fraud_action, fraud_findings,
+            state, attribution_method)
+        SELECT id, merchant_id, event_id, type, order_id, refund_of, customer_id, email_hash,
+            amount_minor, currency, click_id, referral_code, ip_hash, ip_prefix, user_agent,
+            occurred_at, received_at, subscription_id, email_canonical,
+            ARRAY(SELECT decode(x, 'hex') FROM unnest(string_to_array(email_near, ',')) AS x),
+            email_disposable, program_id, advocate_id, rules_version, reason, fraud_action,
+            fraud_findings::jsonb, $28, 'referral_code'
+        FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::bytea[], $9::bigint[], $10::text[], $11::uuid[], $12::text[],
+            $13::bytea[], $14::text[], $15::text[], $16::timestamptz[], $17::timestamptz[],
+            $18::text[], $19::bytea[], $20::text[], $21::boolean[], $22::uuid[], $23::uuid[],
+            $24::int[], $25::text[], $26::text[], $27::text[])
+            AS t(id, merchant_id, event_id, type, order_id, refund_of, customer_id, email_hash,
+                 amount_minor, currency, click_id, referral_code, ip_hash, ip_prefix,
+                 user_agent, occurred_at, received_at, subscription_id, email_canonical,
+                 email_near, email_disposable, program_id, advocate_id, rules_version, reason,
+                 fraud_action, fraud_findings)
+        ON CONFLICT DO NOTHING RETURNING id
+        """,
+        *columns, ConversionState.ATTRIBUTED.value,
+    )  # fmt: skip
+    return len(inserted)
 
 
 async def set_reason(conn: asyncpg.Connection, conversion: UUID, reason: str) -> None:
@@ -196,6 +257,34 @@ async def refunded_total(
     return int(total)
 
 
+async def settle_orders(
+    conn: asyncpg.Connection, orders: list[tuple[UUID, str, bool]], superseded_reason: str
+) -> list[tuple[UUID, str, WaitingRefund]]:
+    """`settle_order` for many orders (merchant, order id, whether refunds wait for it) in one
+    statement: the refunds that waited, by order, each order's oldest first."""
+    rows = await conn.fetch(
+        "WITH o AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::boolean[])"
+        "  AS t(merchant_id, order_id, refunds_wait)),"
+        " superseded AS (UPDATE conversions c SET state = $5, reason = $4 FROM o"
+        "  WHERE c.merchant_id = o.merchant_id AND c.order_id = o.order_id AND NOT c.verified"
+        "  AND c.state <> $5)"
+        " SELECT c.merchant_id, c.refund_of, c.id, c.requested_amount_minor, c.currency"
+        " FROM conversions c JOIN (SELECT DISTINCT merchant_id, order_id FROM o"
+        "  WHERE refunds_wait) w ON c.merchant_id = w.merchant_id AND c.refund_of = w.order_id"
+        " WHERE c.type = 'refund' AND c.state = $6"
+        " ORDER BY c.merchant_id, c.refund_of, c.received_at, c.id",
+        [m for m, _, _ in orders], [o for _, o, _ in orders], [w for _, _, w in orders],
+        superseded_reason, ConversionState.SUPERSEDED.value,
+        ConversionState.REFUND_UNMATCHED.value,
+    )  # fmt: skip
+    return [(r["merchant_id"], r["refund_of"], _waiting(r)) for r in rows]
+
+
+def _waiting(r: asyncpg.Record) -> WaitingRefund:
+    currency = r["currency"].strip() if r["currency"] else None
+    return WaitingRefund(r["id"], r["requested_amount_minor"], currency)
+
+
 async def settle_order(
     conn: asyncpg.Connection, merchant: UUID, order_id: str, superseded_reason: str,
     refunds_wait: bool,
@@ -212,12 +301,7 @@ async def settle_order(
         merchant, order_id, superseded_reason, ConversionState.SUPERSEDED.value,
         ConversionState.REFUND_UNMATCHED.value, refunds_wait,
     )  # fmt: skip
-    return [
-        WaitingRefund(
-            r["id"], r["requested_amount_minor"], r["currency"].strip() if r["currency"] else None
-        )
-        for r in rows
-    ]
+    return [_waiting(r) for r in rows]
 
 
 async def set_refund_outcome(
@@ -286,25 +370,40 @@ async def reward_counts(
 ) -> tuple[int, int]:  # fmt: skip
     """The customer's other purchases rewarded in the program (matched by customer id or e-mail
     hash), and the advocate's rewarded referrals so far: one round trip."""
+    [counts] = await reward_counts_of(
+        conn, [(merchant, program, advocate, conversion, customer_id, email_hash)]
+    )
+    return counts
+
+
+async def reward_counts_of(
+    conn: asyncpg.Connection,
+    conversions: list[tuple[UUID, UUID, UUID, UUID, str | None, bytes | None]],
+) -> list[tuple[int, int]]:
+    """`reward_counts` of each (merchant, program, advocate, conversion, customer id, e-mail
+    hash), in order, in one query."""
     # One branch per way of matching the customer, each on its own index (an OR of the two
     # would read every conversion of the program); UNION counts a conversion matched both ways
     # once.
-    row = await conn.fetchrow(
+    rows = await conn.fetch(
         "SELECT (SELECT count(*) FROM ("
-        "  SELECT c.id FROM conversions c WHERE c.merchant_id = $1 AND c.program_id = $2"
-        "   AND c.customer_id = $4 AND c.type = 'purchase' AND c.id <> $3"
+        "  SELECT c.id FROM conversions c WHERE c.merchant_id = t.m AND c.program_id = t.p"
+        "   AND c.customer_id = t.customer AND c.type = 'purchase' AND c.id <> t.conversion"
         "   AND EXISTS (SELECT 1 FROM rewards r WHERE r.conversion_id = c.id)"
         "  UNION"
-        "  SELECT c.id FROM conversions c WHERE c.merchant_id = $1 AND c.program_id = $2"
-        "   AND c.customer_email_hash = $5 AND c.type = 'purchase' AND c.id <> $3"
+        "  SELECT c.id FROM conversions c WHERE c.merchant_id = t.m AND c.program_id = t.p"
+        "   AND c.customer_email_hash = t.email AND c.type = 'purchase'"
+        "   AND c.id <> t.conversion"
         "   AND EXISTS (SELECT 1 FROM rewards r WHERE r.conversion_id = c.id)"
         " ) AS matched) AS purchases,"
-        " (SELECT count(*) FROM rewards WHERE merchant_id = $1 AND advocate_id = $6"
-        "  AND beneficiary = 'advocate') AS referrals",
-        merchant, program, conversion, customer_id, email_hash, advocate,
+        " (SELECT count(*) FROM rewards WHERE merchant_id = t.m AND advocate_id = t.a"
+        "  AND beneficiary = 'advocate') AS referrals"
+        " FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bytea[])"
+        "  WITH ORDINALITY AS t(m, p, a, conversion, customer, email, n)"
+        " ORDER BY t.n",
+        *(list(column) for column in zip(*conversions, strict=True)),
     )  # fmt: skip
-    assert row is not None  # a select without FROM returns its one row
-    return int(row["purchases"]), int(row["referrals"])
+    return [(int(r["purchases"]), int(r["referrals"])) for r in rows]
 
 
 # -- Reading -----------------------------------------------------------------------------------

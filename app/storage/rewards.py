@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import cast
+from typing import NamedTuple, cast
 from uuid import UUID
 
 import asyncpg
@@ -52,6 +52,46 @@ async def create_reward(
         order_currency, order_amount, reason, experiment, key,
     )  # fmt: skip
     return reward_id
+
+
+class NewReward(NamedTuple):
+    id: UUID
+    merchant_id: UUID
+    program_id: UUID
+    advocate_id: UUID
+    conversion_id: UUID
+    customer_id: str | None
+    rules_version: int
+    draft: RewardDraft
+    reason: str
+
+
+async def create_rewards(conn: asyncpg.Connection, rewards: list[NewReward]) -> None:
+    """Rewards (ids chosen by the caller) and their first entries (pending), in one statement:
+    the grouped path's `create_reward` (no exchange rate, no experiment)."""
+    if not rewards:
+        return
+    await conn.execute(
+        "WITH input AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[],"
+        "  $5::uuid[], $6::text[], $7::text[], $8::bigint[], $9::text[], $10::int[],"
+        "  $11::timestamptz[], $12::text[]) AS t(id, merchant_id, program_id, advocate_id,"
+        "  conversion_id, beneficiary, customer_id, amount_minor, currency, rules_version,"
+        "  hold_until, reason)),"
+        " reward AS (INSERT INTO rewards (id, merchant_id, program_id, advocate_id,"
+        "  conversion_id, beneficiary, customer_id, amount_minor, currency, rules_version,"
+        "  hold_until) SELECT id, merchant_id, program_id, advocate_id, conversion_id,"
+        "  beneficiary, customer_id, amount_minor, currency, rules_version, hold_until"
+        "  FROM input)"
+        " INSERT INTO reward_entries (reward_id, merchant_id, from_state, to_state, amount_minor,"
+        " reason, conversion_id) SELECT id, merchant_id, NULL, 'pending', amount_minor, reason,"
+        " conversion_id FROM input",
+        [r.id for r in rewards], [r.merchant_id for r in rewards],
+        [r.program_id for r in rewards], [r.advocate_id for r in rewards],
+        [r.conversion_id for r in rewards], [r.draft.beneficiary for r in rewards],
+        [r.customer_id for r in rewards], [r.draft.amount_minor for r in rewards],
+        [r.draft.currency for r in rewards], [r.rules_version for r in rewards],
+        [r.draft.hold_until for r in rewards], [r.reason for r in rewards],
+    )  # fmt: skip
 
 
 async def balances(conn: Db, reward_ids: list[UUID]) -> dict[UUID, Balances]:

@@ -12,7 +12,7 @@ from app.pipeline.flusher import Flusher, Sink
 from app.pipeline.redis_client import RedisClient
 from app.pipeline.redis_client import connect as connect_redis
 from app.services.clicks import ClickSink
-from app.services.processing import ConversionSink
+from app.services.conversion_sink import ConversionSink
 from app.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,205 @@
+"""Deciding many conversions at once: the common case in a few statements per group (#18).
+
+Most postbacks are signups and purchases that name their advocate's referral code. For those the
+code decides the advocate (whatever else the postback carries), the batch has already read the
+code's owner, the program's rules and the advocate's facts (app/services/batch_reads.py), and —
+when the program runs no experiment, the order is in the program currency and the fraud rules
+have nothing to count (no browser or IP address to compare, no reward cap) — the only numbers
+processing needs from PostgreSQL are the customer's earlier rewarded purchases and the
+advocate's referrals. A run of such conversions in a lane (`plan` says which) is one group, one
+transaction:
+
+1. every lock the group needs — its advocates', customers', e-mails' and orders' keys, the same
+   keys the one-by-one path takes — sorted, in one statement;
+2. which of them are stored already (a re-delivery), and the two counts of each, a query each;
+3. each decided, in stream order, by the same pure domain as one by one (app/attribution/),
+   counting the rewards of those before it in the group as the one-by-one path would find them
+   committed;
+4. the conversions with their outcome, then their rewards with their first ledger entries, a
+   statement each; the fraud rules' moves and review items for those they hold or reject; the
+   orders settled (the pixel's unverified rows superseded, waiting refunds applied) in one.
+
+Anything a group holds that cannot be processed fails the group; the caller then processes its
+conversions one by one, so that one goes to dead letters alone.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from app.attribution import conversions as words
+from app.attribution import fraud
+from app.attribution.fraud import AdvocateFacts, Decision
+from app.attribution.model import Referrer
+from app.attribution.rewards import NoReward, RewardDraft, compute_rewards
+from app.attribution.rules import ProgramRules
+from app.pipeline.events import ConversionEvent
+from app.services.batch_reads import BatchReads
+from app.services.processing import (
+    Device,
+    apply_refund,
+    conversion_facts,
+    counts_wanted,
+    order_key,
+    sale_of,
+)
+from app.storage import conversions as repo
+from app.storage import review as review_repo
+from app.storage import rewards as rewards_repo
+
+# Conversions per group: each holds three or four advisory locks until the group commits.
+MOST = 200
+
+
+class Plan(NamedTuple):
+    """A conversion the grouped path can decide, with what the batch read for it."""
+
+    event: ConversionEvent
+    advocate: Referrer
+    rules_version: int
+    rules: ProgramRules
+    facts: AdvocateFacts
+
+
+def plan(reads: BatchReads, e: ConversionEvent) -> Plan | None:
+    """The conversion's plan if the grouped path can decide it without a query of its own (see
+    the module's docstring); None sends it one by one."""
+    if e.type not in ("signup", "purchase") or not e.referral_code:
+        return None
+    known = reads.prefetched(e.merchant_id, e.referral_code)
+    if known is None:
+        return None
+    advocate, (version, rules), facts = known
+    if e.currency and e.amount_minor is not None and e.currency != rules.currency:
+        return None  # converted at the merchant's rate of the day: one by one
+    device = Device(None, e.ip_hash, e.ip_prefix, e.user_agent)
+    # The reward cap counts only when there is a reward, known after the counts: never grouped.
+    if any(counts_wanted(rules.fraud, None, device, 1)):
+        return None
+    return Plan(e, advocate, version, rules, facts)
+
+
+class _Decided(NamedTuple):
+    plan: Plan
+    decision: Decision
+    drafts: list[RewardDraft]
+    reason: str
+
+
+async def process(conn: asyncpg.Connection, plans: list[Plan], decided: list[Decision]) -> int:
+    """Store, attribute and reward the group's conversions in the caller's transaction; returns
+    how many were new. Their fraud decisions are appended to `decided`."""
+    await repo.lock(conn, *(k for p in plans for k in _lock_keys(p)))
+    stored = await repo.stored_ids(conn, [p.event.id for p in plans])
+    fresh: list[Plan] = []
+    for p in plans:  # a re-delivery, or the same event twice in the stream (spooled unchecked)
+        if p.event.id not in stored:
+            fresh.append(p)
+            stored.add(p.event.id)
+    if not fresh:
+        return 0
+    counts = await repo.reward_counts_of(conn, [
+        (p.event.merchant_id, p.advocate.program_id, p.advocate.id, p.event.id,
+         p.event.customer_id, p.event.customer_email_hash) for p in fresh
+    ])  # fmt: skip
+    outcomes: list[_Decided] = []
+    for p, (prior, referrals) in zip(fresh, counts, strict=True):
+        prior += sum(_same_customer(p, earlier) for earlier in outcomes)
+        referrals += sum(_advocate_rewards(p, earlier) for earlier in outcomes)
+        outcomes.append(_decide(p, prior, referrals))
+    await _write(conn, outcomes)
+    decided += [o.decision for o in outcomes]
+    return len(outcomes)
+
+
+def _lock_keys(p: Plan) -> list[str]:
+    """The one-by-one path's keys for this conversion (processing.py)."""
+    e, program = p.event, p.advocate.program_id
+    keys = [f"advocate:{p.advocate.id}"]
+    if e.order_id:
+        keys.append(order_key(e.merchant_id, e.order_id))
+    if e.customer_id:
+        keys.append(f"customer:{program}:{e.customer_id}")
+    if e.customer_email_hash:
+        keys.append(f"email:{program}:{e.customer_email_hash.hex()}")
+    return keys
+
+
+def _same_customer(p: Plan, earlier: _Decided) -> bool:
+    """Whether an earlier conversion of the group counts as one of this customer's rewarded
+    purchases in the program (as repo.reward_counts counts them)."""
+    e, k = p.event, earlier.plan.event
+    if k.type != "purchase" or not earlier.drafts or k.merchant_id != e.merchant_id:
+        return False
+    if earlier.plan.advocate.program_id != p.advocate.program_id:
+        return False
+    return bool(
+        (e.customer_id is not None and k.customer_id == e.customer_id)
+        or (e.customer_email_hash is not None and k.customer_email_hash == e.customer_email_hash)
+    )
+
+
+def _advocate_rewards(p: Plan, earlier: _Decided) -> int:
+    if earlier.plan.advocate.id != p.advocate.id:
+        return 0
+    return sum(1 for d in earlier.drafts if d.beneficiary == "advocate")
+
+
+def _decide(p: Plan, prior: int, referrals: int) -> _Decided:
+    e, rules = p.event, p.rules
+    drafts = compute_rewards(rules, sale_of(e, prior, referrals))
+    no_reward = drafts.reason if isinstance(drafts, NoReward) else None
+    rewarded = [] if isinstance(drafts, NoReward) else drafts
+    advocate_reward = sum(d.amount_minor for d in rewarded if d.beneficiary == "advocate")
+    decision = fraud.evaluate(rules.fraud, p.facts, conversion_facts(e, None, advocate_reward))
+    reason = words.attributed_reason(
+        "referral_code", False, no_reward, fraud.decision_reason(decision)
+    )
+    return _Decided(p, decision, rewarded, reason)
+
+
+async def _write(conn: asyncpg.Connection, outcomes: list[_Decided]) -> None:
+    inserted = await repo.insert_attributed(conn, [
+        (o.plan.event, o.plan.advocate.program_id, o.plan.advocate.id, o.plan.rules_version,
+         o.reason, o.decision) for o in outcomes
+    ])  # fmt: skip
+    if inserted != len(outcomes):  # stored meanwhile by another flusher: redo one by one
+        raise RuntimeError("a conversion of the group was stored meanwhile")
+    rewards: list[tuple[UUID, _Decided, RewardDraft]] = [
+        (uuid4(), o, d) for o in outcomes for d in o.drafts
+    ]
+    await rewards_repo.create_rewards(conn, [
+        rewards_repo.NewReward(
+            id=reward_id, merchant_id=o.plan.event.merchant_id,
+            program_id=o.plan.advocate.program_id, advocate_id=o.plan.advocate.id,
+            conversion_id=o.plan.event.id, customer_id=o.plan.event.customer_id,
+            rules_version=o.plan.rules_version, draft=draft,
+            reason=f"{o.plan.event.type} {o.plan.event.order_id or o.plan.event.event_id}",
+        )
+        for reward_id, o, draft in rewards
+    ])  # fmt: skip
+    for reward_id, o, draft in rewards:
+        moves = fraud.reward_moves(o.decision, draft.beneficiary, draft.amount_minor)
+        if moves:
+            await rewards_repo.write_moves(
+                conn, reward_id, o.plan.event.merchant_id, moves,
+                fraud.decision_reason(o.decision),
+            )  # fmt: skip
+    for o in outcomes:
+        if o.decision.holds and o.drafts:
+            e = o.plan.event
+            await review_repo.open_item(
+                conn, e.merchant_id, o.plan.advocate.program_id, o.plan.advocate.id, e.id,
+                o.decision.held_by or ["reward_cap"],
+            )  # fmt: skip
+    orders = [(o.plan.event.merchant_id, o.plan.event.order_id, o.plan.event.type == "purchase")
+              for o in outcomes if o.plan.event.order_id]  # fmt: skip
+    if orders:
+        waiting = await repo.settle_orders(conn, orders, words.SUPERSEDED_REASON)
+        for merchant, order_id, refund in waiting:
+            await apply_refund(
+                conn, merchant, refund.id, order_id, refund.requested_minor, refund.currency
+            )
