@@ -106,10 +106,11 @@ async def process(conn: asyncpg.Connection, plans: list[Plan], decided: list[Dec
          p.event.customer_id, p.event.customer_email_hash) for p in fresh
     ])  # fmt: skip
     outcomes: list[_Decided] = []
+    earlier = _Earlier()
     for p, (prior, referrals) in zip(fresh, counts, strict=True):
-        prior += sum(_same_customer(p, earlier) for earlier in outcomes)
-        referrals += sum(_advocate_rewards(p, earlier) for earlier in outcomes)
-        outcomes.append(_decide(p, prior, referrals))
+        decided_here = _decide(p, prior + earlier.purchases(p), referrals + earlier.referrals(p))
+        earlier.add(decided_here)
+        outcomes.append(decided_here)
     await _write(conn, outcomes)
     decided += [o.decision for o in outcomes]
     return len(outcomes)
@@ -128,24 +129,41 @@ def _lock_keys(p: Plan) -> list[str]:
     return keys
 
 
-def _same_customer(p: Plan, earlier: _Decided) -> bool:
-    """Whether an earlier conversion of the group counts as one of this customer's rewarded
-    purchases in the program (as repo.reward_counts counts them)."""
-    e, k = p.event, earlier.plan.event
-    if k.type != "purchase" or not earlier.drafts or k.merchant_id != e.merchant_id:
-        return False
-    if earlier.plan.advocate.program_id != p.advocate.program_id:
-        return False
-    return bool(
-        (e.customer_id is not None and k.customer_id == e.customer_id)
-        or (e.customer_email_hash is not None and k.customer_email_hash == e.customer_email_hash)
-    )
+class _Earlier:
+    """What the group's conversions decided so far add to the counts PostgreSQL gave (which
+    cannot see them yet): the customers' rewarded purchases, as repo.reward_counts counts them
+    (by customer id or by e-mail hash, in the program, one conversion once), and the advocates'
+    rewards."""
 
+    def __init__(self) -> None:
+        self._by_customer: dict[tuple[UUID, UUID, str], set[UUID]] = {}
+        self._by_email: dict[tuple[UUID, UUID, bytes], set[UUID]] = {}
+        self._advocate_rewards: dict[UUID, int] = {}
 
-def _advocate_rewards(p: Plan, earlier: _Decided) -> int:
-    if earlier.plan.advocate.id != p.advocate.id:
-        return 0
-    return sum(1 for d in earlier.drafts if d.beneficiary == "advocate")
+    def purchases(self, p: Plan) -> int:
+        e, program = p.event, p.advocate.program_id
+        matched: set[UUID] = set()
+        if e.customer_id is not None:
+            matched |= self._by_customer.get((e.merchant_id, program, e.customer_id), set())
+        if e.customer_email_hash is not None:
+            matched |= self._by_email.get((e.merchant_id, program, e.customer_email_hash), set())
+        return len(matched)
+
+    def referrals(self, p: Plan) -> int:
+        return self._advocate_rewards.get(p.advocate.id, 0)
+
+    def add(self, decided: _Decided) -> None:
+        e, program = decided.plan.event, decided.plan.advocate.program_id
+        advocate = decided.plan.advocate.id
+        sides = sum(1 for d in decided.drafts if d.beneficiary == "advocate")
+        self._advocate_rewards[advocate] = self._advocate_rewards.get(advocate, 0) + sides
+        if e.type != "purchase" or not decided.drafts:
+            return
+        if e.customer_id is not None:
+            self._by_customer.setdefault((e.merchant_id, program, e.customer_id), set()).add(e.id)
+        if e.customer_email_hash is not None:
+            key = (e.merchant_id, program, e.customer_email_hash)
+            self._by_email.setdefault(key, set()).add(e.id)
 
 
 def _decide(p: Plan, prior: int, referrals: int) -> _Decided:
