@@ -128,6 +128,13 @@ fraud_decisions = Counter(
 )
 
 # Flusher
+conversions_processed = Counter(
+    "referral_conversions_processed_total",
+    "Conversions the flusher processed, by path: grouped (many per transaction, the common "
+    "case), single (one per transaction); group_redone counts groups that failed and were "
+    "processed one by one.",
+    ["path"],
+)
 flush_batch_size = Histogram(
     "referral_flush_batch_size",
     "Events written to PostgreSQL per batch.",

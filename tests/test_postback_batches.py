@@ -224,3 +224,39 @@ async def test_every_stored_conversion_keeps_the_emails_prints_the_fraud_rules_c
         ("by-code", "attributed"), ("no-code", "unattributed")]  # fmt: skip
     assert rows[0]["customer_email_canonical"] == rows[1]["customer_email_canonical"] is not None
     assert rows[0]["customer_email_near"] == rows[1]["customer_email_near"] != []
+
+
+async def test_a_group_that_fails_is_processed_one_by_one_and_counted(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from app import metrics
+    from app.storage import rewards as rewards_repo
+
+    anna = await make_advocate(
+        client, merchant, await make_program(client, merchant, rules=RULES), "anna"
+    )
+    failing = rewards_repo.create_rewards
+
+    async def refused_once(conn: asyncpg.Connection, rewards: list[Any]) -> None:
+        monkeypatch.setattr(rewards_repo, "create_rewards", failing)
+        raise ValueError("a value PostgreSQL refuses")  # not transient: not retried whole
+
+    monkeypatch.setattr(rewards_repo, "create_rewards", refused_once)
+    counted = metrics.conversions_processed.labels
+    before = {p: counted(p)._value.get() for p in ("grouped", "single", "group_redone")}
+    stamp = int(time.time())
+    for n in range(5):
+        body = {"event_id": f"buy-{n}", "type": "purchase", "order_id": f"{n}",
+                "amount_minor": 10_000, "currency": "EUR", "customer_id": f"friend-{n}",
+                "referral_code": anna["referral_code"]}  # fmt: skip
+        assert (await _send(client, merchant, *_signed(merchant, body, stamp))).status_code == 202
+    await flush(settings)
+
+    assert await db.fetchval("SELECT count(*) FROM conversions WHERE state = 'attributed'") == 5
+    assert await db.fetchval("SELECT count(*) FROM rewards") == 10  # both sides of each
+    assert await db.fetchval("SELECT count(*) FROM dead_letters") == 0
+    after = {p: counted(p)._value.get() for p in before}
+    assert after["group_redone"] - before["group_redone"] == 1
+    assert after["single"] - before["single"] == 5
+    assert after["grouped"] == before["grouped"]

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, cast
 from uuid import UUID
@@ -109,6 +110,8 @@ class ConversionSink:
         for outcome in outcomes:
             self._processed += outcome.processed
             _count_decisions(outcome.decided)  # committed
+            for path, n in outcome.paths.items():
+                metrics.conversions_processed.labels(path).inc(n)
         return sum(outcome.stored for outcome in outcomes)
 
     async def _process_lane(
@@ -153,9 +156,11 @@ class ConversionSink:
             # Something in the group cannot be processed: one by one, it is set aside alone.
             log.warning("a group of conversions failed: processed one by one",
                         extra={"conversions": len(run), "error": repr(exc)})  # fmt: skip
+            out.paths["group_redone"] += 1
             for raw, plan in run:
                 await self._process_one(conn, raw, plan.event, reads, out)
             return
+        out.paths["grouped"] += len(run)
         out.stored += stored
         out.processed += [plan.event.id for _, plan in run]
         out.decided += decided
@@ -170,6 +175,7 @@ class ConversionSink:
             decided: list[Decision] = []
             async with conn.transaction():
                 out.stored += await process(conn, event, decided, reads)
+            out.paths["single"] += 1
             if isinstance(event, ConversionEvent):
                 out.processed.append(event.id)
             out.decided += decided
@@ -199,6 +205,7 @@ class _Lane:
     stored: int = 0
     processed: list[UUID] = field(default_factory=list)
     decided: list[Decision] = field(default_factory=list)
+    paths: Counter[str] = field(default_factory=Counter)  # grouped, single, group_redone
 
 
 def _lane_of(raw: dict[str, Any], lanes: int) -> int:
