@@ -14,6 +14,7 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -138,6 +139,12 @@ class InvalidFields(InvalidInput):
 
     def body(self) -> dict[str, Any]:
         return self._body
+
+    @classmethod
+    def of(cls, exc: ValidationError, location: str) -> InvalidFields:
+        """pydantic's errors for what was read from `location` ("body", "query"), named as
+        FastAPI names them."""
+        return cls([{**e, "loc": (location, *e["loc"])} for e in exc.errors(include_url=False)])
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -84,9 +84,7 @@ class PixelEndpoint:
         try:
             params = PixelQuery.model_validate(dict(parse_qsl(query, keep_blank_values=True)))
         except ValidationError as exc:
-            error = InvalidFields(
-                [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
-            )
+            error = InvalidFields.of(exc, "query")
             return error.status_code, orjson.dumps(error.body())
         cookies = cookie_parser(headers.get(b"cookie", b"").decode("latin-1"))
         try:

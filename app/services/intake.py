@@ -193,9 +193,7 @@ async def receive_postback(
     try:
         conversion = ConversionIn.model_validate_json(body)
     except ValidationError as exc:
-        raise InvalidFields(
-            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-        ) from None
+        raise InvalidFields.of(exc, "body") from None
     return await accept_conversion(
         buffer, merchant_id, merchant_keys.email_key, conversion, anonymize, now,
         quota=quota, signature=signature,
