@@ -77,7 +77,7 @@ _NO_KEY = _error(Unauthorized(MISSING_KEY, field="authorization"))
 _BAD_KEY = _error(Unauthorized(INVALID_KEY, field="authorization"))
 _OPS_KEY = _error(Unauthorized("the ops surface needs `Authorization: Bearer <OPS_TOKEN>`",
                                field="authorization"))  # fmt: skip
-_UNAVAILABLE = orjson.dumps(UNAVAILABLE_BODY)
+UNAVAILABLE = orjson.dumps(UNAVAILABLE_BODY)
 TOO_MANY = _error(AppError("too many requests: slow down (see Retry-After)", code="rate_limited"))
 
 
@@ -137,7 +137,7 @@ class EdgeGuard:
                 verdict = await limit_pixel(runtime.limits, scope, ip)
             elif not path.startswith(_ADVOCATE_PREFIX):
                 outcome = await self._authenticate(runtime, headers, ip)
-                if outcome is _UNAVAILABLE:
+                if outcome is UNAVAILABLE:
                     await respond(send, 503, outcome, [(b"retry-after", b"2")])
                     return
                 if isinstance(outcome, bytes):
@@ -212,7 +212,7 @@ class EdgeGuard:
                 merchant = await merchant_for_api_key(runtime.pool, token)
             except BACKEND_UNAVAILABLE:
                 log.exception("api key lookup failed")
-                return _UNAVAILABLE
+                return UNAVAILABLE
         if merchant is None:
             self.unknown_keys.put(key_hash, True)
             await runtime.limits.failed_authentication(ip)
@@ -257,6 +257,18 @@ def declared_too_large(headers: dict[bytes, bytes], limit: int) -> bool:
     body is bounded as it is read.)"""
     length = headers.get(b"content-length", b"0")
     return not length.isdigit() or int(length) > limit
+
+
+def failure(exc: Exception, extra: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+    """The hot-path endpoints' answer to an AppError (its status, body and headers, as
+    FastAPI's handler gives them) or to a backend that is down (503, Retry-After); `extra`
+    receives the headers."""
+    if isinstance(exc, AppError):
+        extra += [(k.lower().encode(), v.encode()) for k, v in (exc.headers() or {}).items()]
+        return exc.status_code, orjson.dumps(exc.body())
+    log.error("dependency unavailable", extra={"error": repr(exc)})
+    extra.append((b"retry-after", b"2"))
+    return 503, UNAVAILABLE
 
 
 async def respond(

@@ -8,26 +8,30 @@ and dependency injection per order-confirmation page.
 
 from __future__ import annotations
 
-import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
 from pydantic import ValidationError
 from starlette.requests import cookie_parser
 
 from app import metrics
-from app.edge import TOO_LARGE, TOO_MANY, client_ip, declared_too_large, limit_pixel, respond
-from app.errors import BACKEND_UNAVAILABLE, UNAVAILABLE_BODY, AppError, InvalidFields
+from app.edge import (
+    TOO_LARGE,
+    TOO_MANY,
+    client_ip,
+    declared_too_large,
+    failure,
+    limit_pixel,
+    respond,
+)
+from app.errors import BACKEND_UNAVAILABLE, AppError, InvalidFields
 from app.pipeline.event_buffer import EventBuffer
 from app.ratelimits import RateLimits
 from app.schemas import PixelQuery
 from app.services import intake
 from app.services.intake import SecretCache
-
-log = logging.getLogger(__name__)
 
 ROUTE = "/t/pixel.gif"
 # A transparent 1x1 GIF.
@@ -84,8 +88,7 @@ class PixelEndpoint:
         try:
             params = PixelQuery.model_validate(dict(parse_qsl(query, keep_blank_values=True)))
         except ValidationError as exc:
-            error = InvalidFields.of(exc, "query")
-            return error.status_code, orjson.dumps(error.body())
+            return failure(InvalidFields.of(exc, "query"), extra)
         cookies = cookie_parser(headers.get(b"cookie", b"").decode("latin-1"))
         try:
             await intake.accept_pixel(
@@ -93,9 +96,7 @@ class PixelEndpoint:
                 params.currency, cookies.get(self._cookie_name, ""), datetime.now(UTC),
             )  # fmt: skip
         except AppError as error:
-            return error.status_code, orjson.dumps(error.body())
+            return failure(error, extra)
         except BACKEND_UNAVAILABLE as exc:
-            log.error("dependency unavailable", extra={"error": repr(exc)})
-            extra.append((b"retry-after", b"2"))
-            return 503, orjson.dumps(UNAVAILABLE_BODY)
+            return failure(exc, extra)
         return 200, PIXEL

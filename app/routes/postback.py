@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 
 from app import metrics
-from app.edge import TOO_LARGE, TOO_MANY, client_ip, declared_too_large, respond
-from app.errors import BACKEND_UNAVAILABLE, UNAVAILABLE_BODY, AppError
+from app.edge import TOO_LARGE, TOO_MANY, client_ip, declared_too_large, failure, respond
+from app.errors import BACKEND_UNAVAILABLE, AppError
 from app.pipeline.event_buffer import EventBuffer
 from app.ratelimits import RateLimits
 from app.security import IpAnonymizer
@@ -31,7 +31,6 @@ from app.services.intake import Quota, SecretCache
 log = logging.getLogger(__name__)
 
 ROUTE = "/v1/conversions"
-_UNAVAILABLE = orjson.dumps(UNAVAILABLE_BODY)
 _INTERNAL = orjson.dumps(
     {"error": {"code": "internal_error", "message": "internal error", "field": None}}
 )
@@ -94,12 +93,9 @@ class PostbackEndpoint:
                 body, datetime.now(UTC),
             )  # fmt: skip
         except AppError as error:
-            extra += [(k.lower().encode(), v.encode()) for k, v in (error.headers() or {}).items()]
-            return error.status_code, orjson.dumps(error.body())
+            return failure(error, extra)
         except BACKEND_UNAVAILABLE as exc:
-            log.error("dependency unavailable", extra={"error": repr(exc)})
-            extra.append((b"retry-after", b"2"))
-            return 503, _UNAVAILABLE
+            return failure(exc, extra)
         except Exception:
             log.exception("postback failed")
             return 500, _INTERNAL
