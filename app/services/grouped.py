@@ -44,6 +44,7 @@ from app.services.processing import (
     conversion_facts,
     counts_wanted,
     order_key,
+    reward_lock_keys,
     sale_of,
 )
 from app.storage import conversions as repo
@@ -118,14 +119,10 @@ async def process(conn: asyncpg.Connection, plans: list[Plan], decided: list[Dec
 
 def _lock_keys(p: Plan) -> list[str]:
     """The one-by-one path's keys for this conversion (processing.py)."""
-    e, program = p.event, p.advocate.program_id
-    keys = [f"advocate:{p.advocate.id}"]
+    e = p.event
+    keys = reward_lock_keys(e, p.advocate.id, p.advocate.program_id)
     if e.order_id:
         keys.append(order_key(e.merchant_id, e.order_id))
-    if e.customer_id:
-        keys.append(f"customer:{program}:{e.customer_id}")
-    if e.customer_email_hash:
-        keys.append(f"email:{program}:{e.customer_email_hash.hex()}")
     return keys
 
 

@@ -105,6 +105,17 @@ def order_key(merchant: UUID, order_id: str) -> str:
     return f"order:{merchant}:{order_id}"
 
 
+def reward_lock_keys(e: ConversionEvent, advocate: UUID, program: UUID) -> list[str]:
+    """The keys under which the counts of an attributed conversion's rewards are read: its
+    advocate's, and its customer's in the program (by id and by e-mail hash)."""
+    keys = [f"advocate:{advocate}"]
+    if e.customer_id:
+        keys.append(f"customer:{program}:{e.customer_id}")
+    if e.customer_email_hash:
+        keys.append(f"email:{program}:{e.customer_email_hash.hex()}")
+    return keys
+
+
 async def _record_pixel(conn: asyncpg.Connection, pixel: PixelEvent, reads: BatchReads) -> int:
     """Keep the browser's claim on this order; without a signed postback yet, show the order as
     an unverified conversion: attributed by cookie for the statistics (apart from purchases and
@@ -210,12 +221,7 @@ async def _attribute_and_reward(
     if offer is not None:
         program_rules = offer[2]
     # Counted per customer and per advocate: decided one conversion at a time.
-    lock_keys = [f"advocate:{advocate.id}"]
-    if e.customer_id:
-        lock_keys.append(f"customer:{advocate.program_id}:{e.customer_id}")
-    if e.customer_email_hash:
-        lock_keys.append(f"email:{advocate.program_id}:{e.customer_email_hash.hex()}")
-    await repo.lock(conn, *lock_keys)
+    await repo.lock(conn, *reward_lock_keys(e, advocate.id, advocate.program_id))
     priced, fx = await _in_program_currency(conn, e, program_rules.currency)
     prior_purchases, referrals = await repo.reward_counts(
         conn, e.merchant_id, advocate.program_id, advocate.id, e.id, e.customer_id,
