@@ -261,7 +261,8 @@ async def settle_orders(
     conn: asyncpg.Connection, orders: list[tuple[UUID, str, bool]], superseded_reason: str
 ) -> list[tuple[UUID, str, WaitingRefund]]:
     """`settle_order` for many orders (merchant, order id, whether refunds wait for it) in one
-    statement: the refunds that waited, by order, each order's oldest first."""
+    statement: the refunds that waited, by order, each order's oldest first. (The pixel's
+    unverified rows are superseded whether or not refunds wait.)"""
     rows = await conn.fetch(
         "WITH o AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::boolean[])"
         "  AS t(merchant_id, order_id, refunds_wait)),"
@@ -277,12 +278,12 @@ async def settle_orders(
         superseded_reason, ConversionState.SUPERSEDED.value,
         ConversionState.REFUND_UNMATCHED.value,
     )  # fmt: skip
-    return [(r["merchant_id"], r["refund_of"], _waiting(r)) for r in rows]
-
-
-def _waiting(r: asyncpg.Record) -> WaitingRefund:
-    currency = r["currency"].strip() if r["currency"] else None
-    return WaitingRefund(r["id"], r["requested_amount_minor"], currency)
+    waiting = []
+    for r in rows:
+        currency = r["currency"].strip() if r["currency"] else None
+        refund = WaitingRefund(r["id"], r["requested_amount_minor"], currency)
+        waiting.append((r["merchant_id"], r["refund_of"], refund))
+    return waiting
 
 
 async def settle_order(
@@ -292,16 +293,8 @@ async def settle_order(
     """Now that the order has a signed conversion: the pixel's unverified one is superseded;
     and, if `refunds_wait` (a purchase or renewal), the refunds that waited for it, oldest first
     (one round trip)."""
-    rows = await conn.fetch(
-        "WITH superseded AS (UPDATE conversions SET state = $4, reason = $3"
-        "  WHERE merchant_id = $1 AND order_id = $2 AND NOT verified AND state <> $4)"
-        " SELECT id, requested_amount_minor, currency FROM conversions WHERE $6 AND"
-        " merchant_id = $1 AND refund_of = $2 AND type = 'refund' AND state = $5"
-        " ORDER BY received_at, id",
-        merchant, order_id, superseded_reason, ConversionState.SUPERSEDED.value,
-        ConversionState.REFUND_UNMATCHED.value, refunds_wait,
-    )  # fmt: skip
-    return [_waiting(r) for r in rows]
+    settled = await settle_orders(conn, [(merchant, order_id, refunds_wait)], superseded_reason)
+    return [refund for _, _, refund in settled]
 
 
 async def set_refund_outcome(
