@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from typing import NamedTuple, cast
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 
@@ -32,26 +32,11 @@ async def create_reward(
     fx: tuple[Decimal, str, int] | None = None,
     variant: tuple[UUID, str] | None = None,
 ) -> UUID:
-    """The reward and its first entry (pending); `fx`: the rate an order in another currency
-    was converted at, with the order's currency and amount; `variant`: the experiment and the
-    variant whose rules computed it."""
-    rate, order_currency, order_amount = fx if fx is not None else (None, None, None)
-    experiment, key = variant if variant is not None else (None, None)
-    # The reward and its first entry in one statement (one round trip per reward).
-    reward_id: UUID = await conn.fetchval(
-        "WITH reward AS ("
-        " INSERT INTO rewards (merchant_id, program_id, advocate_id, conversion_id, beneficiary,"
-        " customer_id, amount_minor, currency, rules_version, hold_until, fx_rate,"
-        " order_currency, order_amount_minor, experiment_id, variant)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15, $16) RETURNING id)"
-        " INSERT INTO reward_entries (reward_id, merchant_id, from_state, to_state, amount_minor,"
-        " reason, conversion_id) SELECT id, $1, NULL, 'pending', $7, $14, $4 FROM reward"
-        " RETURNING reward_id",
-        merchant_id, program_id, advocate_id, conversion_id, draft.beneficiary, customer_id,
-        draft.amount_minor, draft.currency, rules_version, draft.hold_until, rate,
-        order_currency, order_amount, reason, experiment, key,
-    )  # fmt: skip
-    return reward_id
+    """The reward and its first entry (pending), in one statement; its id."""
+    reward = NewReward(uuid4(), merchant_id, program_id, advocate_id, conversion_id, customer_id,
+                       rules_version, draft, reason, fx, variant)  # fmt: skip
+    await create_rewards(conn, [reward])
+    return reward.id
 
 
 class NewReward(NamedTuple):
@@ -64,24 +49,33 @@ class NewReward(NamedTuple):
     rules_version: int
     draft: RewardDraft
     reason: str
+    # The rate an order in another currency was converted at, with the order's currency and
+    # amount; the experiment and the variant whose rules computed the reward.
+    fx: tuple[Decimal, str, int] | None = None
+    variant: tuple[UUID, str] | None = None
 
 
 async def create_rewards(conn: asyncpg.Connection, rewards: list[NewReward]) -> None:
-    """Rewards (ids chosen by the caller) and their first entries (pending), in one statement:
-    the grouped path's `create_reward` (no exchange rate, no experiment)."""
+    """Rewards (ids chosen by the caller) and their first entries (pending), in one
+    statement."""
     if not rewards:
         return
+    fx = [r.fx or (None, None, None) for r in rewards]
+    variants = [r.variant or (None, None) for r in rewards]
     await conn.execute(
         "WITH input AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[],"
         "  $5::uuid[], $6::text[], $7::text[], $8::bigint[], $9::text[], $10::int[],"
-        "  $11::timestamptz[], $12::text[]) AS t(id, merchant_id, program_id, advocate_id,"
+        "  $11::timestamptz[], $12::text[], $13::numeric[], $14::text[], $15::bigint[],"
+        "  $16::uuid[], $17::text[]) AS t(id, merchant_id, program_id, advocate_id,"
         "  conversion_id, beneficiary, customer_id, amount_minor, currency, rules_version,"
-        "  hold_until, reason)),"
+        "  hold_until, reason, fx_rate, order_currency, order_amount_minor, experiment_id,"
+        "  variant)),"
         " reward AS (INSERT INTO rewards (id, merchant_id, program_id, advocate_id,"
         "  conversion_id, beneficiary, customer_id, amount_minor, currency, rules_version,"
-        "  hold_until) SELECT id, merchant_id, program_id, advocate_id, conversion_id,"
-        "  beneficiary, customer_id, amount_minor, currency, rules_version, hold_until"
-        "  FROM input)"
+        "  hold_until, fx_rate, order_currency, order_amount_minor, experiment_id, variant)"
+        "  SELECT id, merchant_id, program_id, advocate_id, conversion_id, beneficiary,"
+        "  customer_id, amount_minor, currency, rules_version, hold_until, fx_rate,"
+        "  order_currency, order_amount_minor, experiment_id, variant FROM input)"
         " INSERT INTO reward_entries (reward_id, merchant_id, from_state, to_state, amount_minor,"
         " reason, conversion_id) SELECT id, merchant_id, NULL, 'pending', amount_minor, reason,"
         " conversion_id FROM input",
@@ -91,6 +85,9 @@ async def create_rewards(conn: asyncpg.Connection, rewards: list[NewReward]) -> 
         [r.customer_id for r in rewards], [r.draft.amount_minor for r in rewards],
         [r.draft.currency for r in rewards], [r.rules_version for r in rewards],
         [r.draft.hold_until for r in rewards], [r.reason for r in rewards],
+        [rate for rate, _, _ in fx], [currency for _, currency, _ in fx],
+        [amount for _, _, amount in fx], [experiment for experiment, _ in variants],
+        [key for _, key in variants],
     )  # fmt: skip
 
 
