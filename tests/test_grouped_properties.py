@@ -109,7 +109,15 @@ async def _stored(conn: asyncpg.Connection, merchant: UUID) -> dict[str, list[tu
         " ORDER BY 1, 2, e.id",
         "review": "SELECT c.event_id, i.rules FROM review_items i JOIN conversions c"
         " ON c.id = i.conversion_id WHERE i.merchant_id = $1 ORDER BY 1",
+        # What the feed and the webhooks announce: the same events (the rewards', entries' and
+        # review items' ids aside, drawn afresh each way). One by one, each conversion is
+        # announced with its rewards; a group announces its conversions, then their rewards:
+        # compared as a set.
+        "events": "SELECT type, (data - 'reward_id' - 'entry_id' - 'review_id')::text FROM events"
+        " WHERE merchant_id = $1 ORDER BY 1, 2",
     }
+    # Fire the announcing triggers deferred to the commit (the attempt is rolled back).
+    await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
     return {name: [tuple(r) for r in await conn.fetch(sql, merchant)]
             for name, sql in queries.items()}  # fmt: skip
 

@@ -16,8 +16,10 @@ transaction:
    counting the rewards of those before it in the group as the one-by-one path would find them
    committed;
 4. the conversions with their outcome, then their rewards with their first ledger entries, a
-   statement each; the fraud rules' moves and review items for those they hold or reject; the
-   orders settled (the pixel's unverified rows superseded, waiting refunds applied) in one.
+   statement each, and both announced (the event feed, the webhook deliveries) by a statement
+   each instead of their triggers' one per row; the fraud rules' moves and review items for
+   those they hold or reject; the orders settled (the pixel's unverified rows superseded,
+   waiting refunds applied) in one.
 
 Anything a group holds that cannot be processed fails the group; the caller then processes its
 conversions one by one, so that one goes to dead letters alone.
@@ -48,6 +50,7 @@ from app.services.processing import (
     sale_of,
 )
 from app.storage import conversions as repo
+from app.storage import events as events_repo
 from app.storage import review as review_repo
 from app.storage import rewards as rewards_repo
 
@@ -177,6 +180,8 @@ def _decide(p: Plan, prior: int, referrals: int) -> _Decided:
 
 
 async def _write(conn: asyncpg.Connection, outcomes: list[_Decided]) -> None:
+    # The conversions and their rewards announced by a statement each, not a trigger per row.
+    await events_repo.announce_by_statement(conn)
     inserted = await repo.insert_attributed(conn, [
         (o.plan.event, o.plan.advocate.program_id, o.plan.advocate.id, o.plan.rules_version,
          o.reason, o.decision) for o in outcomes
@@ -196,6 +201,9 @@ async def _write(conn: asyncpg.Connection, outcomes: list[_Decided]) -> None:
         )
         for reward_id, o, draft in rewards
     ])  # fmt: skip
+    await events_repo.announce_written(
+        conn, [o.plan.event.id for o in outcomes], [reward_id for reward_id, _, _ in rewards]
+    )
     for reward_id, o, draft in rewards:
         moves = fraud.reward_moves(o.decision, draft.beneficiary, draft.amount_minor)
         if moves:

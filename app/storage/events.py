@@ -20,6 +20,28 @@ async def announce(conn: asyncpg.Connection, merchant: UUID, event_type: str,
     return seq
 
 
+async def announce_by_statement(conn: asyncpg.Connection) -> None:
+    """Until `announce_written`, the rows this transaction writes to conversions and to the
+    ledger are not announced by their triggers: the caller announces them itself, in a
+    statement for many (migration 0018)."""
+    await conn.execute("SELECT set_config('referral.announce', 'by_statement', true)")
+
+
+async def announce_written(
+    conn: asyncpg.Connection, conversions: list[UUID], rewards: list[UUID]
+) -> None:
+    """Announce these conversions, then these rewards' creation (their first ledger entries),
+    as their triggers would, in one statement each; rows written after this are announced by
+    their triggers again."""
+    await conn.execute("SELECT announce_conversions($1::uuid[])", conversions)
+    await conn.execute(
+        "SELECT announce_reward_entries(ARRAY(SELECT id FROM reward_entries"
+        "  WHERE reward_id = ANY($1::uuid[]) AND from_state IS NULL ORDER BY id)),"
+        " set_config('referral.announce', '', true)",
+        rewards,
+    )
+
+
 async def announce_to(conn: asyncpg.Connection, merchant: UUID, endpoint: UUID, event_type: str,
                       data: dict[str, Any]) -> int:  # fmt: skip
     """An event for one endpoint only (a test event): logged, delivered there alone."""
