@@ -2,7 +2,9 @@
 (hypothesis, against real PostgreSQL): for any run of signups and purchases naming referral
 codes — customers by id, by e-mail or both, repeated across the run, advocates on tiered or
 percent rewards, first-purchase and every-purchase programs with a cap on rewarded purchases,
-self-referrals the fraud rules reject, orders the fraud rules flag — the grouped path
+self-referrals the fraud rules reject, orders the fraud rules flag, postbacks carrying the
+customer's IP address and browser that the velocity and same-device rules count (across days,
+in and out of the stream's order) — the grouped path
 (app/services/grouped.py) stores the same conversions, the same rewards and the same ledger
 entries, with the same reasons, as processing each in turn (app/services/processing.py)."""
 
@@ -16,7 +18,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 import orjson
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from app.attribution.fraud import Decision
@@ -39,6 +41,10 @@ PROGRAMS = [
      "fraud": {"high_value_order": {"action": "hold", "above_minor": 9000}}},
     {"reward_event": "signup", "currency": "EUR",
      "advocate_reward": {"kind": "fixed", "amount_minor": 300}},
+    {"reward_event": "every_purchase", "currency": "EUR",
+     "advocate_reward": {"kind": "fixed", "amount_minor": 400},
+     "fraud": {"conversion_velocity": {"action": "hold", "max_conversions": 1, "days": 1},
+               "same_device_as_advocate": {"action": "reject"}}},
 ]  # fmt: skip
 
 conversion = st.tuples(
@@ -48,6 +54,9 @@ conversion = st.tuples(
     st.one_of(st.none(), st.sampled_from(["jo@x.org", "max@y.org"])),
     st.integers(min_value=0, max_value=12_000),
     st.sampled_from(["o-1", "o-2", "o-3", "o-4", "o-5", "o-6"]),
+    # The customer's network and browser, as a shop's backend forwards them, or none.
+    st.one_of(st.none(), st.tuples(st.sampled_from(["7", "8"]), st.sampled_from(["ua-1", "ua-2"]))),
+    st.integers(min_value=0, max_value=2),  # days after the first: not in the stream's order
 )
 
 
@@ -82,11 +91,15 @@ async def _scenario(conn: asyncpg.Connection, rules: dict[str, Any]) -> tuple[UU
 
 def _events(merchant: UUID, codes: list[str], steps: list[tuple[Any, ...]]) -> list[Any]:
     events = []
-    for n, (kind, advocate, customer, email, amount, order) in enumerate(steps):
+    for n, (kind, advocate, customer, email, amount, order, device, day) in enumerate(steps):
         purchase = kind == "purchase"
+        network, user_agent = device or (None, None)
         events.append(ConversionEvent(
             id=uuid4(), merchant_id=merchant, event_id=f"e-{n:02}", type=kind,
-            occurred_at=NOW + timedelta(minutes=n), received_at=NOW + timedelta(minutes=n),
+            occurred_at=NOW + timedelta(days=day, minutes=n),
+            received_at=NOW + timedelta(minutes=n),
+            ip_hash=hashlib.sha256(network.encode()).digest() if network else None,
+            ip_prefix=f"10.0.{network}.0/24" if network else None, user_agent=user_agent,
             order_id=f"{order}-{n}" if purchase else None, customer_id=customer,
             customer_email_hash=_email_hash(email), amount_minor=amount if purchase else None,
             currency="EUR" if purchase else None, referral_code=codes[advocate],
@@ -163,6 +176,23 @@ async def _both_ways(dsn: str, rules: dict[str, Any], steps: list[tuple[Any, ...
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
 )
 @given(rules=st.sampled_from(PROGRAMS), steps=st.lists(conversion, min_size=1, max_size=12))
+# The fraud rules' counts inside one group, which random runs seldom reach in a few examples:
+# an advocate's conversions from one network within the velocity rule's day (the third a day
+# later, out of it) ...
+@example(
+    rules=PROGRAMS[3],
+    steps=[
+        ("signup", 0, "friend-1", None, 0, "o-1", ("7", "ua-1"), 0),
+        ("purchase", 0, "friend-2", None, 2000, "o-2", ("7", "ua-2"), 0),
+        ("purchase", 0, "friend-2", None, 2000, "o-3", ("7", "ua-2"), 2),
+    ],
+)
+# ... and the advocate's own purchase, then a friend's from the same IP address and browser.
+@example(rules=PROGRAMS[3], steps=[
+    ("purchase", 0, "anna", None, 2000, "o-1", ("8", "ua-1"), 0),
+    ("purchase", 0, "friend-1", None, 2000, "o-2", ("8", "ua-1"), 0),
+    ("purchase", 0, "friend-2", None, 2000, "o-3", ("8", "ua-2"), 0),
+])  # fmt: skip
 def test_a_group_decides_every_conversion_as_one_by_one_would(
     database_url: str, rules: dict[str, Any], steps: list[tuple[Any, ...]]
 ) -> None:

@@ -27,6 +27,7 @@ conversions one by one, so that one goes to dead letters alone.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import NamedTuple
 from uuid import UUID, uuid4
 
@@ -42,6 +43,7 @@ from app.pipeline.events import ConversionEvent
 from app.services.batch_reads import BatchReads
 from app.services.processing import (
     Device,
+    Wanted,
     apply_refund,
     conversion_facts,
     counts_wanted,
@@ -51,6 +53,7 @@ from app.services.processing import (
 )
 from app.storage import conversions as repo
 from app.storage import events as events_repo
+from app.storage import fraud as fraud_repo
 from app.storage import review as review_repo
 from app.storage import rewards as rewards_repo
 
@@ -66,6 +69,7 @@ class Plan(NamedTuple):
     rules_version: int
     rules: ProgramRules
     facts: AdvocateFacts
+    wanted: Wanted  # which of the fraud rules' counts it needs (browser, IP prefix)
 
 
 def plan(reads: BatchReads, e: ConversionEvent) -> Plan | None:
@@ -80,10 +84,11 @@ def plan(reads: BatchReads, e: ConversionEvent) -> Plan | None:
     if e.currency and e.amount_minor is not None and e.currency != rules.currency:
         return None  # converted at the merchant's rate of the day: one by one
     device = Device(None, e.ip_hash, e.ip_prefix, e.user_agent)
+    wanted = counts_wanted(rules.fraud, None, device, 1)
     # The reward cap counts only when there is a reward, known after the counts: never grouped.
-    if any(counts_wanted(rules.fraud, None, device, 1)):
+    if wanted.reward_cap:
         return None
-    return Plan(e, advocate, version, rules, facts)
+    return Plan(e, advocate, version, rules, facts, wanted)
 
 
 class _Decided(NamedTuple):
@@ -109,15 +114,46 @@ async def process(conn: asyncpg.Connection, plans: list[Plan], decided: list[Dec
         (p.event.merchant_id, p.advocate.program_id, p.advocate.id, p.event.id,
          p.event.customer_id, p.event.customer_email_hash) for p in fresh
     ])  # fmt: skip
+    devices = await _device_counts(conn, fresh)
     outcomes: list[_Decided] = []
     earlier = _Earlier()
-    for p, (prior, referrals) in zip(fresh, counts, strict=True):
-        decided_here = _decide(p, prior + earlier.purchases(p), referrals + earlier.referrals(p))
+    for p, (prior, referrals), (shared, velocity) in zip(fresh, counts, devices, strict=True):
+        decided_here = _decide(
+            p, prior + earlier.purchases(p), referrals + earlier.referrals(p),
+            shared or earlier.shared_device(p),
+            velocity + earlier.velocity(p) if velocity is not None else None,
+        )  # fmt: skip
         earlier.add(decided_here)
         outcomes.append(decided_here)
     await _write(conn, outcomes)
     decided += [o.decision for o in outcomes]
     return len(outcomes)
+
+
+async def _device_counts(
+    conn: asyncpg.Connection, plans: list[Plan]
+) -> list[tuple[str | None, int | None]]:
+    """What the same-device and velocity rules count, for those that need it (a query each for
+    the group): the advocate's own conversions seen with this IP address and user agent, and
+    the advocate's conversions from this IP prefix in the rule's days."""
+    shared_asked = [p for p in plans if p.wanted.shared_device]
+    shared = iter(await fraud_repo.shared_devices(conn, [
+        fraud_repo.DeviceQuery(p.event.merchant_id, p.facts, p.event.id, None, p.event.ip_hash,
+                               p.event.user_agent)
+        for p in shared_asked
+    ]))  # fmt: skip
+    velocity_asked = [p for p in plans if p.wanted.velocity]
+    velocities = iter(await fraud_repo.velocities(conn, [
+        fraud_repo.VelocityQuery(p.event.merchant_id, p.advocate.id, p.event.id, None,
+                                 p.event.ip_prefix, p.event.occurred_at,
+                                 p.rules.fraud.conversion_velocity.days)
+        for p in velocity_asked
+    ]))  # fmt: skip
+    return [
+        (next(shared) if p.wanted.shared_device else None,
+         next(velocities) if p.wanted.velocity else None)
+        for p in plans
+    ]  # fmt: skip
 
 
 def _lock_keys(p: Plan) -> list[str]:
@@ -132,13 +168,17 @@ def _lock_keys(p: Plan) -> list[str]:
 class _Earlier:
     """What the group's conversions decided so far add to the counts PostgreSQL gave (which
     cannot see them yet): the customers' rewarded purchases, as repo.reward_counts counts them
-    (by customer id or by e-mail hash, in the program, one conversion once), and the advocates'
-    rewards."""
+    (by customer id or by e-mail hash, in the program, one conversion once), the advocates'
+    rewards, and what the fraud rules count as fraud_repo counts it: the advocates' conversions
+    by IP prefix (velocity) and the conversions by IP address and user agent (the same device
+    as the advocate's own)."""
 
     def __init__(self) -> None:
         self._by_customer: dict[tuple[UUID, UUID, str], set[UUID]] = {}
         self._by_email: dict[tuple[UUID, UUID, bytes], set[UUID]] = {}
         self._advocate_rewards: dict[UUID, int] = {}
+        self._by_prefix: dict[tuple[UUID, UUID, str], list[datetime]] = {}
+        self._by_device: dict[tuple[UUID, bytes, str], list[ConversionEvent]] = {}
 
     def purchases(self, p: Plan) -> int:
         e, program = p.event, p.advocate.program_id
@@ -152,9 +192,38 @@ class _Earlier:
     def referrals(self, p: Plan) -> int:
         return self._advocate_rewards.get(p.advocate.id, 0)
 
+    def velocity(self, p: Plan) -> int:
+        e = p.event
+        if e.ip_prefix is None:
+            return 0
+        since = e.occurred_at - timedelta(days=p.rules.fraud.conversion_velocity.days)
+        seen = self._by_prefix.get((e.merchant_id, p.advocate.id, e.ip_prefix), [])
+        return sum(1 for at in seen if since < at <= e.occurred_at)
+
+    def shared_device(self, p: Plan) -> str | None:
+        e, a = p.event, p.facts
+        if e.ip_hash is None or e.user_agent is None:
+            return None
+        for other in self._by_device.get((e.merchant_id, e.ip_hash, e.user_agent), []):
+            if (
+                (other.customer_id is not None and other.customer_id == a.external_id)
+                or (other.customer_email_hash is not None
+                    and other.customer_email_hash == a.email_hash)
+                or (other.customer_email_canonical is not None
+                    and other.customer_email_canonical == a.email_canonical)
+            ):  # fmt: skip
+                return fraud_repo.SAME_NETWORK
+        return None
+
     def add(self, decided: _Decided) -> None:
         e, program = decided.plan.event, decided.plan.advocate.program_id
         advocate = decided.plan.advocate.id
+        # Every conversion is counted by the fraud rules, rewarded or not.
+        if e.ip_prefix is not None:
+            by_prefix = (e.merchant_id, advocate, e.ip_prefix)
+            self._by_prefix.setdefault(by_prefix, []).append(e.occurred_at)
+        if e.ip_hash is not None and e.user_agent is not None:
+            self._by_device.setdefault((e.merchant_id, e.ip_hash, e.user_agent), []).append(e)
         sides = sum(1 for d in decided.drafts if d.beneficiary == "advocate")
         self._advocate_rewards[advocate] = self._advocate_rewards.get(advocate, 0) + sides
         if e.type != "purchase" or not decided.drafts:
@@ -166,13 +235,16 @@ class _Earlier:
             self._by_email.setdefault(key, set()).add(e.id)
 
 
-def _decide(p: Plan, prior: int, referrals: int) -> _Decided:
+def _decide(
+    p: Plan, prior: int, referrals: int, shared: str | None, velocity: int | None
+) -> _Decided:
     e, rules = p.event, p.rules
     drafts = compute_rewards(rules, sale_of(e, prior, referrals))
     no_reward = drafts.reason if isinstance(drafts, NoReward) else None
     rewarded = [] if isinstance(drafts, NoReward) else drafts
     advocate_reward = sum(d.amount_minor for d in rewarded if d.beneficiary == "advocate")
-    decision = fraud.evaluate(rules.fraud, p.facts, conversion_facts(e, None, advocate_reward))
+    facts = conversion_facts(e, None, advocate_reward, shared=shared, velocity=velocity)
+    decision = fraud.evaluate(rules.fraud, p.facts, facts)
     reason = words.attributed_reason(
         "referral_code", False, no_reward, fraud.decision_reason(decision)
     )

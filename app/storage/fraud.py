@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -59,28 +59,71 @@ async def click_details(conn: Db, click_id: UUID) -> ClickDetails | None:
     return ClickDetails(**dict(row)) if row else None
 
 
+class DeviceQuery(NamedTuple):
+    """One conversion's browser, for `shared_devices`: whose own conversions to look in."""
+
+    merchant: UUID
+    advocate: AdvocateFacts
+    conversion: UUID
+    visitor: UUID | None
+    ip_hash: bytes | None
+    user_agent: str | None
+
+
 async def shared_device(
     conn: Db, merchant: UUID, advocate: AdvocateFacts, conversion: UUID,
     visitor: UUID | None, ip_hash: bytes | None, user_agent: str | None,
 ) -> str | None:  # fmt: skip
     """What of this browser was seen on the advocate's own conversions (those where the customer
     is the advocate), in words; None when nothing was."""
-    if visitor is None and (ip_hash is None or user_agent is None):
-        return None
-    row = await conn.fetchrow(
-        "SELECT bool_or(visitor_id = $6) AS browser,"
-        " bool_or(ip_hash = $7 AND user_agent = $8) AS network"
-        " FROM conversions WHERE merchant_id = $1 AND id <> $2 AND type <> 'refund'"
-        " AND (customer_id = $3 OR customer_email_hash = $4 OR customer_email_canonical = $5)"
-        " AND (visitor_id = $6 OR (ip_hash = $7 AND user_agent = $8))",
-        merchant, conversion, advocate.external_id, advocate.email_hash,
-        advocate.email_canonical, visitor, ip_hash, user_agent,
-    )  # fmt: skip
-    if row is None or not (row["browser"] or row["network"]):
-        return None
-    if row["browser"]:
-        return "the same browser (our cookie)"
-    return "the same IP address and user agent"
+    query = DeviceQuery(merchant, advocate, conversion, visitor, ip_hash, user_agent)
+    [found] = await shared_devices(conn, [query])
+    return found
+
+
+async def shared_devices(conn: Db, queries: list[DeviceQuery]) -> list[str | None]:
+    """`shared_device` of each, in order, in one query."""
+    asked = [q for q in queries if _comparable(q)]
+    rows = await conn.fetch(
+        "SELECT s.browser, s.network"
+        " FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::bytea[], $6::uuid[],"
+        "  $7::bytea[], $8::text[]) WITH ORDINALITY"
+        "  AS t(m, conversion, customer, email_hash, canonical, visitor, ip_hash, user_agent, n)"
+        # The browser's conversions first, a branch per way of knowing it, each on its index
+        # (migration 0019); then those that are the advocate's own.
+        " CROSS JOIN LATERAL (SELECT bool_or(c.visitor_id = t.visitor) AS browser,"
+        "   bool_or(c.ip_hash = t.ip_hash AND c.user_agent = t.user_agent) AS network"
+        "  FROM (SELECT * FROM conversions WHERE merchant_id = t.m AND visitor_id = t.visitor"
+        "   UNION ALL SELECT * FROM conversions WHERE merchant_id = t.m"
+        "   AND ip_hash = t.ip_hash AND user_agent = t.user_agent) AS c"
+        "  WHERE c.id <> t.conversion AND c.type <> 'refund' AND (c.customer_id = t.customer"
+        "   OR c.customer_email_hash = t.email_hash"
+        "   OR c.customer_email_canonical = t.canonical)) AS s"
+        " ORDER BY t.n",
+        [q.merchant for q in asked], [q.conversion for q in asked],
+        [q.advocate.external_id for q in asked], [q.advocate.email_hash for q in asked],
+        [q.advocate.email_canonical for q in asked], [q.visitor for q in asked],
+        [q.ip_hash for q in asked], [q.user_agent for q in asked],
+    ) if asked else []  # fmt: skip
+    words = iter([_seen_as(r["browser"], r["network"]) for r in rows])
+    return [next(words) if _comparable(q) else None for q in queries]
+
+
+def _comparable(q: DeviceQuery) -> bool:
+    """Whether there is a browser to compare: our cookie, or an IP address with a user agent."""
+    return q.visitor is not None or (q.ip_hash is not None and q.user_agent is not None)
+
+
+SAME_BROWSER = "the same browser (our cookie)"
+SAME_NETWORK = "the same IP address and user agent"
+
+
+def _seen_as(browser: bool | None, network: bool | None) -> str | None:
+    if browser:
+        return SAME_BROWSER
+    if network:
+        return SAME_NETWORK
+    return None
 
 
 async def flood_clicks(
@@ -102,20 +145,47 @@ async def flood_clicks(
     return int(most)
 
 
+class VelocityQuery(NamedTuple):
+    merchant: UUID
+    advocate: UUID
+    conversion: UUID
+    visitor: UUID | None
+    ip_prefix: str | None
+    occurred_at: datetime
+    days: int
+
+
 async def velocity(
     conn: Db, merchant: UUID, advocate: UUID, conversion: UUID, visitor: UUID | None,
     ip_prefix: str | None, occurred_at: datetime, days: int,
 ) -> int:  # fmt: skip
     """The advocate's conversions (signups and purchases) from this browser or IP prefix in
     the `days` before this one, this one included."""
-    earlier: int = await conn.fetchval(
-        "SELECT count(*) FROM conversions WHERE merchant_id = $1 AND advocate_id = $2"
-        " AND id <> $3 AND type <> 'refund' AND occurred_at > $6 AND occurred_at <= $7"
-        " AND (visitor_id = $4 OR ip_prefix = $5)",
-        merchant, advocate, conversion, visitor, ip_prefix,
-        occurred_at - timedelta(days=days), occurred_at,
+    query = VelocityQuery(merchant, advocate, conversion, visitor, ip_prefix, occurred_at, days)
+    [count] = await velocities(conn, [query])
+    return count
+
+
+async def velocities(conn: Db, queries: list[VelocityQuery]) -> list[int]:
+    """`velocity` of each, in order, in one query."""
+    if not queries:
+        return []
+    rows = await conn.fetch(
+        "SELECT (SELECT count(*) FROM conversions c WHERE c.merchant_id = t.m"
+        "  AND c.advocate_id = t.a AND c.id <> t.conversion AND c.type <> 'refund'"
+        "  AND c.occurred_at > t.since AND c.occurred_at <= t.at"
+        "  AND (c.visitor_id = t.visitor OR c.ip_prefix = t.prefix)) AS earlier"
+        " FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],"
+        "  $6::timestamptz[], $7::timestamptz[]) WITH ORDINALITY"
+        "  AS t(m, a, conversion, visitor, prefix, since, at, n)"
+        " ORDER BY t.n",
+        [q.merchant for q in queries], [q.advocate for q in queries],
+        [q.conversion for q in queries], [q.visitor for q in queries],
+        [q.ip_prefix for q in queries],
+        [q.occurred_at - timedelta(days=q.days) for q in queries],
+        [q.occurred_at for q in queries],
     )  # fmt: skip
-    return int(earlier) + 1
+    return [int(r["earlier"]) + 1 for r in rows]
 
 
 async def period_rewards(
