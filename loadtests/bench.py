@@ -269,18 +269,24 @@ def answered_302(port: int) -> int:
     return answered(port, "/r/{code}", 302)
 
 
-def signed_postbacks(merchant: Any, advocates: int, count: int) -> Path:
-    """`count` purchase postbacks with referral codes, each signed once, for postbacks.lua."""
+def signed_postbacks(merchant: Any, advocates: int, count: int, device: bool = False) -> Path:
+    """`count` purchase postbacks with referral codes, each signed once, for postbacks.lua;
+    with `device`, each carries the customer's IP address and browser, as a shop's backend
+    forwards them for the fraud rules (which then count by them)."""
     from app import webhooks
 
     now = int(time.time())
     lines = []
     for n in range(count):
-        body = orjson.dumps({
+        fields: dict[str, Any] = {
             "event_id": f"load-{n}-{os.urandom(4).hex()}", "type": "purchase",
             "order_id": f"o-{n}", "amount_minor": 1000 + n % 9000, "currency": "EUR",
             "customer_id": f"c-{n}", "referral_code": f"LOAD-{1 + n % advocates}",
-        })  # fmt: skip
+        }  # fmt: skip
+        if device:
+            fields["ip"] = f"10.{n % 200}.{n % 251}.{1 + n % 7}"
+            fields["user_agent"] = f"Mozilla/5.0 (X11; Linux x86_64; rv:{n % 5 + 130}.0)"
+        body = orjson.dumps(fields)
         lines.append(body.decode() + "\t" + webhooks.sign(merchant.webhook_secret, now, body))
     path = Path(tempfile.mkstemp(suffix=".postbacks")[1])
     path.write_text("\n".join(lines) + "\n")
@@ -290,9 +296,9 @@ def signed_postbacks(merchant: Any, advocates: int, count: int) -> Path:
 class Postbacks:
     """Signed postbacks handed out to successive wrk runs, none sent twice (postbacks.lua)."""
 
-    def __init__(self, merchant: Any, advocates: int, count: int) -> None:
+    def __init__(self, merchant: Any, advocates: int, count: int, device: bool = False) -> None:
         self.merchant = merchant
-        self.path = signed_postbacks(merchant, advocates, count)
+        self.path = signed_postbacks(merchant, advocates, count, device)
         self.count = count
         self.start = 0
 
@@ -363,6 +369,18 @@ def postback_rows(
     latency.extra["p99 of 3 runs"] = " ".join(f"{r['p99_us'] / 1000:.2f}" for r in latency_runs)
     latency.extra["p99_target_ms"] = 10.0
     rate = stored / processing if processing > 0 else 0.0
+    # The same again for postbacks carrying the customer's IP address and browser: the default
+    # fraud rules (velocity, same device) then count by them for each conversion.
+    device = Postbacks(merchant, advocates, int(12_000 * (slice_seconds + 2)), device=True)
+    try:
+        with our_api(port):
+            device.run(port, 1 + slice_seconds)
+            device_accepted = answered(port, "/v1/conversions", 202)
+    finally:
+        device.path.unlink()
+    device_seconds = burst_flusher_seconds(CONVERSION_WORKERS=str(PROCESSING_LANES)) - startup
+    device_stored = asyncio.run(count_conversions(dsn)) - stored
+    device_rate = device_stored / device_seconds if device_seconds > 0 else 0.0
     rows = [
         raw,
         row_from_wrk(POST_OURS_NAME, ours, ceiling=POST_RAW_NAME, ratio=ratio, target=0.35,
@@ -372,8 +390,12 @@ def postback_rows(
             f"{PROCESSING_LANES} lanes)", rate,
             unit="conversions/s", ceiling="postback intake max", ratio=rate / ours["rate"],
             target=2.0, extra={"stored": stored, "queued": queued}),
+        Row("  … postbacks carrying the customer's IP address and browser (the default fraud "
+            "rules count by them)", device_rate,
+            unit="conversions/s", ceiling="postback intake max",
+            ratio=device_rate / ours["rate"], target=2.0, extra={"stored": device_stored}),
     ]  # fmt: skip
-    return rows, {"intake_202": accepted, "intake_stored": stored}
+    return rows, {"intake_202": accepted + device_accepted, "intake_stored": stored + device_stored}
 
 
 # -- Data ------------------------------------------------------------------------------------
