@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -135,13 +136,18 @@ async def _stored(conn: asyncpg.Connection, merchant: UUID) -> dict[str, list[tu
             for name, sql in queries.items()}  # fmt: skip
 
 
-async def _both_ways(dsn: str, rules: dict[str, Any], steps: list[tuple[Any, ...]]) -> None:
+async def _both_ways(
+    dsn: str, rules: dict[str, Any], steps: list[tuple[Any, ...]],
+    clicks: list[tuple[Any, ...]] | None = None,
+) -> None:  # fmt: skip
     conn: asyncpg.Connection = await asyncpg.connect(dsn)
     scenario = conn.transaction()  # rolled back: each way runs in a savepoint of it
     await scenario.start()
     try:
         merchant, codes = await _scenario(conn, rules)
         events = _events(merchant, codes, steps)
+        if clicks is not None:
+            events = await _clicked(conn, merchant, codes, clicks, events)
         results, decisions = [], []
         for way in ("grouped", "one by one"):
             attempt = conn.transaction()
@@ -149,10 +155,12 @@ async def _both_ways(dsn: str, rules: dict[str, Any], steps: list[tuple[Any, ...
             decided: list[Decision] = []
             reads = BatchReads()
             await reads.prefetch(conn, events)
-            if way == "grouped":
+            if way == "grouped" and clicks is None:
                 plans = [grouped.plan(reads, e) for e in events]
                 assert all(plans), "every one of these can be grouped"
                 stored = await grouped.process(conn, [p for p in plans if p], decided)
+            elif way == "grouped":
+                stored = await _as_the_sink_does(conn, reads, events, decided)
             else:
                 stored = 0
                 for e in events:
@@ -166,6 +174,103 @@ async def _both_ways(dsn: str, rules: dict[str, Any], steps: list[tuple[Any, ...
     finally:
         await scenario.rollback()
         await conn.close()
+
+
+async def _as_the_sink_does(
+    conn: asyncpg.Connection, reads: BatchReads, events: list[ConversionEvent],
+    decided: list[Decision],
+) -> int:  # fmt: skip
+    """In stream order: runs of those the grouped path takes, as groups; the others one by one
+    (app/services/conversion_sink.py)."""
+    stored, run = 0, []
+    for e in events:
+        if (p := grouped.plan(reads, e)) is not None:
+            run.append(p)
+            continue
+        if run:
+            stored += await grouped.process(conn, run, decided)
+            run = []
+        stored += await processing.process(conn, e, decided, reads)
+    return stored + (await grouped.process(conn, run, decided) if run else 0)
+
+
+async def _clicked(
+    conn: asyncpg.Connection, merchant: UUID, codes: list[str], clicks: list[tuple[Any, ...]],
+    events: list[ConversionEvent],
+) -> list[ConversionEvent]:  # fmt: skip
+    """The clicks stored (as the flusher stores them), and each conversion naming one of them by
+    its click id instead of a referral code (`evidence`: None keeps the code)."""
+    rows = await conn.fetch(
+        "SELECT id, program_id, referral_code FROM advocates WHERE merchant_id = $1", merchant
+    )
+    by_code = {r["referral_code"]: r for r in rows}
+    visitors = [uuid4(), uuid4(), None]
+    links = {code: uuid4() for code in codes}
+    ids = []
+    for n, (advocate, visitor, minutes, network, bot, ad) in enumerate(clicks):
+        at = NOW - timedelta(minutes=minutes)
+        millis = int((at - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1000)
+        click_id = millis.to_bytes(6).hex() + f"{n:020x}"
+        owner = by_code[codes[advocate]]
+        await conn.execute(
+            "INSERT INTO clicks (click_id, clicked_at, link_id, merchant_id, program_id,"
+            " advocate_id, visitor_id, ip_hash, ip_prefix, user_agent, is_bot, ad_click_param)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            UUID(click_id), at, links[codes[advocate]], merchant, owner["program_id"],
+            owner["id"], visitors[visitor],
+            hashlib.sha256(network.encode()).digest() if network else None,
+            f"10.0.{network}.0/24" if network else None, "ua-1" if network else None, bot, ad,
+        )  # fmt: skip
+        ids.append(click_id)
+    out = []
+    for n, e in enumerate(events):
+        pick = n % (len(ids) + 1)  # every so often the code, else the clicks in turn
+        if pick < len(ids):
+            e = replace(e, referral_code=None, click_id=ids[pick])
+        out.append(e)
+    return out
+
+
+click = st.tuples(
+    st.integers(min_value=0, max_value=len(ADVOCATES) - 1),
+    st.integers(min_value=0, max_value=2),  # the browser: one of two, or none (no cookie)
+    # Minutes before the first conversion: inside the windows, or beyond seven days.
+    st.sampled_from([1, 5, 30, 600, 3000, 12_000, 50_000]),
+    st.one_of(st.none(), st.sampled_from(["7", "8"])),
+    st.booleans(),  # a bot
+    st.one_of(st.none(), st.just("gclid")),
+)
+
+CLICK_PROGRAMS = [
+    {"reward_event": "every_purchase", "currency": "EUR", "attribution_window_days": 7,
+     "advocate_reward": {"kind": "fixed", "amount_minor": 400},
+     "fraud": {"click_flood": {"action": "hold", "max_clicks": 1, "minutes": 10},
+               "conversion_velocity": {"action": "flag", "max_conversions": 1, "days": 2},
+               "same_device_as_advocate": {"action": "reject"}}},
+    {"reward_event": "first_purchase", "currency": "EUR", "attribution_model": "first_click",
+     "advocate_reward": {"kind": "fixed", "amount_minor": 700}},
+]  # fmt: skip
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+)
+@given(
+    rules=st.sampled_from(CLICK_PROGRAMS),
+    steps=st.lists(conversion, min_size=1, max_size=10),
+    clicks=st.lists(click, min_size=1, max_size=5),
+)
+def test_clicked_conversions_are_decided_in_groups_as_one_by_one(
+    database_url: str, rules: dict[str, Any], steps: list[tuple[Any, ...]],
+    clicks: list[tuple[Any, ...]],
+) -> None:  # fmt: skip
+    """Conversions naming a click id (attributed by it, or by an earlier click of its browser
+    in a first-click program, or not at all: a bot's click, a click outside the window) beside
+    code-referred ones: stored, rewarded, flagged and announced as one by one."""
+    asyncio.run(_both_ways(database_url, rules, steps, clicks))
 
 
 @settings(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
@@ -44,44 +45,109 @@ class BatchReads:
         self._running: dict[UUID, experiments_repo.Running | None] = {}
         self._variant_rules: dict[tuple[UUID, str], ProgramRules] = {}
         self._advocates: dict[UUID, AdvocateFacts] = {}
+        self._clicks: dict[tuple[UUID, str], evidence.ClickFound | None] = {}
+        self._browsers: dict[tuple[UUID, UUID], list[evidence.ClickFound]] = {}
 
     async def prefetch(self, conn: asyncpg.Connection, events: Iterable[ConversionEvent]) -> None:
-        """The codes' owners, and their programs' rules and experiments and their facts, for
-        every conversion of the batch that names a code: one query each."""
+        """The codes' owners, the clicks the click ids name (of conversions without a code) and
+        those clicks' browsers' clicks, and their programs' rules and experiments and their
+        advocates' facts, for every conversion of the batch: a query or two each."""
         codes: dict[UUID, set[str]] = defaultdict(set)
+        clicked: dict[UUID, set[str]] = defaultdict(set)
+        earliest: dict[UUID, datetime] = {}
         for e in events:
             if e.referral_code:
                 codes[e.merchant_id].add(normalize_referral_code(e.referral_code))
+            elif e.click_id:
+                clicked[e.merchant_id].add(e.click_id)
+                since = earliest.get(e.merchant_id, e.occurred_at)
+                earliest[e.merchant_id] = min(since, e.occurred_at)
         for merchant, named in codes.items():
             owners = await evidence.advocates_by_codes(conn, merchant, sorted(named))
             for code in named:
                 self._owners[(merchant, code)] = owners.get(code)
         advocates = {a.id: a.program_id for a in self._owners.values() if a is not None}
+        for merchant, ids in clicked.items():
+            await self._fill_clicks(conn, merchant, ids, earliest[merchant] - evidence.LOOKBACK)
+        for browser in self._browsers.values():
+            advocates |= {f.click.advocate.id: f.click.advocate.program_id for f in browser}
+        for found in self._clicks.values():
+            if found is not None:
+                advocates[found.click.advocate.id] = found.click.advocate.program_id
         programs = sorted(set(advocates.values()))
-        found = await current_rules_json(conn, programs)
+        found_rules = await current_rules_json(conn, programs)
         for program in programs:
-            self._rules_json[program] = found.get(program)  # read (parsed on first use)
+            self._rules_json[program] = found_rules.get(program)  # read (parsed on first use)
         await self._fill_running(conn, programs)
         await self._fill_advocates(conn, list(advocates))
 
-    def prefetched(
-        self, merchant: UUID, code: str
+    async def _fill_clicks(
+        self, conn: asyncpg.Connection, merchant: UUID, ids: set[str], since: datetime
+    ) -> None:
+        found = await evidence.clicks_by_ids(conn, merchant, sorted(ids))
+        for click_id in ids:
+            self._clicks[(merchant, click_id)] = found.get(click_id)
+        visitors = sorted({f.details.visitor_id for f in found.values() if f.details.visitor_id})
+        if visitors:
+            browsers = await evidence.browsers_clicks(conn, merchant, visitors, since)
+            for visitor, clicks in browsers.items():
+                self._browsers[(merchant, visitor)] = clicks
+
+    def prefetched_owner(self, merchant: UUID, code: str) -> Referrer | None:
+        """Without a query: the code's owner, when one was read for the batch."""
+        return self._owners.get((merchant, normalize_referral_code(code)))
+
+    def prefetched_terms(
+        self, advocate: Referrer
     ) -> tuple[Referrer, tuple[int, ProgramRules], AdvocateFacts] | None:
-        """Without a query: the code's owner, their program's current rules and their facts,
-        when all were read for the batch, the rules can be read, and the program runs no
-        experiment (the grouped path's conditions); None otherwise."""
-        owner = self._owners.get((merchant, normalize_referral_code(code)))
-        if owner is None or self._running.get(owner.program_id, False) is not None:
-            return None  # unknown code, not prefetched, or an experiment running
-        facts = self._advocates.get(owner.id)
-        if facts is None or self._rules_json.get(owner.program_id) is None:
+        """Without a query: the advocate's program's current rules and their facts, when both
+        were read for the batch, the rules can be read and the program runs no experiment;
+        None otherwise."""
+        if self._running.get(advocate.program_id, False) is not None:
+            return None  # not prefetched, or an experiment running
+        facts = self._advocates.get(advocate.id)
+        rules = self.prefetched_rules([advocate.program_id])
+        if facts is None or advocate.program_id not in (rules or {}):
             return None
-        if owner.program_id not in self._rules:
-            try:
-                self.parse_rules(owner.program_id)
-            except ValueError:  # pydantic's ValidationError: decided one by one, and set aside
+        assert rules is not None
+        return advocate, rules[advocate.program_id], facts
+
+    def prefetched_rules(
+        self, programs: Iterable[UUID]
+    ) -> dict[UUID, tuple[int, ProgramRules]] | None:
+        """Without a query: `rules` of the programs, when each was read for the batch and those
+        it found can be read; None otherwise."""
+        out = {}
+        for program in programs:
+            if program not in self._rules_json:
                 return None
-        return owner, self._rules[owner.program_id], facts
+            if self._rules_json[program] is None:
+                continue  # no rules: as `rules` leaves it out
+            if program not in self._rules:
+                try:
+                    self.parse_rules(program)
+                except ValueError:  # pydantic's ValidationError: one by one, set aside
+                    return None
+            out[program] = self._rules[program]
+        return out
+
+    def prefetched_click(
+        self, merchant: UUID, click_id: str, occurred_at: datetime
+    ) -> tuple[evidence.ClickFound, tuple[evidence.ClickFound, ...]] | None:
+        """Without a query: the click the click id names, and its browser's clicks as
+        `evidence.browser_clicks` finds them for a conversion at `occurred_at`; None when not
+        prefetched, or when no such click is stored."""
+        found = self._clicks.get((merchant, click_id))
+        if found is None:
+            return None
+        visitor = found.details.visitor_id
+        if visitor is None:
+            return found, ()
+        since = occurred_at - evidence.LOOKBACK
+        browser = self._browsers.get((merchant, visitor))
+        if browser is None:
+            return None
+        return found, tuple(f for f in browser if f.click.clicked_at >= since)
 
     def parse_rules(self, program: UUID) -> None:
         stored = self._rules_json[program]

@@ -1,20 +1,22 @@
 """Deciding many conversions at once: the common case in a few statements per group (#18).
 
-Most postbacks are signups and purchases that name their advocate's referral code. For those the
-code decides the advocate (whatever else the postback carries), the batch has already read the
-code's owner, the program's rules and the advocate's facts (app/services/batch_reads.py), and —
-when the program runs no experiment, the order is in the program currency and the fraud rules
-have nothing to count (no browser or IP address to compare, no reward cap) — the only numbers
-processing needs from PostgreSQL are the customer's earlier rewarded purchases and the
-advocate's referrals. A run of such conversions in a lane (`plan` says which) is one group, one
-transaction:
+Most postbacks are signups and purchases that name their advocate's referral code, or the click
+id of the referral link's click. For those the batch has already read what decides the advocate
+(the code's owner; the click, and its browser's other clicks, for `attribute` to choose from),
+the programs' rules and the advocate's facts (app/services/batch_reads.py). When the conversion
+is attributed, its program runs no experiment, the order is in the program currency and the
+reward cap is off, what processing still needs from PostgreSQL are counts: the customer's
+earlier rewarded purchases and the advocate's referrals, and — when the fraud rules have a
+browser or IP address to compare — the advocate's own conversions seen with this browser, the
+conversions from it (velocity) and the clicks from the click's IP prefix (flood). A run of such
+conversions in a lane (`plan` says which) is one group, one transaction:
 
 1. every lock the group needs — its advocates', customers', e-mails' and orders' keys, the same
    keys the one-by-one path takes — sorted, in one statement;
-2. which of them are stored already (a re-delivery), and the two counts of each, a query each;
+2. which of them are stored already (a re-delivery), and the counts of each, a query per count;
 3. each decided, in stream order, by the same pure domain as one by one (app/attribution/),
-   counting the rewards of those before it in the group as the one-by-one path would find them
-   committed;
+   counting those before it in the group (their rewards, their browsers) as the one-by-one path
+   would find them committed;
 4. the conversions with their outcome, then their rewards with their first ledger entries, a
    statement each, and both announced (the event feed, the webhook deliveries) by a statement
    each instead of their triggers' one per row; the fraud rules' moves and review items for
@@ -27,7 +29,7 @@ conversions one by one, so that one goes to dead letters alone.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import NamedTuple
 from uuid import UUID, uuid4
 
@@ -36,7 +38,16 @@ import asyncpg
 from app.attribution import conversions as words
 from app.attribution import fraud
 from app.attribution.fraud import AdvocateFacts, Decision
-from app.attribution.model import Referrer
+from app.attribution.model import (
+    Attributed,
+    Click,
+    Customer,
+    Evidence,
+    Method,
+    ProgramTerms,
+    Referrer,
+    attribute,
+)
 from app.attribution.rewards import NoReward, RewardDraft, compute_rewards
 from app.attribution.rules import ProgramRules
 from app.pipeline.events import ConversionEvent
@@ -70,25 +81,65 @@ class Plan(NamedTuple):
     rules: ProgramRules
     facts: AdvocateFacts
     wanted: Wanted  # which of the fraud rules' counts it needs (browser, IP prefix)
+    method: Method = "referral_code"
+    click: Click | None = None  # the click attributed (by click id or cookie) and its details
+    click_details: fraud_repo.ClickDetails | None = None
+    # The converting browser as the rules see it (and as the conversion stores it): the
+    # postback's, or else the attributed click's.
+    device: Device = Device(None, None, None, None)
 
 
 def plan(reads: BatchReads, e: ConversionEvent) -> Plan | None:
     """The conversion's plan if the grouped path can decide it without a query of its own (see
     the module's docstring); None sends it one by one."""
-    if e.type not in ("signup", "purchase") or not e.referral_code:
+    if e.type not in ("signup", "purchase"):
         return None
-    known = reads.prefetched(e.merchant_id, e.referral_code)
+    if e.referral_code:  # the code decides, whatever else the postback carries
+        owner = reads.prefetched_owner(e.merchant_id, e.referral_code)
+        return _planned(reads, e, Attributed(owner, "referral_code", None), None) if owner else None
+    if not e.click_id:
+        return None  # the pixel's browser, or no evidence: one by one
+    clicked = reads.prefetched_click(e.merchant_id, e.click_id, e.occurred_at)
+    if clicked is None:
+        return None
+    found, browser = clicked
+    programs = {f.click.advocate.program_id for f in (found, *browser)}
+    rules = reads.prefetched_rules(programs)
+    if rules is None:
+        return None
+    terms = {p: ProgramTerms(r.attribution_window_days, r.attribution_model)
+             for p, (_, r) in rules.items()}  # fmt: skip
+    customer = Customer(e.customer_id, e.customer_email_hash)
+    evidence = Evidence(e.occurred_at, customer, None, found.click, tuple(f.click for f in browser))
+    result = attribute(evidence, terms)
+    if not isinstance(result, Attributed) or result.click is None:
+        return None  # not attributed: one by one says why
+    details = {f.click.click_id: f.details for f in (found, *browser)}
+    return _planned(reads, e, result, details[result.click.click_id])
+
+
+def _planned(
+    reads: BatchReads, e: ConversionEvent, result: Attributed,
+    click: fraud_repo.ClickDetails | None,
+) -> Plan | None:  # fmt: skip
+    known = reads.prefetched_terms(result.advocate)
     if known is None:
         return None
     advocate, (version, rules), facts = known
     if e.currency and e.amount_minor is not None and e.currency != rules.currency:
         return None  # converted at the merchant's rate of the day: one by one
-    device = Device(None, e.ip_hash, e.ip_prefix, e.user_agent)
-    wanted = counts_wanted(rules.fraud, None, device, 1)
+    device = Device(
+        visitor=click.visitor_id if click and click.visitor_id else None,
+        ip_hash=e.ip_hash or (click.ip_hash if click else None),
+        ip_prefix=e.ip_prefix or (click.ip_prefix if click else None),
+        user_agent=e.user_agent or (click.user_agent if click else None),
+    )
+    wanted = counts_wanted(rules.fraud, click, device, 1)
     # The reward cap counts only when there is a reward, known after the counts: never grouped.
     if wanted.reward_cap:
         return None
-    return Plan(e, advocate, version, rules, facts, wanted)
+    return Plan(e, advocate, version, rules, facts, wanted, result.method, result.click, click,
+                device)  # fmt: skip
 
 
 class _Decided(NamedTuple):
@@ -117,11 +168,13 @@ async def process(conn: asyncpg.Connection, plans: list[Plan], decided: list[Dec
     devices = await _device_counts(conn, fresh)
     outcomes: list[_Decided] = []
     earlier = _Earlier()
-    for p, (prior, referrals), (shared, velocity) in zip(fresh, counts, devices, strict=True):
+    for p, (prior, referrals), (shared, flood, velocity) in zip(
+        fresh, counts, devices, strict=True
+    ):
         decided_here = _decide(
             p, prior + earlier.purchases(p), referrals + earlier.referrals(p),
-            shared or earlier.shared_device(p),
-            velocity + earlier.velocity(p) if velocity is not None else None,
+            _same_device(shared, earlier.shared_device(p)) if p.wanted.shared_device else None,
+            flood, velocity + earlier.velocity(p) if velocity is not None else None,
         )  # fmt: skip
         earlier.add(decided_here)
         outcomes.append(decided_here)
@@ -132,28 +185,41 @@ async def process(conn: asyncpg.Connection, plans: list[Plan], decided: list[Dec
 
 async def _device_counts(
     conn: asyncpg.Connection, plans: list[Plan]
-) -> list[tuple[str | None, int | None]]:
-    """What the same-device and velocity rules count, for those that need it (a query each for
-    the group): the advocate's own conversions seen with this IP address and user agent, and
-    the advocate's conversions from this IP prefix in the rule's days."""
-    shared_asked = [p for p in plans if p.wanted.shared_device]
+) -> list[tuple[str | None, int | None, int | None]]:
+    """What the fraud rules count, for those that need it (a query each for the group): the
+    advocate's own conversions seen with this browser (our cookie, or IP address and user
+    agent), the clicks on the link from the click's IP prefix, and the advocate's conversions
+    from this browser or IP prefix in the rule's days."""
     shared = iter(await fraud_repo.shared_devices(conn, [
-        fraud_repo.DeviceQuery(p.event.merchant_id, p.facts, p.event.id, None, p.event.ip_hash,
-                               p.event.user_agent)
-        for p in shared_asked
+        fraud_repo.DeviceQuery(p.event.merchant_id, p.facts, p.event.id, p.device.visitor,
+                               p.device.ip_hash, p.device.user_agent)
+        for p in plans if p.wanted.shared_device
     ]))  # fmt: skip
-    velocity_asked = [p for p in plans if p.wanted.velocity]
+    floods = iter(await fraud_repo.floods(conn, [
+        (p.click_details.link_id, p.click_details.ip_prefix, p.click_details.clicked_at,
+         p.rules.fraud.click_flood.minutes)
+        for p in plans
+        if p.wanted.click_flood and p.click_details and p.click_details.ip_prefix
+    ]))  # fmt: skip
     velocities = iter(await fraud_repo.velocities(conn, [
-        fraud_repo.VelocityQuery(p.event.merchant_id, p.advocate.id, p.event.id, None,
-                                 p.event.ip_prefix, p.event.occurred_at,
+        fraud_repo.VelocityQuery(p.event.merchant_id, p.advocate.id, p.event.id,
+                                 p.device.visitor, p.device.ip_prefix, p.event.occurred_at,
                                  p.rules.fraud.conversion_velocity.days)
-        for p in velocity_asked
+        for p in plans if p.wanted.velocity
     ]))  # fmt: skip
     return [
         (next(shared) if p.wanted.shared_device else None,
+         next(floods) if p.wanted.click_flood else None,
          next(velocities) if p.wanted.velocity else None)
         for p in plans
     ]  # fmt: skip
+
+
+def _same_device(stored: str | None, in_group: str | None) -> str | None:
+    """What of the browser was seen, stored or in the group: the cookie before the network."""
+    if fraud_repo.SAME_BROWSER in (stored, in_group):
+        return fraud_repo.SAME_BROWSER
+    return stored or in_group
 
 
 def _lock_keys(p: Plan) -> list[str]:
@@ -170,15 +236,16 @@ class _Earlier:
     cannot see them yet): the customers' rewarded purchases, as repo.reward_counts counts them
     (by customer id or by e-mail hash, in the program, one conversion once), the advocates'
     rewards, and what the fraud rules count as fraud_repo counts it: the advocates' conversions
-    by IP prefix (velocity) and the conversions by IP address and user agent (the same device
-    as the advocate's own)."""
+    by browser or IP prefix (velocity) and the conversions by browser, or IP address and user
+    agent (the same device as the advocate's own)."""
 
     def __init__(self) -> None:
         self._by_customer: dict[tuple[UUID, UUID, str], set[UUID]] = {}
         self._by_email: dict[tuple[UUID, UUID, bytes], set[UUID]] = {}
         self._advocate_rewards: dict[UUID, int] = {}
-        self._by_prefix: dict[tuple[UUID, UUID, str], list[datetime]] = {}
-        self._by_device: dict[tuple[UUID, bytes, str], list[ConversionEvent]] = {}
+        self._of_advocate: dict[tuple[UUID, UUID], list[Plan]] = {}
+        self._by_visitor: dict[tuple[UUID, UUID], list[Plan]] = {}
+        self._by_network: dict[tuple[UUID, bytes, str], list[Plan]] = {}
 
     def purchases(self, p: Plan) -> int:
         e, program = p.event, p.advocate.program_id
@@ -193,37 +260,50 @@ class _Earlier:
         return self._advocate_rewards.get(p.advocate.id, 0)
 
     def velocity(self, p: Plan) -> int:
-        e = p.event
-        if e.ip_prefix is None:
-            return 0
+        e, device = p.event, p.device
         since = e.occurred_at - timedelta(days=p.rules.fraud.conversion_velocity.days)
-        seen = self._by_prefix.get((e.merchant_id, p.advocate.id, e.ip_prefix), [])
-        return sum(1 for at in seen if since < at <= e.occurred_at)
+        return sum(
+            1 for other in self._of_advocate.get((e.merchant_id, p.advocate.id), [])
+            if since < other.event.occurred_at <= e.occurred_at
+            and ((device.visitor is not None and other.device.visitor == device.visitor)
+                 or (device.ip_prefix is not None
+                     and other.device.ip_prefix == device.ip_prefix))
+        )  # fmt: skip
 
     def shared_device(self, p: Plan) -> str | None:
-        e, a = p.event, p.facts
-        if e.ip_hash is None or e.user_agent is None:
-            return None
-        for other in self._by_device.get((e.merchant_id, e.ip_hash, e.user_agent), []):
-            if (
-                (other.customer_id is not None and other.customer_id == a.external_id)
-                or (other.customer_email_hash is not None
-                    and other.customer_email_hash == a.email_hash)
-                or (other.customer_email_canonical is not None
-                    and other.customer_email_canonical == a.email_canonical)
-            ):  # fmt: skip
+        e, device, a = p.event, p.device, p.facts
+
+        def own(other: Plan) -> bool:  # the advocate's own conversion, as the query matches it
+            c = other.event
+            return (
+                (c.customer_id is not None and c.customer_id == a.external_id)
+                or (c.customer_email_hash is not None and c.customer_email_hash == a.email_hash)
+                or (c.customer_email_canonical is not None
+                    and c.customer_email_canonical == a.email_canonical)
+            )  # fmt: skip
+
+        visitor = device.visitor
+        if visitor is not None and any(
+            own(o) for o in self._by_visitor.get((e.merchant_id, visitor), [])
+        ):
+            return fraud_repo.SAME_BROWSER
+        if device.ip_hash is not None and device.user_agent is not None:
+            network = (e.merchant_id, device.ip_hash, device.user_agent)
+            if any(own(o) for o in self._by_network.get(network, [])):
                 return fraud_repo.SAME_NETWORK
         return None
 
     def add(self, decided: _Decided) -> None:
         e, program = decided.plan.event, decided.plan.advocate.program_id
-        advocate = decided.plan.advocate.id
-        # Every conversion is counted by the fraud rules, rewarded or not.
-        if e.ip_prefix is not None:
-            by_prefix = (e.merchant_id, advocate, e.ip_prefix)
-            self._by_prefix.setdefault(by_prefix, []).append(e.occurred_at)
-        if e.ip_hash is not None and e.user_agent is not None:
-            self._by_device.setdefault((e.merchant_id, e.ip_hash, e.user_agent), []).append(e)
+        advocate, device = decided.plan.advocate.id, decided.plan.device
+        # Every conversion is counted by the fraud rules, rewarded or not, with its browser as
+        # stored (the postback's, or else its click's).
+        self._of_advocate.setdefault((e.merchant_id, advocate), []).append(decided.plan)
+        if device.visitor is not None:
+            self._by_visitor.setdefault((e.merchant_id, device.visitor), []).append(decided.plan)
+        if device.ip_hash is not None and device.user_agent is not None:
+            network = (e.merchant_id, device.ip_hash, device.user_agent)
+            self._by_network.setdefault(network, []).append(decided.plan)
         sides = sum(1 for d in decided.drafts if d.beneficiary == "advocate")
         self._advocate_rewards[advocate] = self._advocate_rewards.get(advocate, 0) + sides
         if e.type != "purchase" or not decided.drafts:
@@ -236,18 +316,17 @@ class _Earlier:
 
 
 def _decide(
-    p: Plan, prior: int, referrals: int, shared: str | None, velocity: int | None
-) -> _Decided:
+    p: Plan, prior: int, referrals: int, shared: str | None, flood: int | None,
+    velocity: int | None,
+) -> _Decided:  # fmt: skip
     e, rules = p.event, p.rules
     drafts = compute_rewards(rules, sale_of(e, prior, referrals))
     no_reward = drafts.reason if isinstance(drafts, NoReward) else None
     rewarded = [] if isinstance(drafts, NoReward) else drafts
     advocate_reward = sum(d.amount_minor for d in rewarded if d.beneficiary == "advocate")
-    facts = conversion_facts(e, None, advocate_reward, shared=shared, velocity=velocity)
+    facts = conversion_facts(e, p.click_details, advocate_reward, shared, flood, velocity)
     decision = fraud.evaluate(rules.fraud, p.facts, facts)
-    reason = words.attributed_reason(
-        "referral_code", False, no_reward, fraud.decision_reason(decision)
-    )
+    reason = words.attributed_reason(p.method, False, no_reward, fraud.decision_reason(decision))
     return _Decided(p, decision, rewarded, reason)
 
 
@@ -255,8 +334,14 @@ async def _write(conn: asyncpg.Connection, outcomes: list[_Decided]) -> None:
     # The conversions and their rewards announced by a statement each, not a trigger per row.
     await events_repo.announce_by_statement(conn)
     inserted = await repo.insert_attributed(conn, [
-        (o.plan.event, o.plan.advocate.program_id, o.plan.advocate.id, o.plan.rules_version,
-         o.reason, o.decision) for o in outcomes
+        repo.AttributedRow(
+            o.plan.event, o.plan.advocate.program_id, o.plan.advocate.id, o.plan.rules_version,
+            o.reason, o.decision, o.plan.method,
+            o.plan.click.click_id if o.plan.click else None,
+            (o.plan.device.visitor, o.plan.device.ip_hash, o.plan.device.ip_prefix,
+             o.plan.device.user_agent),
+        )
+        for o in outcomes
     ])  # fmt: skip
     if inserted != len(outcomes):  # stored meanwhile by another flusher: redo one by one
         raise RuntimeError("a conversion of the group was stored meanwhile")

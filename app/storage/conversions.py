@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import NamedTuple, cast
 from uuid import UUID
 
 import asyncpg
@@ -62,25 +62,39 @@ async def stored_ids(conn: asyncpg.Connection, ids: list[UUID]) -> set[UUID]:
     return {r["id"] for r in rows}
 
 
-async def insert_attributed(
-    conn: asyncpg.Connection,
-    rows: list[tuple[ConversionEvent, UUID, UUID, int, str, Decision]],
-) -> int:
-    """Store signups and purchases attributed by referral code, each with its outcome (program,
-    advocate, rules version, reason, fraud decision), in one statement; returns how many were
-    new. The row is the one `insert` then `set_attributed` leave."""
-    columns: list[list[object]] = [[] for _ in range(27)]
-    for e, program, advocate, version, reason, decision in rows:
+class AttributedRow(NamedTuple):
+    """A signup or purchase with its outcome, for `insert_attributed`."""
+
+    event: ConversionEvent
+    program: UUID
+    advocate: UUID
+    rules_version: int
+    reason: str
+    decision: Decision
+    method: str
+    click: UUID | None  # the attributed click
+    # The converting browser as the rules saw it: visitor, IP hash and prefix, user agent.
+    device: tuple[UUID | None, bytes | None, str | None, str | None]
+
+
+async def insert_attributed(conn: asyncpg.Connection, rows: list[AttributedRow]) -> int:
+    """Store attributed signups and purchases, each with its outcome (program, advocate, rules
+    version, reason, fraud decision, how it was attributed, the converting browser), in one
+    statement; returns how many were new. The row is the one `insert` then `set_attributed`
+    leave."""
+    columns: list[list[object]] = [[] for _ in range(30)]
+    for e, program, advocate, version, reason, decision, method, click, device in rows:
+        visitor, ip_hash, ip_prefix, user_agent = device
         values = (
             e.id, e.merchant_id, e.event_id, e.type, e.order_id, e.refund_of, e.customer_id,
             e.customer_email_hash, e.amount_minor or 0, e.currency,
-            UUID(e.click_id) if e.click_id else None, e.referral_code, e.ip_hash, e.ip_prefix,
-            e.user_agent, e.occurred_at, e.received_at, e.subscription_id,
+            UUID(e.click_id) if e.click_id else None, e.referral_code, ip_hash, ip_prefix,
+            user_agent, e.occurred_at, e.received_at, e.subscription_id,
             e.customer_email_canonical,
             # bytea[] per row does not unnest: hex, comma-separated, taken apart in SQL
             ",".join(near.hex() for near in e.customer_email_near),
             e.customer_email_disposable, program, advocate, version, reason, decision.outcome,
-            fraud_repo.findings_json(decision),
+            fraud_repo.findings_json(decision), method, click, visitor,
         )  # fmt: skip
         for column, value in zip(columns, values, strict=True):
             column.append(value)
@@ -91,23 +105,24 @@ async def insert_attributed(
             ip_hash, ip_prefix, user_agent, occurred_at, received_at, subscription_id,
             customer_email_canonical, customer_email_near, customer_email_disposable,
             program_id, advocate_id, rules_version, reason, fraud_action, fraud_findings,
-            state, attribution_method)
+            attribution_method, attributed_click_id, visitor_id, state)
         SELECT id, merchant_id, event_id, type, order_id, refund_of, customer_id, email_hash,
             amount_minor, currency, click_id, referral_code, ip_hash, ip_prefix, user_agent,
             occurred_at, received_at, subscription_id, email_canonical,
             ARRAY(SELECT decode(x, 'hex') FROM unnest(string_to_array(email_near, ',')) AS x),
             email_disposable, program_id, advocate_id, rules_version, reason, fraud_action,
-            fraud_findings::jsonb, $28, 'referral_code'
+            fraud_findings::jsonb, method, attributed_click, visitor, $31
         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::text[], $8::bytea[], $9::bigint[], $10::text[], $11::uuid[], $12::text[],
             $13::bytea[], $14::text[], $15::text[], $16::timestamptz[], $17::timestamptz[],
             $18::text[], $19::bytea[], $20::text[], $21::boolean[], $22::uuid[], $23::uuid[],
-            $24::int[], $25::text[], $26::text[], $27::text[])
+            $24::int[], $25::text[], $26::text[], $27::text[], $28::text[], $29::uuid[],
+            $30::uuid[])
             AS t(id, merchant_id, event_id, type, order_id, refund_of, customer_id, email_hash,
                  amount_minor, currency, click_id, referral_code, ip_hash, ip_prefix,
                  user_agent, occurred_at, received_at, subscription_id, email_canonical,
                  email_near, email_disposable, program_id, advocate_id, rules_version, reason,
-                 fraud_action, fraud_findings)
+                 fraud_action, fraud_findings, method, attributed_click, visitor)
         ON CONFLICT DO NOTHING RETURNING id
         """,
         *columns, ConversionState.ATTRIBUTED.value,

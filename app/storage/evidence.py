@@ -4,6 +4,7 @@ a click id names, every click of one browser. Read by conversion processing; pla
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -11,6 +12,7 @@ import asyncpg
 from app.attribution.model import Click, Referrer
 from app.codes import normalize_referral_code
 from app.pipeline.events import click_time
+from app.storage.fraud import ClickDetails
 
 # How far back a browser's clicks are looked up (the longest window a program may have).
 LOOKBACK = timedelta(days=366)
@@ -68,6 +70,57 @@ async def click_by_id(
         click_time(click_id),
     )
     return (_click(row), row["visitor_id"]) if row else None
+
+
+class ClickFound(NamedTuple):
+    """A click as attribution sees it, with what the fraud rules read of it."""
+
+    click: Click
+    details: ClickDetails
+
+
+_DETAIL_COLUMNS = ", c.ip_hash, c.ip_prefix, c.user_agent, c.ad_click_param"
+
+
+def _found(row: asyncpg.Record) -> ClickFound:
+    details = ClickDetails(
+        row["link_id"], row["clicked_at"], row["visitor_id"], row["ip_hash"], row["ip_prefix"],
+        row["user_agent"], row["ad_click_param"],
+    )  # fmt: skip
+    return ClickFound(_click(row), details)
+
+
+async def clicks_by_ids(
+    conn: asyncpg.Connection, merchant: UUID, click_ids: list[str]
+) -> dict[str, ClickFound]:
+    """`click_by_id` of many (those found, by click id), with their details, in one query."""
+    rows = await conn.fetch(
+        f"SELECT {_CLICK_COLUMNS}{_DETAIL_COLUMNS} FROM clicks c"
+        " JOIN advocates a ON a.id = c.advocate_id"
+        " JOIN unnest($2::uuid[], $3::timestamptz[]) AS t(click_id, clicked_at)"
+        "  ON c.click_id = t.click_id AND c.clicked_at = t.clicked_at"
+        " WHERE c.merchant_id = $1",
+        merchant, [UUID(c) for c in click_ids], [click_time(c) for c in click_ids],
+    )  # fmt: skip
+    return {r["click_id"].hex: _found(r) for r in rows}
+
+
+async def browsers_clicks(
+    conn: asyncpg.Connection, merchant: UUID, visitors: list[UUID], since: datetime
+) -> dict[UUID, list[ClickFound]]:
+    """`browser_clicks` of many browsers since one time, with their details, in one query: each
+    browser's clicks in the order of their time."""
+    rows = await conn.fetch(
+        f"SELECT {_CLICK_COLUMNS}{_DETAIL_COLUMNS} FROM clicks c"
+        " JOIN advocates a ON a.id = c.advocate_id"
+        " WHERE c.merchant_id = $1 AND c.visitor_id = ANY($2::uuid[]) AND c.clicked_at >= $3"
+        " ORDER BY c.clicked_at",
+        merchant, visitors, since,
+    )  # fmt: skip
+    out: dict[UUID, list[ClickFound]] = {v: [] for v in visitors}
+    for r in rows:
+        out[r["visitor_id"]].append(_found(r))
+    return out
 
 
 async def browser_clicks(

@@ -131,18 +131,28 @@ async def flood_clicks(
 ) -> int:
     """The most clicks on the link from the prefix in any `minutes`-long window that holds this
     click (windows that start at a click: the densest ones do)."""
-    window = timedelta(minutes=minutes)
-    most = await conn.fetchval(
-        "SELECT coalesce(max(n), 0) FROM ("
-        "  SELECT clicked_at, count(*) OVER (ORDER BY clicked_at"
-        "    RANGE BETWEEN CURRENT ROW AND $4::interval FOLLOWING) AS n"
-        "  FROM clicks WHERE link_id = $1 AND ip_prefix = $2 AND NOT is_bot"
-        "  AND clicked_at BETWEEN $3::timestamptz - $4::interval"
-        "  AND $3::timestamptz + $4::interval"
-        ") AS w WHERE clicked_at <= $3 AND clicked_at >= $3::timestamptz - $4::interval",
-        link_id, ip_prefix, clicked_at, window,
+    [most] = await floods(conn, [(link_id, ip_prefix, clicked_at, minutes)])
+    return most
+
+
+async def floods(conn: Db, clicks: list[tuple[UUID, str, datetime, int]]) -> list[int]:
+    """`flood_clicks` of each (link, IP prefix, click time, minutes), in order, in one query."""
+    if not clicks:
+        return []
+    rows = await conn.fetch(
+        "SELECT (SELECT coalesce(max(n), 0) FROM ("
+        "  SELECT c.clicked_at, count(*) OVER (ORDER BY c.clicked_at"
+        "    RANGE BETWEEN CURRENT ROW AND t.span FOLLOWING) AS n"
+        "  FROM clicks c WHERE c.link_id = t.link AND c.ip_prefix = t.prefix AND NOT c.is_bot"
+        "  AND c.clicked_at BETWEEN t.at - t.span AND t.at + t.span"
+        " ) AS w WHERE w.clicked_at <= t.at AND w.clicked_at >= t.at - t.span) AS most"
+        " FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::interval[])"
+        "  WITH ORDINALITY AS t(link, prefix, at, span, n)"
+        " ORDER BY t.n",
+        [c[0] for c in clicks], [c[1] for c in clicks], [c[2] for c in clicks],
+        [timedelta(minutes=c[3]) for c in clicks],
     )  # fmt: skip
-    return int(most)
+    return [int(r["most"]) for r in rows]
 
 
 class VelocityQuery(NamedTuple):

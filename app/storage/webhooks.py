@@ -67,21 +67,23 @@ async def delete_endpoint(conn: asyncpg.Connection, merchant: UUID, endpoint: UU
 async def claim_due(conn: asyncpg.Connection, now: datetime, lease_seconds: float,
                     limit: int) -> list[dict[str, Any]]:  # fmt: skip
     """Deliveries due, leased to the caller (SKIP LOCKED: several workers share the work), with
-    what is needed to send them."""
+    what is needed to send them, in the order of their events (those due at the same time: a
+    transaction's events are)."""
     rows = await conn.fetch(
         "WITH due AS (SELECT d.id FROM webhook_deliveries d WHERE d.status = 'pending'"
-        "  AND d.next_attempt_at <= $1 ORDER BY d.next_attempt_at LIMIT $3"
+        "  AND d.next_attempt_at <= $1 ORDER BY d.next_attempt_at, d.event_seq LIMIT $3"
         "  FOR UPDATE SKIP LOCKED)"
         " UPDATE webhook_deliveries d SET attempts = d.attempts + 1,"
         "  next_attempt_at = $1 + make_interval(secs => $2)"
         " FROM due, events ev, webhook_endpoints ep"
         " WHERE d.id = due.id AND ev.seq = d.event_seq AND ep.id = d.endpoint_id"
-        " RETURNING d.id, d.attempts, d.endpoint_id, d.merchant_id, ev.id AS event_id,"
+        " RETURNING d.id, d.attempts, d.endpoint_id, d.merchant_id, d.event_seq, ev.id AS event_id,"
         "  ev.type, ev.data, ev.created_at, ep.url, ep.enabled, ep.secret_enc,"
         "  ep.previous_secret_enc, ep.previous_until",
         now, lease_seconds, limit,
     )  # fmt: skip
-    return [dict(r) for r in rows]
+    # UPDATE … RETURNING comes in no particular order.
+    return sorted((dict(r) for r in rows), key=lambda r: (r["event_seq"], str(r["endpoint_id"])))
 
 
 async def record_attempt(
