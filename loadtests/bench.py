@@ -21,12 +21,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import orjson
@@ -269,10 +271,14 @@ def answered_302(port: int) -> int:
     return answered(port, "/r/{code}", 302)
 
 
-def signed_postbacks(merchant: Any, advocates: int, count: int, device: bool = False) -> Path:
+def signed_postbacks(
+    merchant: Any, advocates: int, count: int, device: bool = False,
+    click_ids: list[str] | None = None,
+) -> Path:  # fmt: skip
     """`count` purchase postbacks with referral codes, each signed once, for postbacks.lua;
     with `device`, each carries the customer's IP address and browser, as a shop's backend
-    forwards them for the fraud rules (which then count by them)."""
+    forwards them for the fraud rules (which then count by them); with `click_ids`, each names
+    one of those clicks instead of a code (the rcid the shop received)."""
     from app import webhooks
 
     now = int(time.time())
@@ -283,6 +289,9 @@ def signed_postbacks(merchant: Any, advocates: int, count: int, device: bool = F
             "order_id": f"o-{n}", "amount_minor": 1000 + n % 9000, "currency": "EUR",
             "customer_id": f"c-{n}", "referral_code": f"LOAD-{1 + n % advocates}",
         }  # fmt: skip
+        if click_ids:
+            del fields["referral_code"]
+            fields["click_id"] = click_ids[n % len(click_ids)]
         if device:
             fields["ip"] = f"10.{n % 200}.{n % 251}.{1 + n % 7}"
             fields["user_agent"] = f"Mozilla/5.0 (X11; Linux x86_64; rv:{n % 5 + 130}.0)"
@@ -296,9 +305,10 @@ def signed_postbacks(merchant: Any, advocates: int, count: int, device: bool = F
 class Postbacks:
     """Signed postbacks handed out to successive wrk runs, none sent twice (postbacks.lua)."""
 
-    def __init__(self, merchant: Any, advocates: int, count: int, device: bool = False) -> None:
+    def __init__(self, merchant: Any, advocates: int, count: int, device: bool = False,
+                 click_ids: list[str] | None = None) -> None:  # fmt: skip
         self.merchant = merchant
-        self.path = signed_postbacks(merchant, advocates, count, device)
+        self.path = signed_postbacks(merchant, advocates, count, device, click_ids)
         self.count = count
         self.start = 0
 
@@ -369,18 +379,29 @@ def postback_rows(
     latency.extra["p99 of 3 runs"] = " ".join(f"{r['p99_us'] / 1000:.2f}" for r in latency_runs)
     latency.extra["p99_target_ms"] = 10.0
     rate = stored / processing if processing > 0 else 0.0
-    # The same again for postbacks carrying the customer's IP address and browser: the default
-    # fraud rules (velocity, same device) then count by them for each conversion.
-    device = Postbacks(merchant, advocates, int(12_000 * (slice_seconds + 2)), device=True)
+    # The same again for postbacks carrying the customer's IP address and browser (the default
+    # fraud rules, velocity and same device, then count by them for each conversion), and for
+    # postbacks naming the click of the advocate's link (attributed by the click; the rules
+    # count by its browser, and the click flood by its IP prefix).
+    extra = int(12_000 * (slice_seconds + 2))
+    device = Postbacks(merchant, advocates, extra, device=True)
+    clicked = Postbacks(merchant, advocates, extra,
+                        click_ids=asyncio.run(stored_clicks(dsn, merchant, extra)))  # fmt: skip
+    kinds: list[tuple[int, float]] = []  # (stored, seconds) of each
     try:
-        with our_api(port):
-            device.run(port, 1 + slice_seconds)
-            device_accepted = answered(port, "/v1/conversions", 202)
+        for kind in (device, clicked):
+            before = asyncio.run(count_conversions(dsn))
+            with our_api(port):
+                kind.run(port, 1 + slice_seconds)
+                accepted += answered(port, "/v1/conversions", 202)
+            seconds = burst_flusher_seconds(CONVERSION_WORKERS=str(PROCESSING_LANES)) - startup
+            kinds.append((asyncio.run(count_conversions(dsn)) - before, seconds))
     finally:
         device.path.unlink()
-    device_seconds = burst_flusher_seconds(CONVERSION_WORKERS=str(PROCESSING_LANES)) - startup
-    device_stored = asyncio.run(count_conversions(dsn)) - stored
+        clicked.path.unlink()
+    [(device_stored, device_seconds), (clicked_stored, clicked_seconds)] = kinds
     device_rate = device_stored / device_seconds if device_seconds > 0 else 0.0
+    clicked_rate = clicked_stored / clicked_seconds if clicked_seconds > 0 else 0.0
     rows = [
         raw,
         row_from_wrk(POST_OURS_NAME, ours, ceiling=POST_RAW_NAME, ratio=ratio, target=0.35,
@@ -394,8 +415,13 @@ def postback_rows(
             "rules count by them)", device_rate,
             unit="conversions/s", ceiling="postback intake max",
             ratio=device_rate / ours["rate"], target=2.0, extra={"stored": device_stored}),
+        Row("  … postbacks naming the click id of the referral link's click (attributed by the "
+            "click, the rules counting by its browser)", clicked_rate,
+            unit="conversions/s", ceiling="postback intake max",
+            ratio=clicked_rate / ours["rate"], target=2.0, extra={"stored": clicked_stored}),
     ]  # fmt: skip
-    return rows, {"intake_202": accepted + device_accepted, "intake_stored": stored + device_stored}
+    total = stored + device_stored + clicked_stored
+    return rows, {"intake_202": accepted, "intake_stored": total}
 
 
 # -- Data ------------------------------------------------------------------------------------
@@ -441,6 +467,37 @@ async def prepare(dsn: str, redis_url: str, links: int) -> tuple[list[str], Any]
     await redis.flushdb()
     await redis.aclose()
     return [r["code"] for r in codes], merchant
+
+
+async def stored_clicks(dsn: str, merchant: Any, count: int) -> list[str]:
+    """`count` clicks on the merchant's links, an hour ago, stored as the flusher stores them
+    (each from its own browser, IP address and prefix): their click ids."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        links = await conn.fetch(
+            "SELECT id, program_id, advocate_id FROM links WHERE merchant_id = $1 ORDER BY code",
+            merchant.id,
+        )
+        start = int(time.time() * 1000) - 3_600_000
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        records, ids = [], []
+        for n in range(count):
+            link = links[n % len(links)]
+            millis = start + n  # the click id's time is the click's, to the millisecond
+            click_id = millis.to_bytes(6).hex() + os.urandom(10).hex()
+            records.append((
+                UUID(click_id), epoch + timedelta(milliseconds=millis), link["id"], merchant.id,
+                link["program_id"], link["advocate_id"], uuid.uuid4(), os.urandom(16),
+                f"10.{n % 200}.{n % 251}.0/24", "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0",
+            ))  # fmt: skip
+            ids.append(click_id)
+        await conn.copy_records_to_table("clicks", records=records, columns=[
+            "click_id", "clicked_at", "link_id", "merchant_id", "program_id", "advocate_id",
+            "visitor_id", "ip_hash", "ip_prefix", "user_agent",
+        ])  # fmt: skip
+        return ids
+    finally:
+        await conn.close()
 
 
 async def clear(dsn: str, redis_url: str, table: str) -> None:

@@ -94,11 +94,14 @@ async def clicks_by_ids(
     conn: asyncpg.Connection, merchant: UUID, click_ids: list[str]
 ) -> dict[str, ClickFound]:
     """`click_by_id` of many (those found, by click id), with their details, in one query."""
+    # Each click by its primary key, in its partition (OFFSET 0 keeps the lookup per id: joined
+    # instead, PostgreSQL may read every click of the merchant to hash them).
     rows = await conn.fetch(
-        f"SELECT {_CLICK_COLUMNS}{_DETAIL_COLUMNS} FROM clicks c"
+        f"SELECT {_CLICK_COLUMNS}{_DETAIL_COLUMNS}"
+        " FROM unnest($2::uuid[], $3::timestamptz[]) AS t(click_id, clicked_at)"
+        " CROSS JOIN LATERAL (SELECT * FROM clicks WHERE click_id = t.click_id"
+        "  AND clicked_at = t.clicked_at OFFSET 0) AS c"
         " JOIN advocates a ON a.id = c.advocate_id"
-        " JOIN unnest($2::uuid[], $3::timestamptz[]) AS t(click_id, clicked_at)"
-        "  ON c.click_id = t.click_id AND c.clicked_at = t.clicked_at"
         " WHERE c.merchant_id = $1",
         merchant, [UUID(c) for c in click_ids], [click_time(c) for c in click_ids],
     )  # fmt: skip
@@ -111,10 +114,11 @@ async def browsers_clicks(
     """`browser_clicks` of many browsers since one time, with their details, in one query: each
     browser's clicks in the order of their time."""
     rows = await conn.fetch(
-        f"SELECT {_CLICK_COLUMNS}{_DETAIL_COLUMNS} FROM clicks c"
+        f"SELECT {_CLICK_COLUMNS}{_DETAIL_COLUMNS} FROM unnest($2::uuid[]) AS v(visitor_id)"
+        " CROSS JOIN LATERAL (SELECT * FROM clicks WHERE visitor_id = v.visitor_id"
+        "  AND clicked_at >= $3 OFFSET 0) AS c"  # on the browser's index, as `clicks_by_ids`
         " JOIN advocates a ON a.id = c.advocate_id"
-        " WHERE c.merchant_id = $1 AND c.visitor_id = ANY($2::uuid[]) AND c.clicked_at >= $3"
-        " ORDER BY c.clicked_at",
+        " WHERE c.merchant_id = $1 ORDER BY c.clicked_at",
         merchant, visitors, since,
     )  # fmt: skip
     out: dict[UUID, list[ClickFound]] = {v: [] for v in visitors}
