@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -338,3 +339,23 @@ async def test_endpoints_are_managed_and_unknown_event_types_refused(
     assert (await hooked.get(f"/v1/webhook-endpoints/{hook['id']}",
                              headers=auth(merchant))).status_code == 404  # fmt: skip
     assert RULES
+
+
+async def test_events_past_the_retention_expire_with_their_deliveries_and_the_rest_stay(
+    hooked: httpx.AsyncClient, merchant: CreatedMerchant, db: asyncpg.Pool, receiver: Receiver,
+) -> None:  # fmt: skip
+    await endpoint(hooked, merchant, receiver.url)
+    async with db.acquire() as conn:
+        old = await conn.fetchval("SELECT announce($1, 'webhook.test', '{}')", merchant.id)
+        new = await conn.fetchval("SELECT announce($1, 'webhook.test', '{}')", merchant.id)
+        await conn.execute(
+            "UPDATE events SET created_at = now() - interval '31 days' WHERE seq = $1", old
+        )
+    now = datetime.now(UTC)
+    assert await service.expire_events(db, now, 30) == 1
+    left = await db.fetch("SELECT seq FROM events WHERE seq = ANY($1::bigint[])", [old, new])
+    assert [r["seq"] for r in left] == [new]
+    deliveries = await db.fetch(
+        "SELECT event_seq FROM webhook_deliveries WHERE event_seq = ANY($1::bigint[])", [old, new]
+    )
+    assert [r["event_seq"] for r in deliveries] == [new]  # the old one's went with it
