@@ -120,6 +120,24 @@ TIERS = {
 }
 
 
+def test_clicks_of_one_millisecond_are_decided_alike_in_whatever_order_they_were_read() -> None:
+    # A double click, a prefetch: two clicks of one browser at the same millisecond. The order
+    # PostgreSQL returns them in is not fixed; the decision must be.
+    first = Click(UUID(int=100), NOW - DAY, uuid4(), ANNA, False)
+    second = Click(UUID(int=200), NOW - DAY, uuid4(), BEN, False)
+    for model in ("last_click", "first_click"):
+        terms = {PROGRAM: ProgramTerms(30, model)}
+        chosen = {
+            attribute(Evidence(NOW, FRIEND, click=named, browser_clicks=browser), terms).advocate  # type: ignore[union-attr]
+            for named in (first, second)
+            for browser in ((first, second), (second, first))
+        } | {
+            attribute(Evidence(NOW, FRIEND, browser_clicks=browser), terms).advocate  # type: ignore[union-attr]
+            for browser in ((first, second), (second, first))
+        }
+        assert chosen == {BEN if model == "last_click" else ANNA}  # the larger id is the later
+
+
 @pytest.mark.parametrize(
     ("rules", "the_sale", "expected"),
     [

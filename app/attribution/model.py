@@ -85,6 +85,12 @@ def _counts(click: Click, occurred_at: datetime, terms: ProgramTerms) -> bool:
     )
 
 
+def _when(click: Click) -> tuple[datetime, UUID]:
+    """A click's place in time; clicks of one millisecond in the order of their ids, so that
+    the same clicks are always decided alike, in whatever order they were read."""
+    return click.clicked_at, click.click_id
+
+
 def attribute(evidence: Evidence, terms: dict[UUID, ProgramTerms]) -> Attributed | NotAttributed:
     """Decide the advocate; `terms` holds each program's window and model."""
     default = ProgramTerms(30, "last_click")
@@ -94,8 +100,7 @@ def attribute(evidence: Evidence, terms: dict[UUID, ProgramTerms]) -> Attributed
 
     def choose(program: UUID, method: Method, clicks: list[Click]) -> Attributed:
         ordered = sorted(
-            (c for c in clicks if c.advocate.program_id == program and counts(c)),
-            key=lambda c: c.clicked_at,
+            (c for c in clicks if c.advocate.program_id == program and counts(c)), key=_when
         )
         first = terms.get(program, default).model == "first_click"
         chosen = ordered[0] if first else ordered[-1]
@@ -119,7 +124,7 @@ def attribute(evidence: Evidence, terms: dict[UUID, ProgramTerms]) -> Attributed
             earlier = [c for c in browser if c.clicked_at <= click.clicked_at]
             found = choose(click.advocate.program_id, "click_id", [click, *earlier])
         elif usable := [c for c in browser if counts(c)]:
-            latest = max(usable, key=lambda c: c.clicked_at)
+            latest = max(usable, key=_when)
             found = choose(latest.advocate.program_id, "cookie", usable)
         elif browser:
             found = NotAttributed(reason or "no human click inside the attribution window")

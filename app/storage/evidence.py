@@ -118,7 +118,7 @@ async def browsers_clicks(
         " CROSS JOIN LATERAL (SELECT * FROM clicks WHERE visitor_id = v.visitor_id"
         "  AND clicked_at >= $3 OFFSET 0) AS c"  # on the browser's index, as `clicks_by_ids`
         " JOIN advocates a ON a.id = c.advocate_id"
-        " WHERE c.merchant_id = $1 ORDER BY c.clicked_at",
+        " WHERE c.merchant_id = $1 ORDER BY c.clicked_at, c.click_id",
         merchant, visitors, since,
     )  # fmt: skip
     out: dict[UUID, list[ClickFound]] = {v: [] for v in visitors}
@@ -133,7 +133,7 @@ async def browser_clicks(
     rows = await conn.fetch(
         f"SELECT {_CLICK_COLUMNS} FROM clicks c JOIN advocates a ON a.id = c.advocate_id"
         " WHERE c.merchant_id = $1 AND c.visitor_id = $2 AND c.clicked_at >= $3"
-        " ORDER BY c.clicked_at",
+        " ORDER BY c.clicked_at, c.click_id",
         merchant,
         visitor,
         until - LOOKBACK,
