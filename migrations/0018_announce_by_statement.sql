@@ -10,6 +10,16 @@
 -- ''), and the triggers' WHEN skips its rows. A constraint trigger's WHEN is evaluated when the
 -- row is written, not at the commit, so a skipped row is not even queued.
 
+-- A delivery row for each enabled endpoint of the merchant that wants this event type (as
+-- `announce` chooses them, migration 0012).
+CREATE FUNCTION endpoints_wanting(merchant uuid, event_type text, seq bigint)
+RETURNS TABLE (merchant_id uuid, endpoint_id uuid, event_seq bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT merchant, e.id, seq FROM webhook_endpoints e
+    WHERE e.merchant_id = merchant AND e.enabled
+      AND (e.event_types = '{}' OR event_type = ANY (e.event_types));
+$$;
+
 CREATE FUNCTION announce_conversions(ids uuid[]) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     WITH announced AS (
@@ -28,9 +38,8 @@ BEGIN
         ORDER BY t.n  -- events in the order given (seq is assigned as the rows are inserted)
         RETURNING seq, merchant_id, type)
     INSERT INTO webhook_deliveries (merchant_id, endpoint_id, event_seq)
-    SELECT a.merchant_id, e.id, a.seq FROM announced a
-    JOIN webhook_endpoints e ON e.merchant_id = a.merchant_id AND e.enabled
-     AND (e.event_types = '{}' OR a.type = ANY (e.event_types));
+    SELECT d.merchant_id, d.endpoint_id, d.event_seq FROM announced a,
+    LATERAL endpoints_wanting(a.merchant_id, a.type, a.seq) AS d;
 END;
 $$;
 
@@ -60,9 +69,8 @@ BEGIN
         ORDER BY m.id  -- the ledger's order
         RETURNING seq, merchant_id, type)
     INSERT INTO webhook_deliveries (merchant_id, endpoint_id, event_seq)
-    SELECT a.merchant_id, e.id, a.seq FROM announced a
-    JOIN webhook_endpoints e ON e.merchant_id = a.merchant_id AND e.enabled
-     AND (e.event_types = '{}' OR a.type = ANY (e.event_types));
+    SELECT d.merchant_id, d.endpoint_id, d.event_seq FROM announced a,
+    LATERAL endpoints_wanting(a.merchant_id, a.type, a.seq) AS d;
 END;
 $$;
 
