@@ -136,6 +136,8 @@ async def test_unknown_code_is_404_and_never_a_redirect(client: httpx.AsyncClien
         assert response.status_code == 404, path
         assert "location" not in response.headers
         assert response.json()["error"]["field"] == "code"
+        if path == "/r/unknown1":  # the redirect's own answer (the others are FastAPI's)
+            assert response.headers["cache-control"] == "no-store"
 
 
 async def test_disabled_link_stops_redirecting_at_once(

@@ -22,6 +22,7 @@ from orjson import dumps
 
 from app import metrics
 from app.codes import LINK_CODE_PATTERN
+from app.edge import respond
 from app.pipeline.event_buffer import EventBuffer, EventsLost
 from app.pipeline.events import is_click_id, new_click_and_visitor_ids
 from app.security import IpAnonymizer
@@ -46,6 +47,8 @@ _UNAVAILABLE = (
 # The most of the click URL's own query carried on to the shop (whole parameters only).
 MAX_PASSTHROUGH = 1024
 _METHOD_NOT_ALLOWED = b'{"error":{"code":"method_not_allowed","message":"use GET","field":null}}'
+# A link's answer, found or not, is never cached: a disabled link must stop at once.
+_NO_STORE = (b"cache-control", b"no-store")
 
 
 class RedirectEndpoint:
@@ -82,7 +85,7 @@ class RedirectEndpoint:
         started = time.perf_counter()
         method: str = scope["method"]
         if method != "GET" and method != "HEAD":
-            await _respond(send, 405, _METHOD_NOT_ALLOWED, [(b"allow", b"GET, HEAD")])
+            await respond(send, 405, _METHOD_NOT_ALLOWED, [_NO_STORE, (b"allow", b"GET, HEAD")])
             self._count(method, 405, started)
             return
 
@@ -97,12 +100,12 @@ class RedirectEndpoint:
                 except Exception:  # neither Redis nor PostgreSQL could say where to go
                     log.exception("link lookup failed", extra={"code": code})
                     metrics.errors.labels("link_lookup").inc()
-                    await _respond(send, 503, _UNAVAILABLE, [(b"retry-after", b"2")])
+                    await respond(send, 503, _UNAVAILABLE, [_NO_STORE, (b"retry-after", b"2")])
                     self._count(method, 503, started)
                     return
         if target is None or not target.active:
             # Never a redirect to anything the request supplied: unknown means 404.
-            await _respond(send, 404, _NOT_FOUND, [])
+            await respond(send, 404, _NOT_FOUND, [_NO_STORE])
             self._count(method, 404, started)
             return
 
@@ -202,14 +205,3 @@ def _read_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, ...]:
         cookie.decode("latin-1") if cookie is not None else None,
         forwarded.decode("latin-1") if forwarded is not None else None,
     )
-
-
-async def _respond(send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store"),
-        *extra,
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
