@@ -10,6 +10,7 @@ from uuid import UUID
 
 import orjson
 
+from app.gc_tuning import tune_for_serving
 from app.logs import configure_logging
 from app.scopes import SCOPES
 from app.settings import load_settings
@@ -33,6 +34,10 @@ def _serve(args: argparse.Namespace) -> None:
         return
     import uvicorn
 
+    if args.workers == 1:  # uvicorn's worker processes start afresh, with CPython's defaults
+        import app.main  # noqa: F401  # imported before the collector is tuned
+
+        tune_for_serving()
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -246,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
 
         from app.workers import flusher as flusher_worker
 
+        tune_for_serving()
         uvloop.run(flusher_worker.run(settings, burst=args.burst))
     elif args.command == "webhooks":
         from app.workers import webhooks as webhooks_worker

@@ -69,3 +69,22 @@ def test_only_plain_hex_digits_make_a_click_id() -> None:
     ]
     assert not any(is_click_id(f) for f in forged)
     assert not is_click_id("0123456789abcdef")
+
+
+def test_a_servers_collector_skips_what_the_imports_made_and_collects_less_often() -> None:
+    import gc
+
+    from app import gc_tuning
+
+    before = gc.get_threshold()
+    try:
+        gc_tuning.tune_for_serving()
+        assert gc.get_threshold() == (
+            gc_tuning.YOUNG_COLLECTION_EVERY,
+            gc_tuning.MIDDLE_EVERY,
+            gc_tuning.OLD_EVERY,
+        )
+        assert gc.get_freeze_count() > 10_000  # the modules, classes and functions loaded
+    finally:  # the test process goes on with CPython's defaults
+        gc.unfreeze()
+        gc.set_threshold(*before)
