@@ -260,3 +260,36 @@ async def test_a_group_that_fails_is_processed_one_by_one_and_counted(
     assert after["group_redone"] - before["group_redone"] == 1
     assert after["single"] - before["single"] == 5
     assert after["grouped"] == before["grouped"]
+
+
+async def test_a_group_that_finds_the_lock_table_full_is_processed_one_by_one(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # With many lanes and flushers on one PostgreSQL, groups' advisory locks can fill its lock
+    # table ("out of shared memory", 53200, a transient class): retrying the batch whole would
+    # fill it again; one by one, each conversion needs only its own few locks.
+    from app.storage import conversions as conversions_repo
+
+    anna = await make_advocate(
+        client, merchant, await make_program(client, merchant, rules=RULES), "anna"
+    )
+    locking = conversions_repo.lock
+
+    async def table_full_for_groups(conn: asyncpg.Connection, *keys: str) -> None:
+        if len(keys) > 4:  # a group's locks, not one conversion's
+            raise asyncpg.exceptions.OutOfMemoryError("out of shared memory")
+        await locking(conn, *keys)
+
+    monkeypatch.setattr(conversions_repo, "lock", table_full_for_groups)
+    stamp = int(time.time())
+    for n in range(5):
+        body = {"event_id": f"buy-{n}", "type": "purchase", "order_id": f"{n}",
+                "amount_minor": 10_000, "currency": "EUR", "customer_id": f"friend-{n}",
+                "referral_code": anna["referral_code"]}  # fmt: skip
+        assert (await _send(client, merchant, *_signed(merchant, body, stamp))).status_code == 202
+    await flush(settings)
+
+    assert await db.fetchval("SELECT count(*) FROM conversions WHERE state = 'attributed'") == 5
+    assert await db.fetchval("SELECT count(*) FROM rewards") == 10
+    assert await db.fetchval("SELECT count(*) FROM dead_letters") == 0

@@ -151,9 +151,12 @@ class ConversionSink:
             async with conn.transaction():
                 stored = await grouped.process(conn, [plan for _, plan in run], decided)
         except Exception as exc:
-            if is_transient(exc):
+            if is_transient(exc) and not _lock_table_full(exc):
                 raise  # outage, deadlock, failover: the flusher retries the batch
             # Something in the group cannot be processed: one by one, it is set aside alone.
+            # Or PostgreSQL's lock table is full (a group holds a few advisory locks per
+            # conversion; with many lanes and flushers at once they can fill it): retried whole,
+            # the same groups would fill it again; one by one, a conversion needs four.
             log.warning("a group of conversions failed: processed one by one",
                         extra={"conversions": len(run), "error": repr(exc)})  # fmt: skip
             out.paths["group_redone"] += 1
@@ -223,3 +226,9 @@ def _count_decisions(decisions: list[Decision]) -> None:
     for decision in decisions:
         for finding in decision.findings:
             metrics.fraud_decisions.labels(finding.rule, finding.action.value).inc()
+
+
+def _lock_table_full(exc: BaseException) -> bool:
+    """PostgreSQL's "out of shared memory" (53200): its lock table, `max_locks_per_transaction`
+    times `max_connections` entries shared by every transaction, is full."""
+    return isinstance(exc, asyncpg.exceptions.OutOfMemoryError)
