@@ -226,6 +226,19 @@ async def test_every_stored_conversion_keeps_the_emails_prints_the_fraud_rules_c
     assert rows[0]["customer_email_near"] == rows[1]["customer_email_near"] != []
 
 
+async def _five_purchases_flushed(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, code: str
+) -> None:
+    """Five friends' purchases with the advocate's code, accepted, then one flusher batch."""
+    stamp = int(time.time())
+    for n in range(5):
+        body = {"event_id": f"buy-{n}", "type": "purchase", "order_id": f"{n}",
+                "amount_minor": 10_000, "currency": "EUR", "customer_id": f"friend-{n}",
+                "referral_code": code}  # fmt: skip
+        assert (await _send(client, merchant, *_signed(merchant, body, stamp))).status_code == 202
+    await flush(settings)
+
+
 async def test_a_group_that_fails_is_processed_one_by_one_and_counted(
     client: httpx.AsyncClient, merchant: CreatedMerchant, settings: Settings, db: asyncpg.Pool,
     monkeypatch: pytest.MonkeyPatch,
@@ -245,13 +258,7 @@ async def test_a_group_that_fails_is_processed_one_by_one_and_counted(
     monkeypatch.setattr(rewards_repo, "create_rewards", refused_once)
     counted = metrics.conversions_processed.labels
     before = {p: counted(p)._value.get() for p in ("grouped", "single", "group_redone")}
-    stamp = int(time.time())
-    for n in range(5):
-        body = {"event_id": f"buy-{n}", "type": "purchase", "order_id": f"{n}",
-                "amount_minor": 10_000, "currency": "EUR", "customer_id": f"friend-{n}",
-                "referral_code": anna["referral_code"]}  # fmt: skip
-        assert (await _send(client, merchant, *_signed(merchant, body, stamp))).status_code == 202
-    await flush(settings)
+    await _five_purchases_flushed(client, merchant, settings, anna["referral_code"])
 
     assert await db.fetchval("SELECT count(*) FROM conversions WHERE state = 'attributed'") == 5
     assert await db.fetchval("SELECT count(*) FROM rewards") == 10  # both sides of each
@@ -282,13 +289,7 @@ async def test_a_group_that_finds_the_lock_table_full_is_processed_one_by_one(
         await locking(conn, *keys)
 
     monkeypatch.setattr(conversions_repo, "lock", table_full_for_groups)
-    stamp = int(time.time())
-    for n in range(5):
-        body = {"event_id": f"buy-{n}", "type": "purchase", "order_id": f"{n}",
-                "amount_minor": 10_000, "currency": "EUR", "customer_id": f"friend-{n}",
-                "referral_code": anna["referral_code"]}  # fmt: skip
-        assert (await _send(client, merchant, *_signed(merchant, body, stamp))).status_code == 202
-    await flush(settings)
+    await _five_purchases_flushed(client, merchant, settings, anna["referral_code"])
 
     assert await db.fetchval("SELECT count(*) FROM conversions WHERE state = 'attributed'") == 5
     assert await db.fetchval("SELECT count(*) FROM rewards") == 10
