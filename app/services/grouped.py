@@ -58,6 +58,7 @@ from app.services.processing import (
     apply_refund,
     conversion_facts,
     counts_wanted,
+    device_of,
     order_key,
     reward_lock_keys,
     sale_of,
@@ -128,12 +129,7 @@ def _planned(
     advocate, (version, rules), facts = known
     if e.currency and e.amount_minor is not None and e.currency != rules.currency:
         return None  # converted at the merchant's rate of the day: one by one
-    device = Device(
-        visitor=click.visitor_id if click and click.visitor_id else None,
-        ip_hash=e.ip_hash or (click.ip_hash if click else None),
-        ip_prefix=e.ip_prefix or (click.ip_prefix if click else None),
-        user_agent=e.user_agent or (click.user_agent if click else None),
-    )
+    device = device_of(e, click, None)
     wanted = counts_wanted(rules.fraud, click, device, 1)
     # The reward cap counts only when there is a reward, known after the counts: never grouped.
     if wanted.reward_cap:

@@ -229,12 +229,7 @@ async def _attribute_and_reward(
     )  # fmt: skip
     sale = sale_of(priced, prior_purchases, referrals)
     click = await fraud_repo.click_details(conn, result.click.click_id) if result.click else None
-    device = Device(
-        visitor=click.visitor_id if click and click.visitor_id else visitor,
-        ip_hash=e.ip_hash or (click.ip_hash if click else None),
-        ip_prefix=e.ip_prefix or (click.ip_prefix if click else None),
-        user_agent=e.user_agent or (click.user_agent if click else None),
-    )
+    device = device_of(e, click, visitor)
     return await _reward(
         conn, reads, priced,
         Credit(advocate.id, advocate.program_id, version, program_rules, offer, fx),
@@ -388,6 +383,20 @@ class Device:
     ip_hash: bytes | None
     ip_prefix: str | None
     user_agent: str | None
+
+
+def device_of(
+    e: ConversionEvent, click: fraud_repo.ClickDetails | None, visitor: UUID | None
+) -> Device:
+    """The converting browser as the rules see it (and the conversion stores it): the
+    postback's, or else the attributed click's; the click's browser, or else `visitor` (the
+    order pixel's)."""
+    return Device(
+        visitor=click.visitor_id if click and click.visitor_id else visitor,
+        ip_hash=e.ip_hash or (click.ip_hash if click else None),
+        ip_prefix=e.ip_prefix or (click.ip_prefix if click else None),
+        user_agent=e.user_agent or (click.user_agent if click else None),
+    )
 
 
 @dataclass(frozen=True, slots=True)
