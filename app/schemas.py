@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 from uuid import UUID
 
 from pydantic import (
@@ -278,18 +278,41 @@ class ConversionIn(_Strict):
 
     @model_validator(mode="after")
     def _by_type(self) -> ConversionIn:
-        if self.type in ("purchase", "renewal"):
-            if not self.order_id:
-                raise ValueError(f"order_id is required for a {self.type}")
-            if self.amount_minor is None or self.currency is None:
-                raise ValueError(f"amount_minor and currency are required for a {self.type}")
-        if self.type == "renewal" and not self.subscription_id:
-            raise ValueError("subscription_id is required for a renewal")
-        if self.type == "refund" and not self.refund_of:
-            raise ValueError("refund_of (the refunded order_id) is required for a refund")
-        if self.amount_minor is not None and self.currency is None:
-            raise ValueError("currency is required with amount_minor")
+        if (broken := conversion_rule_broken(self)) is not None:
+            raise ValueError(broken)
         return self
+
+
+class _TypedConversion(Protocol):
+    @property
+    def type(self) -> str: ...
+    @property
+    def order_id(self) -> str | None: ...
+    @property
+    def refund_of(self) -> str | None: ...
+    @property
+    def amount_minor(self) -> int | None: ...
+    @property
+    def currency(self) -> str | None: ...
+    @property
+    def subscription_id(self) -> str | None: ...
+
+
+def conversion_rule_broken(body: _TypedConversion) -> str | None:
+    """What a conversion of its type lacks (the 422's message), or None. Shared with the
+    intake's fast decoding (app/conversion_body.py)."""
+    if body.type in ("purchase", "renewal"):
+        if not body.order_id:
+            return f"order_id is required for a {body.type}"
+        if body.amount_minor is None or body.currency is None:
+            return f"amount_minor and currency are required for a {body.type}"
+    if body.type == "renewal" and not body.subscription_id:
+        return "subscription_id is required for a renewal"
+    if body.type == "refund" and not body.refund_of:
+        return "refund_of (the refunded order_id) is required for a refund"
+    if body.amount_minor is not None and body.currency is None:
+        return "currency is required with amount_minor"
+    return None
 
 
 class ConversionAccepted(BaseModel):

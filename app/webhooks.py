@@ -9,7 +9,6 @@ caller with Redis — the same signature seen twice (a replay). Python's `hmac` 
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from datetime import datetime, timedelta
@@ -27,24 +26,39 @@ class InvalidSignature(ValueError):
     """The reason is safe to show to the sender."""
 
 
+def _mac(secret: str, timestamp: int, body: bytes) -> str:
+    # hmac.digest: one call into OpenSSL, no HMAC object (a third of the check's time).
+    return hmac.digest(secret.encode(), b"%d." % timestamp + body, "sha256").hex()
+
+
 def sign(secret: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
+    return f"t={timestamp},v1={_mac(secret, timestamp, body)}"
+
+
+# What our own signing code and the documented examples send: parsed by one match. Anything
+# else (spaces, several v1, another order) goes through the general parse below.
+_CANONICAL = re.compile(r"t=([0-9]{1,12}),v1=([0-9a-f]{64})")
+
+
+def _parse(header: str) -> tuple[int, list[str]]:
+    if (canonical := _CANONICAL.fullmatch(header)) is not None:
+        return int(canonical[1]), [canonical[2]]
+    pairs = [p.strip().split("=", 1) for p in header[:MAX_HEADER_LENGTH].split(",") if "=" in p]
+    stamps = [v for k, v in pairs if k == "t" and _TIMESTAMP.fullmatch(v)]
+    signatures = [v for k, v in pairs if k == "v1" and _SIGNATURE.fullmatch(v)]
+    if len(header) > MAX_HEADER_LENGTH or len(stamps) != 1 or not signatures:
+        raise InvalidSignature(f"malformed {HEADER} header: expected t=<unix>,v1=<64 hex digits>")
+    return int(stamps[0]), signatures
 
 
 def verify(secret: str, header: str | None, body: bytes, now: datetime) -> str:
     """Check the signature header; returns the signature (for replay detection)."""
     if not header:
         raise InvalidSignature(f"missing {HEADER} header")
-    pairs = [p.strip().split("=", 1) for p in header[:MAX_HEADER_LENGTH].split(",") if "=" in p]
-    stamps = [v for k, v in pairs if k == "t" and _TIMESTAMP.fullmatch(v)]
-    signatures = [v for k, v in pairs if k == "v1" and _SIGNATURE.fullmatch(v)]
-    if len(header) > MAX_HEADER_LENGTH or len(stamps) != 1 or not signatures:
-        raise InvalidSignature(f"malformed {HEADER} header: expected t=<unix>,v1=<64 hex digits>")
-    timestamp = int(stamps[0])
+    timestamp, signatures = _parse(header)
     if abs(now.timestamp() - timestamp) > TOLERANCE.total_seconds():
         raise InvalidSignature("timestamp outside the 5 minute tolerance (stale or clock skew)")
-    expected = sign(secret, timestamp, body).split("v1=", 1)[1]
+    expected = _mac(secret, timestamp, body)
     if not any(hmac.compare_digest(expected, s) for s in signatures):
         raise InvalidSignature("signature does not match the body and timestamp")
     return expected

@@ -18,15 +18,14 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-from pydantic import ValidationError
 
 from app import webhooks
 from app.attribution.conversions import PIXEL_EVENT_ID_PREFIX, ConversionState
 from app.attribution.fraud import is_disposable
 from app.caches import MISSING, TtlCache
+from app.conversion_body import ConversionFields, fingerprint, parse_conversion
 from app.errors import (
     Conflict,
-    InvalidFields,
     InvalidInput,
     NotFound,
     RateLimited,
@@ -40,7 +39,6 @@ from app.pipeline.event_buffer import EventBuffer, EventsLost
 from app.pipeline.events import ConversionEvent, PixelEvent, encode_conversion, is_click_id
 from app.pipeline.redis_client import REDIS_UNAVAILABLE, RedisClient
 from app.ratelimits import Verdict
-from app.schemas import ConversionIn
 from app.security import IpAnonymizer, email_prints, hash_email
 from app.services import merchant_keys
 from app.services.merchant_keys import MerchantKeys
@@ -122,7 +120,7 @@ def verify_postback(secret: str, signature_header: str | None, body: bytes, now:
 
 
 def conversion_event(
-    merchant_id: UUID, email_key: bytes, body: ConversionIn, anonymize: IpAnonymizer,
+    merchant_id: UUID, email_key: bytes, body: ConversionFields, anonymize: IpAnonymizer,
     now: datetime,
 ) -> ConversionEvent:  # fmt: skip
     """The conversion as it travels through the stream to the flusher."""
@@ -190,10 +188,7 @@ async def receive_postback(
     AppError to answer otherwise."""
     merchant_id, merchant_keys = await postback_merchant(secrets, merchant_header)
     signature = verify_postback(merchant_keys.webhook_secret, signature_header, body, now)
-    try:
-        conversion = ConversionIn.model_validate_json(body)
-    except ValidationError as exc:
-        raise InvalidFields.of(exc, "body") from None
+    conversion = parse_conversion(body, now)
     return await accept_conversion(
         buffer, merchant_id, merchant_keys.email_key, conversion, anonymize, now,
         quota=quota, signature=signature,
@@ -204,7 +199,7 @@ async def accept_conversion(
     buffer: EventBuffer,
     merchant_id: UUID,
     email_key: bytes,
-    conversion: ConversionIn,
+    conversion: ConversionFields,
     anonymize: IpAnonymizer,
     now: datetime,
     *,
@@ -221,7 +216,7 @@ async def accept_conversion(
         )
     event = conversion_event(merchant_id, email_key, conversion, anonymize, now)
     encoded = encode_conversion(event)  # before we wait: the writer only joins encoded events
-    digest = conversion.model_dump_json(exclude={"occurred_at"}).encode()
+    digest = fingerprint(conversion)
     stream = buffer.stream
     window = quota.window_seconds if quota else 1
     window_index = int(now.timestamp()) // window
