@@ -2,18 +2,22 @@
 
 Like the redirect, it bypasses FastAPI's routing, dependency injection and response machinery
 (about a millisecond of CPU per request): it bounds and reads the body, and hands it to
-`intake.receive_postback`, which verifies the signature, validates with the same pydantic model
-and waits for the batch's one Redis call. Answers, error bodies and the OpenAPI document are the
-FastAPI route's (app/routes/conversions.py documents this operation). What the edge does for
+`intake.receive_postbacks` with the other postbacks read in the same turn of the event loop
+(app/pipeline/batching.py), which verifies the signatures, validates the bodies as the pydantic
+model does (app/conversion_body.py) and waits for the batch's one Redis call. Answers, error
+bodies and the OpenAPI document are the FastAPI route's (app/routes/conversions.py documents
+this operation). What the edge does for
 other management requests is done here too: the body limit (413), the per-IP refusal after
 failed authentications (429), counting a 401 as a failure, metrics and the X-Request-Id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,11 +26,12 @@ import orjson
 from app import metrics
 from app.edge import TOO_LARGE, TOO_MANY, client_ip, declared_too_large, failure, respond
 from app.errors import BACKEND_UNAVAILABLE, AppError
+from app.pipeline.batching import Gatherer
 from app.pipeline.event_buffer import EventBuffer
 from app.ratelimits import RateLimits
 from app.security import IpAnonymizer
 from app.services import intake
-from app.services.intake import Quota, SecretCache
+from app.services.intake import PostbackAnswer, Quota, SecretCache, SignedPostback
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,18 @@ class PostbackEndpoint:
         self._quota = Quota(item.amount, int(item.get_expiry())) if item.amount else None
         self._max_body = max_body_bytes
         self._trust_forwarded_for = trust_forwarded_for
+        # The postbacks read in one turn of the event loop are received together.
+        self._batch: Gatherer[SignedPostback, PostbackAnswer] = Gatherer(
+            self._receive, asyncio.get_running_loop()
+        )
+
+    def _receive(
+        self, postbacks: Sequence[SignedPostback]
+    ) -> Awaitable[list[PostbackAnswer | Exception]]:
+        return intake.receive_postbacks(
+            self._secrets, self._buffer, self._anonymize, self._quota, postbacks,
+            datetime.now(UTC),
+        )  # fmt: skip
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
@@ -86,12 +103,11 @@ class PostbackEndpoint:
         except _TooLarge:
             return 413, TOO_LARGE
         try:
-            answer = await intake.receive_postback(
-                self._secrets, self._buffer, self._anonymize, self._quota,
+            answer = await self._batch.submit(SignedPostback(
                 headers.get(b"x-referral-merchant", b"").decode("latin-1") or None,
                 headers.get(b"x-referral-signature", b"").decode("latin-1") or None,
-                body, datetime.now(UTC),
-            )  # fmt: skip
+                body,
+            ))  # fmt: skip
         except AppError as error:
             return failure(error, extra)
         except BACKEND_UNAVAILABLE as exc:
