@@ -69,6 +69,12 @@ _EVALSHA = b"$7\r\nEVALSHA\r\n$%d\r\n%b\r\n" % (len(_SHA), _SHA)
 _EVAL = b"$4\r\nEVAL\r\n$%d\r\n%b\r\n" % (len(SCRIPT.encode()), SCRIPT.encode())
 
 
+_FOUR = b"$%d\r\n%b\r\n" * 4
+# An admitted event's arguments: the flag 1, the event, quota, window, nonce TTL, fingerprint,
+# TTL and marker value.
+_ADMITTED = b"$1\r\n1\r\n" + b"$%d\r\n%b\r\n" * 7
+
+
 def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
@@ -91,26 +97,39 @@ class Admitter:
         Events without an admission are always added. `round_trip` sends framed commands on
         the stream's connection and returns their replies."""
         keys: list[bytes] = [_bulk(stream.encode())]
+        arity = [1, 3]  # keys, arguments
         args: list[bytes] = [b"$1\r\n1\r\n" if write else b"$1\r\n0\r\n", _bulk(EVENTS_FIELD),
                              _bulk(b"%d" % per_entry)]  # fmt: skip
         for event, admission in zip(events, admissions, strict=True):
             if admission is None:
                 args += (b"$1\r\n0\r\n", _bulk(event))
+                arity[1] += 2
                 continue
             key = admission.key.encode()
             # An unused key's place is held by the idempotency key (a script's keys must all be
             # in one hash slot on a cluster, and "" is not in the stream's).
-            keys += (_bulk(admission.window_key.encode() or key),
-                     _bulk(admission.nonce_key.encode() or key), _bulk(key),
-                     _bulk(admission.marker_key.encode()))  # fmt: skip
-            args += (b"$1\r\n1\r\n", _bulk(event), _bulk(b"%d" % admission.quota),
-                     _bulk(b"%d" % admission.window_seconds), _bulk(b"%d" % admission.nonce_ttl),
-                     _bulk(admission.fingerprint.encode()), _bulk(b"%d" % admission.ttl),
-                     _bulk(admission.marker_value.encode()))  # fmt: skip
+            window, nonce = (
+                admission.window_key.encode() or key,
+                admission.nonce_key.encode() or key,
+            )
+            marker = admission.marker_key.encode()
+            # One format per part, not a call per value: this runs for every postback.
+            keys.append(_FOUR % (len(window), window, len(nonce), nonce, len(key), key,
+                                 len(marker), marker))  # fmt: skip
+            numbers = (b"%d" % admission.quota, b"%d" % admission.window_seconds,
+                       b"%d" % admission.nonce_ttl, b"%d" % admission.ttl)  # fmt: skip
+            fingerprint, value = admission.fingerprint.encode(), admission.marker_value.encode()
+            args.append(_ADMITTED % (
+                len(event), event, len(numbers[0]), numbers[0], len(numbers[1]), numbers[1],
+                len(numbers[2]), numbers[2], len(fingerprint), fingerprint,
+                len(numbers[3]), numbers[3], len(value), value,
+            ))  # fmt: skip
+            arity[0] += 4
+            arity[1] += 8
         # One bytes object: the stream writer's writelines of hundreds of small parts cost
         # more than joining them here.
-        tail = b"".join((_bulk(b"%d" % len(keys)), *keys, *args))
-        head = b"*%d\r\n" % (len(keys) + len(args) + 3)
+        tail = b"".join((_bulk(b"%d" % arity[0]), *keys, *args))
+        head = b"*%d\r\n" % (arity[0] + arity[1] + 3)  # with EVALSHA, the digest, numkeys
         try:
             [reply] = await round_trip([head, _EVALSHA, tail], 1)
         except NoScriptError:
