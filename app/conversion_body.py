@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import datetime
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 import msgspec
 import orjson
@@ -30,40 +30,9 @@ from app.bounds import (
 )
 from app.errors import InvalidFields
 from app.pipeline.events import ConversionType, parse_click_id
-from app.schemas import ConversionIn, conversion_rule_broken
+from app.schemas import ConversionFields, ConversionIn, conversion_rule_broken
 
-
-class ConversionFields(Protocol):
-    """What the intake reads of a postback's body, however it was decoded."""
-
-    @property
-    def event_id(self) -> str: ...
-    @property
-    def type(self) -> ConversionType: ...
-    @property
-    def occurred_at(self) -> datetime | None: ...
-    @property
-    def order_id(self) -> str | None: ...
-    @property
-    def refund_of(self) -> str | None: ...
-    @property
-    def customer_id(self) -> str | None: ...
-    @property
-    def customer_email(self) -> str | None: ...
-    @property
-    def amount_minor(self) -> int | None: ...
-    @property
-    def currency(self) -> str | None: ...
-    @property
-    def click_id(self) -> str | None: ...
-    @property
-    def referral_code(self) -> str | None: ...
-    @property
-    def subscription_id(self) -> str | None: ...
-    @property
-    def ip(self) -> object | None: ...  # an address; its str() is the canonical text
-    @property
-    def user_agent(self) -> str | None: ...
+__all__ = ["ConversionFields", "fingerprint", "parse_conversion"]
 
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]

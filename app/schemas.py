@@ -31,7 +31,7 @@ from app.bounds import (
 )
 from app.destinations import InvalidDestination, normalize_domain, normalize_url
 from app.event_types import EVENT_TYPES, EventType
-from app.pipeline.events import parse_click_id
+from app.pipeline.events import ConversionType, parse_click_id
 
 # A domain name, or "*." and one; letters of any script (IDNA), digits, hyphens and dots.
 Domain = Annotated[
@@ -283,22 +283,41 @@ class ConversionIn(_Strict):
         return self
 
 
-class _TypedConversion(Protocol):
+class ConversionFields(Protocol):
+    """What is read of a postback's body, however it was decoded (this model, or the intake's
+    fast decoding in app/conversion_body.py)."""
+
     @property
-    def type(self) -> str: ...
+    def event_id(self) -> str: ...
+    @property
+    def type(self) -> ConversionType: ...
+    @property
+    def occurred_at(self) -> datetime | None: ...
     @property
     def order_id(self) -> str | None: ...
     @property
     def refund_of(self) -> str | None: ...
     @property
+    def customer_id(self) -> str | None: ...
+    @property
+    def customer_email(self) -> str | None: ...
+    @property
     def amount_minor(self) -> int | None: ...
     @property
     def currency(self) -> str | None: ...
     @property
+    def click_id(self) -> str | None: ...
+    @property
+    def referral_code(self) -> str | None: ...
+    @property
     def subscription_id(self) -> str | None: ...
+    @property
+    def ip(self) -> object | None: ...  # an address; its str() is the canonical text
+    @property
+    def user_agent(self) -> str | None: ...
 
 
-def conversion_rule_broken(body: _TypedConversion) -> str | None:
+def conversion_rule_broken(body: ConversionFields) -> str | None:
     """What a conversion of its type lacks (the 422's message), or None. Shared with the
     intake's fast decoding (app/conversion_body.py)."""
     if body.type in ("purchase", "renewal"):
