@@ -363,6 +363,30 @@ async def test_pixel_links_the_cookie_to_the_order_for_the_postback(
     assert stats.json()["purchases"] == 1
 
 
+async def test_a_pixel_and_its_order_flushed_together_still_attribute_by_the_cookie(
+    client: httpx.AsyncClient, merchant: CreatedMerchant, referral: dict, settings: Settings,
+    db: asyncpg.Pool,
+) -> None:  # fmt: skip
+    """The batch read the order as unclaimed before the pixel ahead of it in the same batch was
+    stored: the order is not decided as unattributed in a group, but by its cookie."""
+    await click(client, referral["link"])
+    await flush(settings)
+    pixel = await client.get("/t/pixel.gif", params={"m": str(merchant.id), "order_id": "778"})
+    assert pixel.status_code == 200
+    response = await post(client, merchant, {
+        "event_id": "o-778", "type": "purchase", "order_id": "778", "amount_minor": 4000,
+        "currency": "EUR", "customer_id": "cust-cleo"})  # fmt: skip
+    plain = await post(client, merchant, {
+        "event_id": "o-779", "type": "purchase", "order_id": "779", "amount_minor": 1000,
+        "currency": "EUR", "customer_id": "cust-dan"})  # fmt: skip
+    await flush(settings)  # one batch: the pixel, then both orders
+    verified = await read(client, merchant, response.json()["id"])
+    assert verified["attribution_method"] == "cookie"
+    assert verified["advocate_id"] == referral["advocate"]["id"]
+    unattributed = await read(client, merchant, plain.json()["id"])
+    assert unattributed["state"] == "unattributed" and unattributed["reason"]
+
+
 async def test_pixel_of_an_unknown_merchant_is_404(client: httpx.AsyncClient, db: Any) -> None:
     response = await client.get(
         "/t/pixel.gif", params={"m": "00000000-0000-0000-0000-000000000000", "order_id": "1"}

@@ -1,10 +1,10 @@
 """Deciding conversions as a group is deciding them one by one, by generated examples
 (hypothesis, against real PostgreSQL): for any run of signups and purchases naming referral
-codes — customers by id, by e-mail or both, repeated across the run, advocates on tiered or
-percent rewards, first-purchase and every-purchase programs with a cap on rewarded purchases,
-self-referrals the fraud rules reject, orders the fraud rules flag, postbacks carrying the
-customer's IP address and browser that the velocity and same-device rules count (across days,
-in and out of the stream's order) — the grouped path
+codes or none (unattributed) — customers by id, by e-mail or both, repeated across the run,
+advocates on tiered or percent rewards, first-purchase and every-purchase programs with a cap
+on rewarded purchases, self-referrals the fraud rules reject, orders the fraud rules flag,
+postbacks carrying the customer's IP address and browser that the velocity and same-device
+rules count (across days, in and out of the stream's order) — the grouped path
 (app/services/grouped.py) stores the same conversions, the same rewards and the same ledger
 entries, with the same reasons, as processing each in turn (app/services/processing.py)."""
 
@@ -48,9 +48,11 @@ PROGRAMS = [
                "same_device_as_advocate": {"action": "reject"}}},
 ]  # fmt: skip
 
+NO_CODE = len(ADVOCATES)  # a postback naming no advocate: unattributed (most of a shop's orders)
+
 conversion = st.tuples(
     st.sampled_from(["signup", "purchase", "purchase"]),
-    st.integers(min_value=0, max_value=len(ADVOCATES) - 1),
+    st.integers(min_value=0, max_value=NO_CODE),
     st.one_of(st.none(), st.sampled_from(CUSTOMERS)),
     st.one_of(st.none(), st.sampled_from(["jo@x.org", "max@y.org"])),
     st.integers(min_value=0, max_value=12_000),
@@ -103,7 +105,8 @@ def _events(merchant: UUID, codes: list[str], steps: list[tuple[Any, ...]]) -> l
             ip_prefix=f"10.0.{network}.0/24" if network else None, user_agent=user_agent,
             order_id=f"{order}-{n}" if purchase else None, customer_id=customer,
             customer_email_hash=_email_hash(email), amount_minor=amount if purchase else None,
-            currency="EUR" if purchase else None, referral_code=codes[advocate],
+            currency="EUR" if purchase else None,
+            referral_code=codes[advocate] if advocate < NO_CODE else None,
         ))  # fmt: skip
     return events
 
@@ -301,6 +304,13 @@ def test_clicked_conversions_are_decided_in_groups_as_one_by_one(
     ("purchase", 0, "anna", None, 2000, "o-1", ("8", "ua-1"), 0),
     ("purchase", 0, "friend-1", None, 2000, "o-2", ("8", "ua-1"), 0),
     ("purchase", 0, "friend-2", None, 2000, "o-3", ("8", "ua-2"), 0),
+])  # fmt: skip
+# ... the advocate's own purchase without a code (unattributed), then a friend's with her code
+# from the same IP address and browser: the same device, counted inside the group.
+@example(rules=PROGRAMS[3], steps=[
+    ("purchase", NO_CODE, "anna", None, 2000, "o-1", ("8", "ua-1"), 0),
+    ("signup", NO_CODE, None, None, 0, "o-2", None, 0),
+    ("purchase", 0, "friend-1", None, 2000, "o-3", ("8", "ua-1"), 0),
 ])  # fmt: skip
 def test_a_group_decides_every_conversion_as_one_by_one_would(
     database_url: str, rules: dict[str, Any], steps: list[tuple[Any, ...]]

@@ -10,7 +10,9 @@ What is kept is what the processing of a conversion does not change: it is as fr
 batch started (a batch is processed in well under a second; a rules version saved meanwhile
 applies from the next batch, as it would have had the batch come a moment earlier). Counts that
 processing changes (earlier rewards of a customer, of an advocate) are never kept here: they are
-read in each conversion's transaction, under its locks.
+read in each conversion's transaction, under its locks. Whether the order pixel claimed an
+order (of a conversion with no code and no click id) is read for the batch too: the batch's own
+pixels count as claims, and a group checks again under its locks (app/services/grouped.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from app.attribution.model import Referrer
 from app.attribution.rules import ProgramRules
 from app.codes import normalize_referral_code
 from app.pipeline.events import ConversionEvent
+from app.storage import conversions as conversions_repo
 from app.storage import evidence
 from app.storage import experiments as experiments_repo
 from app.storage import fraud as fraud_repo
@@ -47,14 +50,21 @@ class BatchReads:
         self._advocates: dict[UUID, AdvocateFacts] = {}
         self._clicks: dict[tuple[UUID, str], evidence.ClickFound | None] = {}
         self._browsers: dict[tuple[UUID, UUID], list[evidence.ClickFound]] = {}
+        # Orders of conversions without a code or click id: whether the order pixel saw a
+        # browser claim them (the one evidence left).
+        self._claimed: dict[tuple[UUID, str], bool] = {}
 
-    async def prefetch(self, conn: asyncpg.Connection, events: Iterable[ConversionEvent]) -> None:
+    async def prefetch(
+        self, conn: asyncpg.Connection, events: Iterable[ConversionEvent],
+        pixel_orders: Iterable[tuple[UUID, str]] = (),
+    ) -> None:  # fmt: skip
         """The codes' owners, the clicks the click ids name (of conversions without a code) and
         those clicks' browsers' clicks, and their programs' rules and experiments and their
         advocates' facts, for every conversion of the batch: a query or two each."""
         codes: dict[UUID, set[str]] = defaultdict(set)
         clicked: dict[UUID, set[str]] = defaultdict(set)
         earliest: dict[UUID, datetime] = {}
+        orders: set[tuple[UUID, str]] = set()
         for e in events:
             if e.referral_code:
                 codes[e.merchant_id].add(normalize_referral_code(e.referral_code))
@@ -62,6 +72,13 @@ class BatchReads:
                 clicked[e.merchant_id].add(e.click_id)
                 since = earliest.get(e.merchant_id, e.occurred_at)
                 earliest[e.merchant_id] = min(since, e.occurred_at)
+            elif e.order_id:
+                orders.add((e.merchant_id, e.order_id))
+        if orders:
+            claimed = await conversions_repo.claimed_orders(conn, sorted(orders))
+            self._claimed |= {order: order in claimed for order in orders}
+        # The batch's own pixels claim their orders before those orders' postbacks come up.
+        self._claimed |= dict.fromkeys(pixel_orders, True)
         for merchant, named in codes.items():
             owners = await evidence.advocates_by_codes(conn, merchant, sorted(named))
             for code in named:
@@ -92,6 +109,10 @@ class BatchReads:
             browsers = await evidence.browsers_clicks(conn, merchant, visitors, since)
             for visitor, clicks in browsers.items():
                 self._browsers[(merchant, visitor)] = clicks
+
+    def prefetched_unclaimed(self, merchant: UUID, order_id: str) -> bool:
+        """Whether the batch read that no browser claimed this order with the pixel."""
+        return self._claimed.get((merchant, order_id)) is False
 
     def prefetched_owner(self, merchant: UUID, code: str) -> Referrer | None:
         """Without a query: the code's owner, when one was read for the batch."""

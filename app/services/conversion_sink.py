@@ -28,7 +28,12 @@ import asyncpg
 from app import metrics
 from app.attribution.fraud import Decision
 from app.pipeline import keys
-from app.pipeline.events import ConversionEvent, StreamedConversion, decode_conversion
+from app.pipeline.events import (
+    ConversionEvent,
+    PixelEvent,
+    StreamedConversion,
+    decode_conversion,
+)
 from app.pipeline.flusher import Batch, RetryLater, entry_ms
 from app.pipeline.redis_client import RedisClient
 from app.services import grouped
@@ -126,8 +131,12 @@ class ConversionSink:
             except Exception as exc:  # dead-lettered below, in its turn
                 decoded.append((raw, exc))
         reads = BatchReads()
-        await reads.prefetch(conn, (e for _, e in decoded if isinstance(e, ConversionEvent)))
-        run: list[tuple[dict[str, Any], grouped.Plan]] = []
+        await reads.prefetch(
+            conn,
+            (e for _, e in decoded if isinstance(e, ConversionEvent)),
+            ((e.merchant_id, e.order_id) for _, e in decoded if isinstance(e, PixelEvent)),
+        )
+        run: list[tuple[dict[str, Any], grouped.Planned]] = []
         for raw, event in decoded:
             plan = grouped.plan(reads, event) if isinstance(event, ConversionEvent) else None
             if plan is not None:
@@ -143,7 +152,7 @@ class ConversionSink:
             await self._process_group(conn, run, reads, out)
 
     async def _process_group(
-        self, conn: asyncpg.Connection, run: list[tuple[dict[str, Any], grouped.Plan]],
+        self, conn: asyncpg.Connection, run: list[tuple[dict[str, Any], grouped.Planned]],
         reads: BatchReads, out: _Lane,
     ) -> None:  # fmt: skip
         decided: list[Decision] = []

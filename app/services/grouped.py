@@ -9,7 +9,11 @@ reward cap is off, what processing still needs from PostgreSQL are counts: the c
 earlier rewarded purchases and the advocate's referrals, and — when the fraud rules have a
 browser or IP address to compare — the advocate's own conversions seen with this browser, the
 conversions from it (velocity) and the clicks from the click's IP prefix (flood). A run of such
-conversions in a lane (`plan` says which) is one group, one transaction:
+conversions in a lane (`plan` says which) is one group, one transaction. So are those that name
+nothing — most of a shop's orders were referred by nobody: with no code, no click id and an
+order no browser claimed with the pixel, they are stored in the group as unattributed, with the
+reason `attribute` gives, counted only where one by one counts them (the advocate's own
+conversions seen from an IP address and browser). In a group:
 
 1. every lock the group needs — its advocates', customers', e-mails' and orders' keys, the same
    keys the one-by-one path takes — sorted, in one statement;
@@ -90,7 +94,18 @@ class Plan(NamedTuple):
     device: Device = Device(None, None, None, None)
 
 
-def plan(reads: BatchReads, e: ConversionEvent) -> Plan | None:
+class Unattributed(NamedTuple):
+    """A signup or purchase nothing attributes: no code, no click id, and no browser the order
+    pixel saw claim its order. Stored with the reason, like any other of the group."""
+
+    event: ConversionEvent
+    reason: str
+
+
+Planned = Plan | Unattributed
+
+
+def plan(reads: BatchReads, e: ConversionEvent) -> Planned | None:
     """The conversion's plan if the grouped path can decide it without a query of its own (see
     the module's docstring); None sends it one by one."""
     if e.type not in ("signup", "purchase"):
@@ -99,7 +114,13 @@ def plan(reads: BatchReads, e: ConversionEvent) -> Plan | None:
         owner = reads.prefetched_owner(e.merchant_id, e.referral_code)
         return _planned(reads, e, Attributed(owner, "referral_code", None), None) if owner else None
     if not e.click_id:
-        return None  # the pixel's browser, or no evidence: one by one
+        # Without a code or click id, only the order pixel's browser can attribute it (one by
+        # one, which reads that browser's clicks); else nothing does.
+        if e.order_id and not reads.prefetched_unclaimed(e.merchant_id, e.order_id):
+            return None
+        nothing = Evidence(e.occurred_at, Customer(e.customer_id, e.customer_email_hash))
+        result = attribute(nothing, {})
+        return None if isinstance(result, Attributed) else Unattributed(e, result.reason)
     clicked = reads.prefetched_click(e.merchant_id, e.click_id, e.occurred_at)
     if clicked is None:
         return None
@@ -144,29 +165,46 @@ class _Decided(NamedTuple):
     drafts: list[RewardDraft]
     reason: str
 
+    @property
+    def event(self) -> ConversionEvent:
+        return self.plan.event
 
-async def process(conn: asyncpg.Connection, plans: list[Plan], decided: list[Decision]) -> int:
+
+async def process(
+    conn: asyncpg.Connection, plans: list[Planned], decided: list[Decision]
+) -> int:  # fmt: skip
     """Store, attribute and reward the group's conversions in the caller's transaction; returns
     how many were new. Their fraud decisions are appended to `decided`."""
     await repo.lock(conn, *(k for p in plans for k in _lock_keys(p)))
     stored = await repo.stored_ids(conn, [p.event.id for p in plans])
-    fresh: list[Plan] = []
+    fresh: list[Planned] = []
     for p in plans:  # a re-delivery, or the same event twice in the stream (spooled unchecked)
         if p.event.id not in stored:
             fresh.append(p)
             stored.add(p.event.id)
     if not fresh:
         return 0
+    unclaimed = [(p.event.merchant_id, p.event.order_id) for p in fresh
+                 if isinstance(p, Unattributed) and p.event.order_id]  # fmt: skip
+    if unclaimed and await repo.claimed_orders(conn, unclaimed):
+        # The pixel claimed one of these orders since the batch was read (a pixel earlier in
+        # the lane): its browser may attribute it, which one by one reads.
+        raise RuntimeError("an order of the group was claimed by the pixel meanwhile")
+    attributed = [p for p in fresh if isinstance(p, Plan)]
     counts = await repo.reward_counts_of(conn, [
         (p.event.merchant_id, p.advocate.program_id, p.advocate.id, p.event.id,
-         p.event.customer_id, p.event.customer_email_hash) for p in fresh
-    ])  # fmt: skip
-    devices = await _device_counts(conn, fresh)
-    outcomes: list[_Decided] = []
+         p.event.customer_id, p.event.customer_email_hash) for p in attributed
+    ]) if attributed else []  # fmt: skip
+    devices = iter(await _device_counts(conn, attributed))
+    counted = iter(counts)
+    outcomes: list[_Decided | Unattributed] = []
     earlier = _Earlier()
-    for p, (prior, referrals), (shared, flood, velocity) in zip(
-        fresh, counts, devices, strict=True
-    ):
+    for p in fresh:
+        if isinstance(p, Unattributed):
+            earlier.add_unattributed(p)
+            outcomes.append(p)
+            continue
+        (prior, referrals), (shared, flood, velocity) = next(counted), next(devices)
         decided_here = _decide(
             p, prior + earlier.purchases(p), referrals + earlier.referrals(p),
             _same_device(shared, earlier.shared_device(p)) if p.wanted.shared_device else None,
@@ -175,7 +213,7 @@ async def process(conn: asyncpg.Connection, plans: list[Plan], decided: list[Dec
         earlier.add(decided_here)
         outcomes.append(decided_here)
     await _write(conn, outcomes)
-    decided += [o.decision for o in outcomes]
+    decided += [o.decision for o in outcomes if isinstance(o, _Decided)]
     return len(outcomes)
 
 
@@ -218,10 +256,14 @@ def _same_device(stored: str | None, in_group: str | None) -> str | None:
     return stored or in_group
 
 
-def _lock_keys(p: Plan) -> list[str]:
+def _lock_keys(p: Planned) -> list[str]:
     """The one-by-one path's keys for this conversion (processing.py)."""
     e = p.event
-    keys = reward_lock_keys(e, p.advocate.id, p.advocate.program_id)
+    keys = (
+        []
+        if isinstance(p, Unattributed)
+        else reward_lock_keys(e, p.advocate.id, p.advocate.program_id)
+    )
     if e.order_id:
         keys.append(order_key(e.merchant_id, e.order_id))
     return keys
@@ -241,7 +283,7 @@ class _Earlier:
         self._advocate_rewards: dict[UUID, int] = {}
         self._of_advocate: dict[tuple[UUID, UUID], list[Plan]] = {}
         self._by_visitor: dict[tuple[UUID, UUID], list[Plan]] = {}
-        self._by_network: dict[tuple[UUID, bytes, str], list[Plan]] = {}
+        self._by_network: dict[tuple[UUID, bytes, str], list[Planned]] = {}
 
     def purchases(self, p: Plan) -> int:
         e, program = p.event, p.advocate.program_id
@@ -269,7 +311,7 @@ class _Earlier:
     def shared_device(self, p: Plan) -> str | None:
         e, device, a = p.event, p.device, p.facts
 
-        def own(other: Plan) -> bool:  # the advocate's own conversion, as the query matches it
+        def own(other: Planned) -> bool:  # the advocate's own conversion, as the query matches it
             c = other.event
             return (
                 (c.customer_id is not None and c.customer_id == a.external_id)
@@ -288,6 +330,13 @@ class _Earlier:
             if any(own(o) for o in self._by_network.get(network, [])):
                 return fraud_repo.SAME_NETWORK
         return None
+
+    def add_unattributed(self, p: Unattributed) -> None:
+        """An unattributed conversion counts only as the advocate's own, seen from its IP
+        address and user agent (stored without a visitor, as one by one stores it)."""
+        e = p.event
+        if e.ip_hash is not None and e.user_agent is not None:
+            self._by_network.setdefault((e.merchant_id, e.ip_hash, e.user_agent), []).append(p)
 
     def add(self, decided: _Decided) -> None:
         e, program = decided.plan.event, decided.plan.advocate.program_id
@@ -326,21 +375,26 @@ def _decide(
     return _Decided(p, decision, rewarded, reason)
 
 
-async def _write(conn: asyncpg.Connection, outcomes: list[_Decided]) -> None:
+def _row(o: _Decided | Unattributed) -> repo.DecidedRow:
+    if isinstance(o, Unattributed):
+        e = o.event  # stored as one by one stores it: the postback's network, no visitor
+        return repo.DecidedRow(e, None, None, None, o.reason, None, None, None,
+                               (None, e.ip_hash, e.ip_prefix, e.user_agent))  # fmt: skip
+    p = o.plan
+    return repo.DecidedRow(
+        p.event, p.advocate.program_id, p.advocate.id, p.rules_version, o.reason, o.decision,
+        p.method, p.click.click_id if p.click else None,
+        (p.device.visitor, p.device.ip_hash, p.device.ip_prefix, p.device.user_agent),
+    )  # fmt: skip
+
+
+async def _write(conn: asyncpg.Connection, written: list[_Decided | Unattributed]) -> None:
     # The conversions and their rewards announced by a statement each, not a trigger per row.
     await events_repo.announce_by_statement(conn)
-    inserted = await repo.insert_attributed(conn, [
-        repo.AttributedRow(
-            o.plan.event, o.plan.advocate.program_id, o.plan.advocate.id, o.plan.rules_version,
-            o.reason, o.decision, o.plan.method,
-            o.plan.click.click_id if o.plan.click else None,
-            (o.plan.device.visitor, o.plan.device.ip_hash, o.plan.device.ip_prefix,
-             o.plan.device.user_agent),
-        )
-        for o in outcomes
-    ])  # fmt: skip
-    if inserted != len(outcomes):  # stored meanwhile by another flusher: redo one by one
+    inserted = await repo.insert_decided(conn, [_row(o) for o in written])
+    if inserted != len(written):  # stored meanwhile by another flusher: redo one by one
         raise RuntimeError("a conversion of the group was stored meanwhile")
+    outcomes = [o for o in written if isinstance(o, _Decided)]
     rewards: list[tuple[UUID, _Decided, RewardDraft]] = [
         (uuid4(), o, d) for o in outcomes for d in o.drafts
     ]
@@ -355,7 +409,7 @@ async def _write(conn: asyncpg.Connection, outcomes: list[_Decided]) -> None:
         for reward_id, o, draft in rewards
     ])  # fmt: skip
     await events_repo.announce_written(
-        conn, [o.plan.event.id for o in outcomes], [reward_id for reward_id, _, _ in rewards]
+        conn, [o.event.id for o in written], [reward_id for reward_id, _, _ in rewards]
     )
     for reward_id, o, draft in rewards:
         moves = fraud.reward_moves(o.decision, draft.beneficiary, draft.amount_minor)
@@ -371,8 +425,8 @@ async def _write(conn: asyncpg.Connection, outcomes: list[_Decided]) -> None:
                 conn, e.merchant_id, o.plan.advocate.program_id, o.plan.advocate.id, e.id,
                 o.decision.held_by or ["reward_cap"],
             )  # fmt: skip
-    orders = [(o.plan.event.merchant_id, o.plan.event.order_id, o.plan.event.type == "purchase")
-              for o in outcomes if o.plan.event.order_id]  # fmt: skip
+    orders = [(o.event.merchant_id, o.event.order_id, o.event.type == "purchase")
+              for o in written if o.event.order_id]  # fmt: skip
     if orders:
         waiting = await repo.settle_orders(conn, orders, words.SUPERSEDED_REASON)
         for merchant, order_id, refund in waiting:

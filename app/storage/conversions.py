@@ -62,26 +62,27 @@ async def stored_ids(conn: asyncpg.Connection, ids: list[UUID]) -> set[UUID]:
     return {r["id"] for r in rows}
 
 
-class AttributedRow(NamedTuple):
-    """A signup or purchase with its outcome, for `insert_attributed`."""
+class DecidedRow(NamedTuple):
+    """A signup or purchase with its outcome, for `insert_decided`: attributed (an advocate,
+    their program's rules, the fraud decision, how), or not (only the reason)."""
 
     event: ConversionEvent
-    program: UUID
-    advocate: UUID
-    rules_version: int
+    program: UUID | None
+    advocate: UUID | None  # None: unattributed
+    rules_version: int | None
     reason: str
-    decision: Decision
-    method: str
+    decision: Decision | None
+    method: str | None
     click: UUID | None  # the attributed click
     # The converting browser as the rules saw it: visitor, IP hash and prefix, user agent.
     device: tuple[UUID | None, bytes | None, str | None, str | None]
 
 
-async def insert_attributed(conn: asyncpg.Connection, rows: list[AttributedRow]) -> int:
-    """Store attributed signups and purchases, each with its outcome (program, advocate, rules
-    version, reason, fraud decision, how it was attributed, the converting browser), in one
-    statement; returns how many were new. The row is the one `insert` then `set_attributed`
-    leave."""
+async def insert_decided(conn: asyncpg.Connection, rows: list[DecidedRow]) -> int:
+    """Store signups and purchases, each with its outcome (attributed: program, advocate, rules
+    version, reason, fraud decision, how it was attributed, the converting browser; or
+    unattributed, with its reason), in one statement; returns how many were new. The row is the
+    one `insert` then `set_attributed` (or `set_reason`) leave."""
     columns: list[list[object]] = [[] for _ in range(30)]
     for e, program, advocate, version, reason, decision, method, click, device in rows:
         visitor, ip_hash, ip_prefix, user_agent = device
@@ -93,8 +94,9 @@ async def insert_attributed(conn: asyncpg.Connection, rows: list[AttributedRow])
             e.customer_email_canonical,
             # bytea[] per row does not unnest: hex, comma-separated, taken apart in SQL
             ",".join(near.hex() for near in e.customer_email_near),
-            e.customer_email_disposable, program, advocate, version, reason, decision.outcome,
-            fraud_repo.findings_json(decision), method, click, visitor,
+            e.customer_email_disposable, program, advocate, version, reason,
+            decision.outcome if decision else None,
+            fraud_repo.findings_json(decision) if decision else None, method, click, visitor,
         )  # fmt: skip
         for column, value in zip(columns, values, strict=True):
             column.append(value)
@@ -110,8 +112,9 @@ async def insert_attributed(conn: asyncpg.Connection, rows: list[AttributedRow])
             amount_minor, currency, click_id, referral_code, ip_hash, ip_prefix, user_agent,
             occurred_at, received_at, subscription_id, email_canonical,
             ARRAY(SELECT decode(x, 'hex') FROM unnest(string_to_array(email_near, ',')) AS x),
-            email_disposable, program_id, advocate_id, rules_version, reason, fraud_action,
-            fraud_findings::jsonb, method, attributed_click, visitor, $31
+            email_disposable, program_id, advocate_id, rules_version, reason,
+            coalesce(fraud_action, 'none'), coalesce(fraud_findings::jsonb, '[]'), method,
+            attributed_click, visitor, CASE WHEN advocate_id IS NULL THEN $32 ELSE $31 END
         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::text[], $8::bytea[], $9::bigint[], $10::text[], $11::uuid[], $12::text[],
             $13::bytea[], $14::text[], $15::text[], $16::timestamptz[], $17::timestamptz[],
@@ -125,7 +128,7 @@ async def insert_attributed(conn: asyncpg.Connection, rows: list[AttributedRow])
                  fraud_action, fraud_findings, method, attributed_click, visitor)
         ON CONFLICT DO NOTHING RETURNING id
         """,
-        *columns, ConversionState.ATTRIBUTED.value,
+        *columns, ConversionState.ATTRIBUTED.value, ConversionState.UNATTRIBUTED.value,
     )  # fmt: skip
     return len(inserted)
 
@@ -180,6 +183,19 @@ async def pixel_claims(conn: asyncpg.Connection, merchant: UUID, order_id: str) 
         order_id,
     )
     return [PixelClaim(r["visitor_id"], r["seen_at"]) for r in rows]
+
+
+async def claimed_orders(
+    conn: asyncpg.Connection, orders: list[tuple[UUID, str]]
+) -> set[tuple[UUID, str]]:
+    """Those of the (merchant, order id) pairs a browser claimed with the order pixel."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT p.merchant_id, p.order_id FROM order_pixels p"
+        " JOIN unnest($1::uuid[], $2::text[]) AS t(merchant_id, order_id)"
+        " ON p.merchant_id = t.merchant_id AND p.order_id = t.order_id",
+        [m for m, _ in orders], [o for _, o in orders],
+    )  # fmt: skip
+    return {(r["merchant_id"], r["order_id"]) for r in rows}
 
 
 async def has_signed_order(conn: asyncpg.Connection, merchant: UUID, order_id: str) -> bool:
