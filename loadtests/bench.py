@@ -273,12 +273,13 @@ def answered_302(port: int) -> int:
 
 def signed_postbacks(
     merchant: Any, advocates: int, count: int, device: bool = False,
-    click_ids: list[str] | None = None,
+    click_ids: list[str] | None = None, referred: bool = True,
 ) -> Path:  # fmt: skip
     """`count` purchase postbacks with referral codes, each signed once, for postbacks.lua;
     with `device`, each carries the customer's IP address and browser, as a shop's backend
     forwards them for the fraud rules (which then count by them); with `click_ids`, each names
-    one of those clicks instead of a code (the rcid the shop received)."""
+    one of those clicks instead of a code (the rcid the shop received); not `referred`: no code
+    and no click id (an order nobody referred, as most of a shop's are)."""
     from app import webhooks
 
     now = int(time.time())
@@ -292,6 +293,8 @@ def signed_postbacks(
         if click_ids:
             del fields["referral_code"]
             fields["click_id"] = click_ids[n % len(click_ids)]
+        if not referred:
+            del fields["referral_code"]
         if device:
             fields["ip"] = f"10.{n % 200}.{n % 251}.{1 + n % 7}"
             fields["user_agent"] = f"Mozilla/5.0 (X11; Linux x86_64; rv:{n % 5 + 130}.0)"
@@ -306,9 +309,9 @@ class Postbacks:
     """Signed postbacks handed out to successive wrk runs, none sent twice (postbacks.lua)."""
 
     def __init__(self, merchant: Any, advocates: int, count: int, device: bool = False,
-                 click_ids: list[str] | None = None) -> None:  # fmt: skip
+                 click_ids: list[str] | None = None, referred: bool = True) -> None:  # fmt: skip
         self.merchant = merchant
-        self.path = signed_postbacks(merchant, advocates, count, device, click_ids)
+        self.path = signed_postbacks(merchant, advocates, count, device, click_ids, referred)
         self.count = count
         self.start = 0
 
@@ -382,14 +385,16 @@ def postback_rows(
     # The same again for postbacks carrying the customer's IP address and browser (the default
     # fraud rules, velocity and same device, then count by them for each conversion), and for
     # postbacks naming the click of the advocate's link (attributed by the click; the rules
-    # count by its browser, and the click flood by its IP prefix).
+    # count by its browser, and the click flood by its IP prefix), and for orders nobody
+    # referred (stored unattributed).
     extra = int(12_000 * (slice_seconds + 2))
     device = Postbacks(merchant, advocates, extra, device=True)
     clicked = Postbacks(merchant, advocates, extra,
                         click_ids=asyncio.run(stored_clicks(dsn, merchant, extra)))  # fmt: skip
+    unreferred = Postbacks(merchant, advocates, extra, referred=False)
     kinds: list[tuple[int, float]] = []  # (stored, seconds) of each
     try:
-        for kind in (device, clicked):
+        for kind in (device, clicked, unreferred):
             before = asyncio.run(count_conversions(dsn))
             with our_api(port):
                 kind.run(port, 1 + slice_seconds)
@@ -397,11 +402,13 @@ def postback_rows(
             seconds = burst_flusher_seconds(CONVERSION_WORKERS=str(PROCESSING_LANES)) - startup
             kinds.append((asyncio.run(count_conversions(dsn)) - before, seconds))
     finally:
-        device.path.unlink()
-        clicked.path.unlink()
-    [(device_stored, device_seconds), (clicked_stored, clicked_seconds)] = kinds
+        for kind in (device, clicked, unreferred):
+            kind.path.unlink()
+    [(device_stored, device_seconds), (clicked_stored, clicked_seconds),
+     (unreferred_stored, unreferred_seconds)] = kinds  # fmt: skip
     device_rate = device_stored / device_seconds if device_seconds > 0 else 0.0
     clicked_rate = clicked_stored / clicked_seconds if clicked_seconds > 0 else 0.0
+    unreferred_rate = unreferred_stored / unreferred_seconds if unreferred_seconds > 0 else 0.0
     rows = [
         raw,
         row_from_wrk(POST_OURS_NAME, ours, ceiling=POST_RAW_NAME, ratio=ratio, target=0.35,
@@ -419,8 +426,12 @@ def postback_rows(
             "click, the rules counting by its browser)", clicked_rate,
             unit="conversions/s", ceiling="postback intake max",
             ratio=clicked_rate / ours["rate"], target=2.0, extra={"stored": clicked_stored}),
+        Row("  … postbacks of orders nobody referred (no code, no click id: stored unattributed)",
+            unreferred_rate, unit="conversions/s", ceiling="postback intake max",
+            ratio=unreferred_rate / ours["rate"], target=2.0,
+            extra={"stored": unreferred_stored}),
     ]  # fmt: skip
-    total = stored + device_stored + clicked_stored
+    total = stored + device_stored + clicked_stored + unreferred_stored
     return rows, {"intake_202": accepted, "intake_stored": total}
 
 
