@@ -1,12 +1,13 @@
 """Deciding conversions as a group is deciding them one by one, by generated examples
 (hypothesis, against real PostgreSQL): for any run of signups and purchases naming referral
-codes or none (unattributed) — customers by id, by e-mail or both, repeated across the run,
-advocates on tiered or percent rewards, first-purchase and every-purchase programs with a cap
-on rewarded purchases, self-referrals the fraud rules reject, orders the fraud rules flag,
-postbacks carrying the customer's IP address and browser that the velocity and same-device
-rules count (across days, in and out of the stream's order) — the grouped path
-(app/services/grouped.py) stores the same conversions, the same rewards and the same ledger
-entries, with the same reasons, as processing each in turn (app/services/processing.py)."""
+codes, a code that is nobody's or none (unattributed) — customers by id, by e-mail or both,
+repeated across the run, advocates on tiered or percent rewards, first-purchase and
+every-purchase programs with a cap on rewarded purchases, self-referrals the fraud rules reject,
+orders the fraud rules flag, postbacks carrying the customer's IP address and browser that the
+velocity and same-device rules count (across days, in and out of the stream's order) — the
+grouped path (app/services/grouped.py) stores the same conversions, the same rewards and the
+same ledger entries, with the same reasons, as processing each in turn
+(app/services/processing.py)."""
 
 from __future__ import annotations
 
@@ -49,10 +50,11 @@ PROGRAMS = [
 ]  # fmt: skip
 
 NO_CODE = len(ADVOCATES)  # a postback naming no advocate: unattributed (most of a shop's orders)
+UNKNOWN_CODE = NO_CODE + 1  # a code that is nobody's (a typo): unattributed too
 
 conversion = st.tuples(
     st.sampled_from(["signup", "purchase", "purchase"]),
-    st.integers(min_value=0, max_value=NO_CODE),
+    st.integers(min_value=0, max_value=UNKNOWN_CODE),
     st.one_of(st.none(), st.sampled_from(CUSTOMERS)),
     st.one_of(st.none(), st.sampled_from(["jo@x.org", "max@y.org"])),
     st.integers(min_value=0, max_value=12_000),
@@ -106,7 +108,8 @@ def _events(merchant: UUID, codes: list[str], steps: list[tuple[Any, ...]]) -> l
             order_id=f"{order}-{n}" if purchase else None, customer_id=customer,
             customer_email_hash=_email_hash(email), amount_minor=amount if purchase else None,
             currency="EUR" if purchase else None,
-            referral_code=codes[advocate] if advocate < NO_CODE else None,
+            referral_code=codes[advocate] if advocate < NO_CODE
+            else "NOBODYS-CODE" if advocate == UNKNOWN_CODE else None,
         ))  # fmt: skip
     return events
 

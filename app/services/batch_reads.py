@@ -114,6 +114,11 @@ class BatchReads:
         """Whether the batch read that no browser claimed this order with the pixel."""
         return self._claimed.get((merchant, order_id)) is False
 
+    def prefetched_unknown_code(self, merchant: UUID, code: str) -> bool:
+        """Whether the batch read that this code is nobody's."""
+        key = (merchant, normalize_referral_code(code))
+        return key in self._owners and self._owners[key] is None
+
     def prefetched_owner(self, merchant: UUID, code: str) -> Referrer | None:
         """Without a query: the code's owner, when one was read for the batch."""
         return self._owners.get((merchant, normalize_referral_code(code)))

@@ -10,10 +10,10 @@ earlier rewarded purchases and the advocate's referrals, and — when the fraud 
 browser or IP address to compare — the advocate's own conversions seen with this browser, the
 conversions from it (velocity) and the clicks from the click's IP prefix (flood). A run of such
 conversions in a lane (`plan` says which) is one group, one transaction. So are those that name
-nothing — most of a shop's orders were referred by nobody: with no code, no click id and an
-order no browser claimed with the pixel, they are stored in the group as unattributed, with the
-reason `attribute` gives, counted only where one by one counts them (the advocate's own
-conversions seen from an IP address and browser). In a group:
+nothing — most of a shop's orders were referred by nobody: with no code (or one that is
+nobody's), no click id and an order no browser claimed with the pixel, they are stored in the
+group as unattributed, with the reason `attribute` gives, counted only where one by one counts
+them (the advocate's own conversions seen from an IP address and browser). In a group:
 
 1. every lock the group needs — its advocates', customers', e-mails' and orders' keys, the same
    keys the one-by-one path takes — sorted, in one statement;
@@ -112,15 +112,19 @@ def plan(reads: BatchReads, e: ConversionEvent) -> Planned | None:
         return None
     if e.referral_code:  # the code decides, whatever else the postback carries
         owner = reads.prefetched_owner(e.merchant_id, e.referral_code)
-        return _planned(reads, e, Attributed(owner, "referral_code", None), None) if owner else None
+        if owner is not None:
+            return _planned(reads, e, Attributed(owner, "referral_code", None), None)
+        # A code that is nobody's: with no click id, nothing attributes it (the pixel's
+        # browser counts only when the postback names neither).
+        if not e.click_id and reads.prefetched_unknown_code(e.merchant_id, e.referral_code):
+            return _unattributed(e)
+        return None
     if not e.click_id:
         # Without a code or click id, only the order pixel's browser can attribute it (one by
         # one, which reads that browser's clicks); else nothing does.
         if e.order_id and not reads.prefetched_unclaimed(e.merchant_id, e.order_id):
             return None
-        nothing = Evidence(e.occurred_at, Customer(e.customer_id, e.customer_email_hash))
-        result = attribute(nothing, {})
-        return None if isinstance(result, Attributed) else Unattributed(e, result.reason)
+        return _unattributed(e)
     clicked = reads.prefetched_click(e.merchant_id, e.click_id, e.occurred_at)
     if clicked is None:
         return None
@@ -138,6 +142,13 @@ def plan(reads: BatchReads, e: ConversionEvent) -> Planned | None:
         return None  # not attributed: one by one says why
     details = {f.click.click_id: f.details for f in (found, *browser)}
     return _planned(reads, e, result, details[result.click.click_id])
+
+
+def _unattributed(e: ConversionEvent) -> Unattributed | None:
+    """Stored with the reason the domain gives when there is no evidence."""
+    nothing = Evidence(e.occurred_at, Customer(e.customer_id, e.customer_email_hash))
+    result = attribute(nothing, {})
+    return None if isinstance(result, Attributed) else Unattributed(e, result.reason)
 
 
 def _planned(
@@ -185,7 +196,8 @@ async def process(
     if not fresh:
         return 0
     unclaimed = [(p.event.merchant_id, p.event.order_id) for p in fresh
-                 if isinstance(p, Unattributed) and p.event.order_id]  # fmt: skip
+                 if isinstance(p, Unattributed) and p.event.order_id
+                 and not p.event.referral_code]  # fmt: skip
     if unclaimed and await repo.claimed_orders(conn, unclaimed):
         # The pixel claimed one of these orders since the batch was read (a pixel earlier in
         # the lane): its browser may attribute it, which one by one reads.
