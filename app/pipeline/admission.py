@@ -97,13 +97,11 @@ class Admitter:
         Events without an admission are always added. `round_trip` sends framed commands on
         the stream's connection and returns their replies."""
         keys: list[bytes] = [_bulk(stream.encode())]
-        arity = [1, 3]  # keys, arguments
         args: list[bytes] = [b"$1\r\n1\r\n" if write else b"$1\r\n0\r\n", _bulk(EVENTS_FIELD),
                              _bulk(b"%d" % per_entry)]  # fmt: skip
         for event, admission in zip(events, admissions, strict=True):
             if admission is None:
                 args += (b"$1\r\n0\r\n", _bulk(event))
-                arity[1] += 2
                 continue
             key = admission.key.encode()
             # An unused key's place is held by the idempotency key (a script's keys must all be
@@ -124,12 +122,14 @@ class Admitter:
                 len(numbers[2]), numbers[2], len(fingerprint), fingerprint,
                 len(numbers[3]), numbers[3], len(value), value,
             ))  # fmt: skip
-            arity[0] += 4
-            arity[1] += 8
         # One bytes object: the stream writer's writelines of hundreds of small parts cost
         # more than joining them here.
-        tail = b"".join((_bulk(b"%d" % arity[0]), *keys, *args))
-        head = b"*%d\r\n" % (arity[0] + arity[1] + 3)  # with EVALSHA, the digest, numkeys
+        # Each admitted event framed 4 keys and 8 arguments above, each other one 2 arguments.
+        admitted = sum(1 for a in admissions if a is not None)
+        key_count = 1 + 4 * admitted
+        arg_count = 3 + 8 * admitted + 2 * (len(events) - admitted)
+        tail = b"".join((_bulk(b"%d" % key_count), *keys, *args))
+        head = b"*%d\r\n" % (key_count + arg_count + 3)  # with EVALSHA, the digest, numkeys
         try:
             [reply] = await round_trip([head, _EVALSHA, tail], 1)
         except NoScriptError:
