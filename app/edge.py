@@ -19,7 +19,9 @@ they do the same checks themselves.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -79,6 +81,26 @@ _OPS_KEY = _error(Unauthorized("the ops surface needs `Authorization: Bearer <OP
                                field="authorization"))  # fmt: skip
 UNAVAILABLE = orjson.dumps(UNAVAILABLE_BODY)
 TOO_MANY = _error(AppError("too many requests: slow down (see Retry-After)", code="rate_limited"))
+
+
+class _RequestIds:
+    """X-Request-Id values for requests that came without one: unique, 32 hex digits like a
+    random UUID's, without a system call for randomness per request (a random prefix per
+    process, drawn again in a forked child, then a counter)."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = os.urandom(8).hex().encode()
+        self._counter = itertools.count()
+
+    def __call__(self) -> bytes:
+        return b"%s%016x" % (self._prefix, next(self._counter))
+
+
+new_request_id = _RequestIds()
 
 
 class _BodyTooLarge(Exception):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +20,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import audit, metrics
-from app.edge import EdgeGuard, GuardRuntime
+from app.edge import EdgeGuard, GuardRuntime, new_request_id
 from app.errors import install_error_handlers
 from app.logs import configure_logging, correlation_id
 from app.openapi import complete_openapi
@@ -78,7 +77,7 @@ class ObserveRequests:
                 (v.decode("latin-1")[:64] for k, v in scope["headers"] if k == b"x-request-id"),
                 None,
             )
-            or uuid.uuid4().hex
+            or new_request_id().decode()
         )
         token = correlation_id.set(request_id)
         status = 500

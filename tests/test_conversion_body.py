@@ -4,7 +4,7 @@ Generated bodies mix what shops send with what pydantic treats specially (surrou
 control characters, non-ASCII text, floats and booleans for integers, other time formats, odd
 addresses, unknown fields). Whatever the fast path keeps, pydantic accepts too, and the event
 and the retry fingerprint made of either are byte for byte the same; everything else is answered
-by pydantic itself.
+by pydantic itself. And the conversion id made of a postback is uuid.uuid5's.
 """
 
 from __future__ import annotations
@@ -26,7 +26,13 @@ from app.errors import InvalidFields
 from app.pipeline.events import encode_conversion, new_click_and_visitor_ids
 from app.schemas import ConversionIn
 from app.security import IpAnonymizer
-from app.services.intake import conversion_event
+from app.services.intake import (
+    CONVERSION_NAMESPACE,
+    PIXEL_NAMESPACE,
+    conversion_event,
+    conversion_id,
+    pixel_conversion_id,
+)
 
 NOW = datetime.now(UTC)
 MERCHANT = uuid.UUID("2a0c5c3e-2f7e-4f57-9d7e-6b1b7f0f5a01")
@@ -184,3 +190,15 @@ def test_what_shops_send_takes_the_fast_path(extra: dict[str, Any]) -> None:
     )  # fmt: skip
     fast = conversion_body._fast(body, NOW)
     assert _event(fast) == _event(ConversionIn.model_validate_json(body))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.uuids(), st.text(max_size=40))
+def test_conversion_ids_are_the_uuid5_of_the_merchant_and_event_id(
+    merchant: uuid.UUID, event_id: str
+) -> None:
+    # Ids already stored were made by uuid.uuid5: a retry must still get the same one.
+    name = f"{merchant}:{event_id}"
+    assert conversion_id(merchant, event_id) == uuid.uuid5(CONVERSION_NAMESPACE, name)
+    assert pixel_conversion_id(merchant, event_id) == uuid.uuid5(PIXEL_NAMESPACE, name)
+    assert conversion_id(merchant, event_id).version == 5

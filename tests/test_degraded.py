@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,29 @@ async def test_a_conversion_posted_while_its_click_is_spooled_is_attributed_to_i
     conversion = await read(client, merchant, response.json()["id"])
     assert conversion["attribution_method"] == "click_id"
     assert conversion["advocate_id"] == link["advocate_id"]
+
+
+async def test_a_spool_file_is_seen_at_once_though_the_answer_is_kept_between_changes(
+    tmp_path: Path,
+) -> None:
+    # Conversions wait behind spooled clicks; the buffer asks per batch, and the answer kept
+    # under the directory's modification time must never hide a file made or replayed since.
+    directory = tmp_path / "spool"
+    spool, other = Spool(directory), Spool(directory)  # two processes' spools, one directory
+    assert not spool.has_files()
+    directory.mkdir()
+    old = 1_000_000_000
+    os.utime(directory, (old, old))  # listed a long time after its last change: kept
+    assert not spool.has_files()
+    await other.append([b'["click"]'])  # another process spools a click
+    assert spool.has_files()
+    await other.seal()
+
+    async def deliver(lines: list[bytes]) -> None:
+        pass
+
+    os.utime(directory, (old + 60, old + 60))  # a minute later than the first, still long ago
+    assert spool.has_files()
+    assert spool.has_files()  # now from what was kept
+    assert await spool.replay(deliver) == 1
+    assert not spool.has_files()

@@ -1,4 +1,4 @@
-"""The redirect's building blocks: click ids, IP anonymisation, request counters."""
+"""The hot paths' building blocks: click ids, IP anonymisation, request counters, request ids."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import hashlib
 import os
 
 from app import metrics
+from app.edge import new_request_id
 from app.pipeline.events import click_time, is_click_id, new_click_and_visitor_ids
 from app.security import IpAnonymizer
 
@@ -88,3 +89,19 @@ def test_a_servers_collector_skips_what_the_imports_made_and_collects_less_often
     finally:  # the test process goes on with CPython's defaults
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_request_ids_are_unique_hex_and_a_forked_process_has_its_own() -> None:
+    ids = [new_request_id() for _ in range(1_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.write(write, new_request_id())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64)
+    os.close(read)
+    os.close(write)
+    assert child[:16] != ids[0][:16]  # another random prefix: no id of the parent's again

@@ -142,7 +142,7 @@ class EventBuffer:
         return self._spool.files()
 
     def _waiting_behind(self) -> bool:
-        return any(buffer.spool_files() for buffer in self._behind)
+        return any(buffer._spool.has_files() for buffer in self._behind)
 
     def add(self, event: bytes) -> asyncio.Future[None]:
         """Queues one encoded event (a JSON value); the future resolves once it is in Redis (or,

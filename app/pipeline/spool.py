@@ -28,6 +28,9 @@ class Spool:
         self.name = name
         self._fd: int | None = None
         self._lock = asyncio.Lock()
+        # The directory's modification time when it was last listed, and whether it held a
+        # file of this spool then (see `has_files`).
+        self._listed: tuple[int, bool] | None = None
 
     def _open(self) -> int:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -58,6 +61,23 @@ class Spool:
         if not self.directory.exists():
             return []
         return sorted(self.directory.glob(f"{self.name}-*.spool"))
+
+    def has_files(self) -> bool:
+        """Whether a file of this spool exists: asked for every batch of a buffer that waits
+        behind this one. When nothing in the directory changed, this is one stat: the answer
+        is kept under the directory's modification time, if that time was more than a second
+        old when the directory was listed — a file created or deleted since then moved it (a
+        change within the same tick of the file system's clock might not have)."""
+        try:
+            modified = os.stat(self.directory).st_mtime_ns
+        except FileNotFoundError:
+            return False
+        if self._listed is not None and self._listed[0] == modified:
+            return self._listed[1]
+        found = bool(self.files())
+        if time.time_ns() - modified > 1_000_000_000:
+            self._listed = (modified, found)
+        return found
 
     async def replay(self, deliver: Callable[[list[bytes]], Awaitable[None]]) -> int:
         """Deliver every sealed, unlocked spool file, then delete it. Returns lines delivered."""

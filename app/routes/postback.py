@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
@@ -24,7 +23,15 @@ from typing import Any
 import orjson
 
 from app import metrics
-from app.edge import TOO_LARGE, TOO_MANY, client_ip, declared_too_large, failure, respond
+from app.edge import (
+    TOO_LARGE,
+    TOO_MANY,
+    client_ip,
+    declared_too_large,
+    failure,
+    new_request_id,
+    respond,
+)
 from app.errors import BACKEND_UNAVAILABLE, AppError
 from app.pipeline.batching import Gatherer
 from app.pipeline.event_buffer import EventBuffer
@@ -79,7 +86,7 @@ class PostbackEndpoint:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
         headers: dict[bytes, bytes] = dict(scope["headers"])
-        request_id = headers.get(b"x-request-id", b"")[:64] or os.urandom(16).hex().encode()
+        request_id = headers.get(b"x-request-id", b"")[:64] or new_request_id()
         extra: list[tuple[bytes, bytes]] = [(b"x-request-id", request_id)]
         ip = client_ip(scope, headers, self._trust_forwarded_for)
         status, body = await self._answer(receive, headers, ip, extra)
