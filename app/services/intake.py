@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -217,9 +217,6 @@ def _each(failed: list[Exception | None], step: Callable[[int], T], default: T) 
     return out
 
 
-_NOBODY = (UUID(int=0), MerchantKeys("", b""))
-
-
 async def receive_postbacks(
     secrets: SecretCache,
     buffer: EventBuffer,
@@ -237,20 +234,29 @@ async def receive_postbacks(
     stays in the processor's caches, where one postback at a time through every step did not
     (a third less CPU per postback, measured by the load test's harness)."""
     failed: list[Exception | None] = [None] * len(postbacks)
-    senders: list[tuple[UUID, MerchantKeys]] = []
+    senders: list[tuple[_Sender, str]] = []  # and the sender's webhook secret
+    # The batch's merchants, each looked up once (a batch is mostly one merchant's).
+    known: dict[str, tuple[_Sender, str]] = {}
     for i, postback in enumerate(postbacks):
-        try:
-            senders.append(await postback_merchant(secrets, postback.merchant_header))
-        except Exception as exc:
-            failed[i] = exc
-            senders.append(_NOBODY)
+        header = postback.merchant_header or ""
+        if (sender := known.get(header)) is None:
+            try:
+                merchant_id, found = await postback_merchant(secrets, header)
+            except Exception as exc:
+                failed[i] = exc
+                senders.append(_NOBODY)
+                continue
+            sender = known[header] = (
+                _sender(buffer.stream, merchant_id, found.email_key, quota, now),
+                found.webhook_secret,
+            )
+        senders.append(sender)
     signatures = _each(failed, lambda i: verify_postback(
-        senders[i][1].webhook_secret, postbacks[i].signature_header, postbacks[i].body, now
+        senders[i][1], postbacks[i].signature_header, postbacks[i].body, now
     ), "")  # fmt: skip
     bodies = _each(failed, lambda i: parse_conversion(postbacks[i].body, now), None)
     prepared = _each(failed, lambda i: _prepare(
-        buffer.stream, senders[i][0], senders[i][1].email_key, _body(bodies[i]), anonymize, now,
-        quota, signatures[i],
+        buffer.stream, senders[i][0], _body(bodies[i]), anonymize, now, quota, signatures[i],
     ), None)  # fmt: skip
     # Queued in one go: the buffer writes them with one script call.
     admitted = [None if p is None else buffer.admit(p.encoded, p.admission) for p in prepared]
@@ -296,9 +302,32 @@ class _Prepared:
     event_id: str
 
 
+class _Sender(NamedTuple):
+    """A merchant sending postbacks, with what its postbacks of one batch share (made once)."""
+
+    merchant_id: UUID
+    email_key: bytes
+    merchant: str  # the id as text: UUID.__str__ is Python code
+    window_key: str  # its postbacks' counter for the batch's window ("" without a quota)
+
+
+_NOBODY = (_Sender(UUID(int=0), b"", "", ""), "")  # in the place of a sender not found
+
+
+def _sender(
+    stream: str, merchant_id: UUID, email_key: bytes, quota: Quota | None, now: datetime
+) -> _Sender:
+    merchant = str(merchant_id)
+    window_key = ""
+    if quota:
+        window = quota.window_seconds
+        window_key = keys.postback_window(stream, merchant, window, int(now.timestamp()) // window)
+    return _Sender(merchant_id, email_key, merchant, window_key)
+
+
 def _prepare(
-    stream: str, merchant_id: UUID, email_key: bytes, conversion: ConversionFields,
-    anonymize: IpAnonymizer, now: datetime, quota: Quota | None, signature: str | None,
+    stream: str, sender: _Sender, conversion: ConversionFields, anonymize: IpAnonymizer,
+    now: datetime, quota: Quota | None, signature: str | None,
 ) -> _Prepared:  # fmt: skip
     """The stream entry and the conditions of its admission."""
     if conversion.event_id.startswith(RESERVED_EVENT_ID_PREFIX):
@@ -306,20 +335,18 @@ def _prepare(
             f"event_id must not start with {RESERVED_EVENT_ID_PREFIX!r} (reserved for the pixel)",
             field="body.event_id",
         )
-    event = conversion_event(merchant_id, email_key, conversion, anonymize, now)
+    event = conversion_event(sender.merchant_id, sender.email_key, conversion, anonymize, now)
     encoded = encode_conversion(event)  # before we wait: the writer only joins encoded events
-    window = quota.window_seconds if quota else 1
-    window_index = int(now.timestamp()) // window
-    event_id, merchant = str(event.id), str(merchant_id)  # once: UUID.__str__ is Python code
+    event_id = str(event.id)
     admission = Admission(
         key=keys.conversion_digest(stream, event_id),  # the id is (merchant, event id)'s
         fingerprint=hashlib.sha256(fingerprint(conversion)).hexdigest()[:32],
         ttl=IDEMPOTENCY_TTL_SECONDS,
         marker_key=keys.conversion_queued(stream, event_id),
-        marker_value=merchant,
-        window_key=keys.postback_window(stream, merchant, window, window_index) if quota else "",
+        marker_value=sender.merchant,
+        window_key=sender.window_key,
         quota=quota.amount if quota else 0,
-        window_seconds=window,
+        window_seconds=quota.window_seconds if quota else 1,
         nonce_key=keys.used_signature(stream, signature) if signature else "",
         nonce_ttl=int(webhooks.TOLERANCE.total_seconds()) * 2 if signature else 0,
     )
@@ -368,7 +395,8 @@ async def accept_conversion(
     """Make a conversion that came another way (a payment provider's webhook, verified the
     provider's way) durable once, like a postback: an event id used before → the same id,
     "duplicate", or 409 if the body changed."""
-    ready = _prepare(buffer.stream, merchant_id, email_key, conversion, anonymize, now, None, None)
+    sender = _sender(buffer.stream, merchant_id, email_key, None, now)
+    ready = _prepare(buffer.stream, sender, conversion, anonymize, now, None, None)
     admitted = await _durable(buffer.admit(ready.encoded, ready.admission))
     return _answer(admitted, ready.event_id, None, now)
 
