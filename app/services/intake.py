@@ -71,7 +71,8 @@ def _uuid5(namespace: bytes, name: str) -> UUID:
     return UUID(int=int.from_bytes(digest[:16]) & _NOT_VERSION_BITS | _VERSION_5_BITS)
 
 
-def conversion_id(merchant_id: UUID, event_id: str) -> UUID:
+def conversion_id(merchant_id: UUID | str, event_id: str) -> UUID:
+    """The id of (merchant, event id): the merchant's id as a UUID, or as its text."""
     return _uuid5(_CONVERSION_NAMESPACE_BYTES, f"{merchant_id}:{event_id}")
 
 
@@ -137,14 +138,15 @@ def verify_postback(secret: str, signature_header: str | None, body: bytes, now:
 
 def conversion_event(
     merchant_id: UUID, email_key: bytes, body: ConversionFields, anonymize: IpAnonymizer,
-    now: datetime,
+    now: datetime, *, merchant: str | None = None,
 ) -> ConversionEvent:  # fmt: skip
-    """The conversion as it travels through the stream to the flusher."""
+    """The conversion as it travels through the stream to the flusher. `merchant`: the
+    merchant's id as text, when the caller has it (formatting a UUID is Python code)."""
     ip_hash, ip_prefix = anonymize(str(body.ip)) if body.ip else (None, None)
     email = body.customer_email
     prints = email_prints(email_key, email) if email else None
     return ConversionEvent(
-        id=conversion_id(merchant_id, body.event_id),
+        id=conversion_id(merchant or merchant_id, body.event_id),
         merchant_id=merchant_id,
         event_id=body.event_id,
         type=body.type,
@@ -182,14 +184,14 @@ class Quota:
         return Verdict(used <= self.amount, self.amount, max(self.amount - used, 0), reset)
 
 
-@dataclass(frozen=True, slots=True)
-class PostbackAnswer:
+# Per postback: tuples (a frozen dataclass's __init__ sets each field through
+# object.__setattr__, at several times the cost).
+class PostbackAnswer(NamedTuple):
     body: dict[str, str]  # ConversionAccepted
     headers: list[tuple[bytes, bytes]]  # RateLimit-*
 
 
-@dataclass(frozen=True, slots=True)
-class SignedPostback:
+class SignedPostback(NamedTuple):
     """A postback as it arrived: the merchant it claims to come from, its signature header, its
     raw body."""
 
@@ -295,8 +297,7 @@ async def receive_postback(
     return answer
 
 
-@dataclass(frozen=True, slots=True)
-class _Prepared:
+class _Prepared(NamedTuple):
     encoded: bytes
     admission: Admission
     event_id: str
@@ -335,7 +336,9 @@ def _prepare(
             f"event_id must not start with {RESERVED_EVENT_ID_PREFIX!r} (reserved for the pixel)",
             field="body.event_id",
         )
-    event = conversion_event(sender.merchant_id, sender.email_key, conversion, anonymize, now)
+    event = conversion_event(
+        sender.merchant_id, sender.email_key, conversion, anonymize, now, merchant=sender.merchant
+    )
     encoded = encode_conversion(event)  # before we wait: the writer only joins encoded events
     event_id = str(event.id)
     admission = Admission(
