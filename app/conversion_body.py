@@ -64,11 +64,16 @@ _decoder = msgspec.json.Decoder(_Fast)
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)")
 
 
-def _plain(value: str | None) -> bool:
-    """Text pydantic keeps as it is: printable ASCII (no control character), nothing to strip."""
-    return value is None or (
-        value.isascii() and value.isprintable() and value[:1] != " " and value[-1:] != " "
-    )
+def _plain(texts: tuple[str | None, ...]) -> bool:
+    """Whether pydantic keeps each text as it is: printable ASCII (no control character),
+    nothing to strip. Checked on the texts joined by "|", in a few calls into C: a space beside
+    a "|" is taken for a space at the end of a text, so a "|" in a text next to a space is
+    refused here (and decided by pydantic) though it is plain."""
+    joined = "|".join([text for text in texts if text is not None])
+    return (
+        joined.isascii() and joined.isprintable() and joined[:1] != " " and joined[-1:] != " "
+        and " |" not in joined and "| " not in joined
+    )  # fmt: skip
 
 
 class _NotPlain(Exception):
@@ -83,7 +88,7 @@ def _fast(body: bytes, now: datetime) -> _Fast:
     texts = (fields.event_id, fields.order_id, fields.refund_of, fields.customer_id,
              fields.customer_email, fields.click_id, fields.referral_code,
              fields.subscription_id, fields.ip, fields.user_agent)  # fmt: skip
-    if not all(_plain(text) for text in texts):
+    if not _plain(texts):
         raise _NotPlain
     try:
         if (occurred := fields.occurred_at) is not None:
