@@ -141,8 +141,12 @@ class EventBuffer:
     def spool_files(self) -> list[Path]:
         return self._spool.files()
 
+    def has_spooled(self) -> bool:
+        """Whether events of this buffer wait in its spool (one stat while nothing changed)."""
+        return self._spool.has_files()
+
     def _waiting_behind(self) -> bool:
-        return any(buffer._spool.has_files() for buffer in self._behind)
+        return any(buffer.has_spooled() for buffer in self._behind)
 
     def add(self, event: bytes) -> asyncio.Future[None]:
         """Queues one encoded event (a JSON value); the future resolves once it is in Redis (or,

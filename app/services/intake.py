@@ -236,9 +236,9 @@ async def receive_postbacks(
     stays in the processor's caches, where one postback at a time through every step did not
     (a third less CPU per postback, measured by the load test's harness)."""
     failed: list[Exception | None] = [None] * len(postbacks)
-    senders: list[tuple[_Sender, str]] = []  # and the sender's webhook secret
+    senders: list[_Sender] = []
     # The batch's merchants, each looked up once (a batch is mostly one merchant's).
-    known: dict[str, tuple[_Sender, str]] = {}
+    known: dict[str, _Sender] = {}
     for i, postback in enumerate(postbacks):
         header = postback.merchant_header or ""
         if (sender := known.get(header)) is None:
@@ -248,17 +248,14 @@ async def receive_postbacks(
                 failed[i] = exc
                 senders.append(_NOBODY)
                 continue
-            sender = known[header] = (
-                _sender(buffer.stream, merchant_id, found.email_key, quota, now),
-                found.webhook_secret,
-            )
+            sender = known[header] = _sender(buffer.stream, merchant_id, found, quota, now)
         senders.append(sender)
     signatures = _each(failed, lambda i: verify_postback(
-        senders[i][1], postbacks[i].signature_header, postbacks[i].body, now
+        senders[i].webhook_secret, postbacks[i].signature_header, postbacks[i].body, now
     ), "")  # fmt: skip
     bodies = _each(failed, lambda i: parse_conversion(postbacks[i].body, now), None)
     prepared = _each(failed, lambda i: _prepare(
-        buffer.stream, senders[i][0], _body(bodies[i]), anonymize, now, quota, signatures[i],
+        buffer.stream, senders[i], _body(bodies[i]), anonymize, now, quota, signatures[i],
     ), None)  # fmt: skip
     # Queued in one go: the buffer writes them with one script call.
     admitted = [None if p is None else buffer.admit(p.encoded, p.admission) for p in prepared]
@@ -307,23 +304,24 @@ class _Sender(NamedTuple):
     """A merchant sending postbacks, with what its postbacks of one batch share (made once)."""
 
     merchant_id: UUID
+    webhook_secret: str
     email_key: bytes
     merchant: str  # the id as text: UUID.__str__ is Python code
     window_key: str  # its postbacks' counter for the batch's window ("" without a quota)
 
 
-_NOBODY = (_Sender(UUID(int=0), b"", "", ""), "")  # in the place of a sender not found
+_NOBODY = _Sender(UUID(int=0), "", b"", "", "")  # in the place of a sender not found
 
 
 def _sender(
-    stream: str, merchant_id: UUID, email_key: bytes, quota: Quota | None, now: datetime
+    stream: str, merchant_id: UUID, found: MerchantKeys, quota: Quota | None, now: datetime
 ) -> _Sender:
     merchant = str(merchant_id)
     window_key = ""
     if quota:
         window = quota.window_seconds
         window_key = keys.postback_window(stream, merchant, window, int(now.timestamp()) // window)
-    return _Sender(merchant_id, email_key, merchant, window_key)
+    return _Sender(merchant_id, found.webhook_secret, found.email_key, merchant, window_key)
 
 
 def _prepare(
@@ -398,7 +396,7 @@ async def accept_conversion(
     """Make a conversion that came another way (a payment provider's webhook, verified the
     provider's way) durable once, like a postback: an event id used before → the same id,
     "duplicate", or 409 if the body changed."""
-    sender = _sender(buffer.stream, merchant_id, email_key, None, now)
+    sender = _sender(buffer.stream, merchant_id, MerchantKeys("", email_key), None, now)
     ready = _prepare(buffer.stream, sender, conversion, anonymize, now, None, None)
     admitted = await _durable(buffer.admit(ready.encoded, ready.admission))
     return _answer(admitted, ready.event_id, None, now)
