@@ -374,6 +374,7 @@ def postback_rows(
     queued = asyncio.run(conversion_backlog(redis_url))
     processing = burst_flusher_seconds(CONVERSION_WORKERS=str(PROCESSING_LANES)) - startup
     stored = asyncio.run(count_conversions(dsn))
+    floor = asyncio.run(conversion_write_floor(dsn, lanes=PROCESSING_LANES))
     raw = row_from_wrk(POST_RAW_NAME, median_run(raw_runs))
     pairs = list(zip(our_runs, raw_runs, strict=True))
     ratio = statistics.median(o["rate"] / c["rate"] for o, c in pairs)
@@ -417,7 +418,12 @@ def postback_rows(
         Row(f"conversion processing: stream → attribution, rewards, ledger (1 flusher, "
             f"{PROCESSING_LANES} lanes)", rate,
             unit="conversions/s", ceiling="postback intake max", ratio=rate / ours["rate"],
-            target=2.0, extra={"stored": stored, "queued": queued}),
+            target=2.0, extra={"stored": stored, "queued": queued,
+                               "of the write floor": f"{rate / floor:.0%}" if floor else "-"}),
+        Row("  … the write floor: COPY of those conversions' rows alone (conversion, reward, "
+            "ledger entry, events; no reads, checks or triggers)", floor,
+            unit="conversions/s", ceiling="postback intake max",
+            ratio=floor / ours["rate"] if ours["rate"] else None),
         Row("  … postbacks carrying the customer's IP address and browser (the default fraud "
             "rules count by them)", device_rate,
             unit="conversions/s", ceiling="postback intake max",
@@ -548,6 +554,80 @@ async def count_conversions(dsn: str) -> int:
     n = await conn.fetchval("SELECT count(*) FROM conversions")
     await conn.close()
     return n
+
+
+# The tables a signup or purchase writes to when it is processed (its reward, the reward's first
+# ledger entry, the events announcing both), in the order they are written.
+CONVERSION_TABLES = ("conversions", "rewards", "reward_entries", "events")
+
+
+async def conversion_write_floor(dsn: str, sample: int = 20_000, lanes: int = 4) -> float:
+    """Processing's ceiling: what PostgreSQL takes just to store the rows conversions left, with
+    no reading, deciding or checking. `sample` stored conversions, with their rewards, ledger
+    entries and events, are COPYed into empty tables of the same columns and indexes (no foreign
+    keys, no triggers) as the grouped path writes them: 200 conversions per transaction
+    (grouped.MOST), on `lanes` connections at once. Returns conversions/s."""
+    from app.services.grouped import MOST
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        conversions = await conn.fetch(
+            "SELECT * FROM conversions WHERE state = 'attributed' ORDER BY received_at LIMIT $1",
+            sample,
+        )
+        ids = [r["id"] for r in conversions]
+        by_conversion: dict[str, dict[UUID, list[tuple[Any, ...]]]] = {}
+        columns = {"conversions": list(conversions[0].keys()) if conversions else []}
+        reads = {
+            "rewards": "SELECT *, conversion_id AS of FROM rewards WHERE conversion_id = ANY($1)",
+            "reward_entries": "SELECT *, conversion_id AS of FROM reward_entries"
+                              " WHERE conversion_id = ANY($1)",
+            "events": "SELECT *, (data->>'conversion_id')::uuid AS of FROM events"
+                      " WHERE (data->>'conversion_id')::uuid = ANY($1)",
+        }  # fmt: skip
+        for table, query in reads.items():
+            rows = await conn.fetch(query, ids)
+            columns[table] = [k for k in rows[0] if k != "of"] if rows else []
+            grouped: dict[UUID, list[tuple[Any, ...]]] = {}
+            for r in rows:
+                grouped.setdefault(r["of"], []).append(tuple(r.values())[:-1])
+            by_conversion[table] = grouped
+        for table in CONVERSION_TABLES:
+            await conn.execute(f"DROP TABLE IF EXISTS floor_{table}")
+            await conn.execute(f"CREATE TABLE floor_{table} (LIKE {table} INCLUDING ALL)")
+    finally:
+        await conn.close()
+    batches = []
+    for start in range(0, len(conversions), MOST):
+        part = conversions[start : start + MOST]
+        batch = {"conversions": [tuple(r.values()) for r in part]}
+        for table, grouped in by_conversion.items():
+            batch[table] = [row for r in part for row in grouped.get(r["id"], [])]
+        batches.append(batch)
+
+    async def lane(n: int) -> None:
+        c = await asyncpg.connect(dsn)
+        try:
+            for batch in batches[n::lanes]:
+                async with c.transaction():
+                    for table in CONVERSION_TABLES:
+                        if batch[table]:
+                            await c.copy_records_to_table(
+                                f"floor_{table}", records=batch[table], columns=columns[table]
+                            )
+        finally:
+            await c.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane(n) for n in range(lanes)))
+    elapsed = time.perf_counter() - started
+    conn = await asyncpg.connect(dsn)
+    try:
+        for table in CONVERSION_TABLES:
+            await conn.execute(f"DROP TABLE floor_{table}")
+    finally:
+        await conn.close()
+    return len(conversions) / elapsed if elapsed > 0 else 0.0
 
 
 async def stream_backlog(redis_url: str) -> int:
