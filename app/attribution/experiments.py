@@ -29,9 +29,16 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
-from scipy import stats
+
+def _stats() -> Any:  # scipy has no type hints
+    """scipy.stats, imported on first use: it is over a second of every process's start
+    (the API's, each flusher's) that only an experiment's results page needs."""
+    from scipy import stats
+
+    return stats
 
 
 def assign_variant(experiment: UUID, advocate: UUID, weights: Sequence[tuple[str, int]]) -> str:
@@ -71,7 +78,7 @@ def proportion(successes: int, trials: int, confidence: float = 0.95) -> Estimat
     """A proportion with its Wilson score interval."""
     if trials == 0:
         return NONE
-    ci = stats.binomtest(successes, trials).proportion_ci(confidence, method="wilson")
+    ci = _stats().binomtest(successes, trials).proportion_ci(confidence, method="wilson")
     return Estimate(successes / trials, float(ci.low), float(ci.high))
 
 
@@ -84,7 +91,7 @@ def mean(values: Sequence[float], confidence: float = 0.95) -> Estimate:
     if n == 1:
         return Estimate(m, None, None)
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    half = float(_stats().t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
     return Estimate(m, m - half, m + half)
 
 
@@ -102,7 +109,7 @@ def ratio(numerators: Sequence[float], denominators: Sequence[float],
     residuals = [x - r * y for x, y in zip(numerators, denominators, strict=True)]
     mr = sum(residuals) / n
     var = sum((e - mr) ** 2 for e in residuals) / (n - 1)
-    half = float(stats.norm.ppf(0.5 + confidence / 2)) * math.sqrt(var / n) / mean_denominator
+    half = float(_stats().norm.ppf(0.5 + confidence / 2)) * math.sqrt(var / n) / mean_denominator
     return Estimate(r, r - half, r + half)
 
 
@@ -114,8 +121,8 @@ def required_sample_size(baseline: float, effect: float, alpha: float, power: fl
     two-sided test at `alpha` and the given power."""
     p1, p2 = baseline, min(baseline + effect, 1.0)
     p_bar = (p1 + p2) / 2
-    z_alpha = float(stats.norm.ppf(1 - alpha / 2))
-    z_power = float(stats.norm.ppf(power))
+    z_alpha = float(_stats().norm.ppf(1 - alpha / 2))
+    z_power = float(_stats().norm.ppf(power))
     n = (z_alpha * math.sqrt(2 * p_bar * (1 - p_bar))
          + z_power * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))) ** 2 / effect**2  # fmt: skip
     return math.ceil(n)
