@@ -587,7 +587,7 @@ async def conversion_write_floor(dsn: str, sample: int = 20_000, lanes: int = 4)
         }  # fmt: skip
         for table, query in reads.items():
             rows = await conn.fetch(query, ids)
-            columns[table] = [k for k in rows[0] if k != "of"] if rows else []
+            columns[table] = [k for k in rows[0].keys() if k != "of"] if rows else []  # noqa: SIM118 (a Record iterates its values)
             grouped: dict[UUID, list[tuple[Any, ...]]] = {}
             for r in rows:
                 grouped.setdefault(r["of"], []).append(tuple(r.values())[:-1])
