@@ -359,7 +359,7 @@ async def warm_up(cluster: Cluster, codes: list[str], merchant_id: str) -> None:
     async with httpx.AsyncClient(base_url=cluster.api_url, timeout=10) as client:
         for code in codes:
             response = await client.get(f"/r/{code}", headers={"user-agent": BROWSER_UA})
-            assert response.status_code == 302, response.text
+            assert response.status_code == 302, (code, response.status_code, response.text)
         body = orjson.dumps({"event_id": "warm-up", "type": "signup"})
         signature = webhooks.sign(CHAOS_WEBHOOK_SECRET, int(time.time()), body)
         response = await client.post(
