@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.pipeline.events import EVENTS_FIELD, new_click_and_visitor_ids  # noqa: E402
 from app.services import dashboard  # noqa: E402
+from app.services.grouped import MOST  # noqa: E402
 from app.services.merchants import create_merchant  # noqa: E402
 from app.services.visitors import rebuild_visitor_counts  # noqa: E402
 from app.settings import load_settings  # noqa: E402
@@ -423,7 +424,7 @@ def postback_rows(
         Row("  … the write floor: COPY of those conversions' rows alone (conversion, reward, "
             "ledger entry, events; no reads, checks or triggers)", floor,
             unit="conversions/s", ceiling="postback intake max",
-            ratio=floor / ours["rate"] if ours["rate"] else None),
+            ratio=floor / ours["rate"]),
         Row("  … postbacks carrying the customer's IP address and browser (the default fraud "
             "rules count by them)", device_rate,
             unit="conversions/s", ceiling="postback intake max",
@@ -557,8 +558,16 @@ async def count_conversions(dsn: str) -> int:
 
 
 # The tables a signup or purchase writes to when it is processed (its reward, the reward's first
-# ledger entry, the events announcing both), in the order they are written.
-CONVERSION_TABLES = ("conversions", "rewards", "reward_entries", "events")
+# ledger entry, the events announcing both), in the order they are written, each with how its
+# rows of some conversions are read: the conversion they belong to last ("of").
+CONVERSION_ROWS = {
+    "conversions": "SELECT *, id AS of FROM conversions WHERE id = ANY($1)",
+    "rewards": "SELECT *, conversion_id AS of FROM rewards WHERE conversion_id = ANY($1)",
+    "reward_entries": "SELECT *, conversion_id AS of FROM reward_entries"
+                      " WHERE conversion_id = ANY($1)",
+    "events": "SELECT *, (data->>'conversion_id')::uuid AS of FROM events"
+              " WHERE (data->>'conversion_id')::uuid = ANY($1)",
+}  # fmt: skip
 
 
 async def conversion_write_floor(dsn: str, sample: int = 20_000, lanes: int = 4) -> float:
@@ -567,50 +576,38 @@ async def conversion_write_floor(dsn: str, sample: int = 20_000, lanes: int = 4)
     entries and events, are COPYed into empty tables of the same columns and indexes (no foreign
     keys, no triggers) as the grouped path writes them: 200 conversions per transaction
     (grouped.MOST), on `lanes` connections at once. Returns conversions/s."""
-    from app.services.grouped import MOST
-
+    by_conversion: dict[str, dict[UUID, list[tuple[Any, ...]]]] = {}
+    columns: dict[str, list[str]] = {}
     conn = await asyncpg.connect(dsn)
     try:
-        conversions = await conn.fetch(
-            "SELECT * FROM conversions WHERE state = 'attributed' ORDER BY received_at LIMIT $1",
+        ids = [r["id"] for r in await conn.fetch(
+            "SELECT id FROM conversions WHERE state = 'attributed' ORDER BY received_at LIMIT $1",
             sample,
-        )
-        ids = [r["id"] for r in conversions]
-        by_conversion: dict[str, dict[UUID, list[tuple[Any, ...]]]] = {}
-        columns = {"conversions": list(conversions[0].keys()) if conversions else []}
-        reads = {
-            "rewards": "SELECT *, conversion_id AS of FROM rewards WHERE conversion_id = ANY($1)",
-            "reward_entries": "SELECT *, conversion_id AS of FROM reward_entries"
-                              " WHERE conversion_id = ANY($1)",
-            "events": "SELECT *, (data->>'conversion_id')::uuid AS of FROM events"
-                      " WHERE (data->>'conversion_id')::uuid = ANY($1)",
-        }  # fmt: skip
-        for table, query in reads.items():
+        )]  # fmt: skip
+        for table, query in CONVERSION_ROWS.items():
             rows = await conn.fetch(query, ids)
-            columns[table] = [k for k in rows[0].keys() if k != "of"] if rows else []  # noqa: SIM118 (a Record iterates its values)
+            columns[table] = list(rows[0].keys())[:-1] if rows else []
             grouped: dict[UUID, list[tuple[Any, ...]]] = {}
             for r in rows:
                 grouped.setdefault(r["of"], []).append(tuple(r.values())[:-1])
             by_conversion[table] = grouped
-        for table in CONVERSION_TABLES:
+        for table in CONVERSION_ROWS:
             await conn.execute(f"DROP TABLE IF EXISTS floor_{table}")
             await conn.execute(f"CREATE TABLE floor_{table} (LIKE {table} INCLUDING ALL)")
     finally:
         await conn.close()
-    batches = []
-    for start in range(0, len(conversions), MOST):
-        part = conversions[start : start + MOST]
-        batch = {"conversions": [tuple(r.values()) for r in part]}
-        for table, grouped in by_conversion.items():
-            batch[table] = [row for r in part for row in grouped.get(r["id"], [])]
-        batches.append(batch)
+    batches = [
+        {table: [row for c in ids[start : start + MOST] for row in grouped.get(c, [])]
+         for table, grouped in by_conversion.items()}
+        for start in range(0, len(ids), MOST)
+    ]  # fmt: skip
 
     async def lane(n: int) -> None:
         c = await asyncpg.connect(dsn)
         try:
             for batch in batches[n::lanes]:
                 async with c.transaction():
-                    for table in CONVERSION_TABLES:
+                    for table in CONVERSION_ROWS:
                         if batch[table]:
                             await c.copy_records_to_table(
                                 f"floor_{table}", records=batch[table], columns=columns[table]
@@ -623,11 +620,11 @@ async def conversion_write_floor(dsn: str, sample: int = 20_000, lanes: int = 4)
     elapsed = time.perf_counter() - started
     conn = await asyncpg.connect(dsn)
     try:
-        for table in CONVERSION_TABLES:
+        for table in CONVERSION_ROWS:
             await conn.execute(f"DROP TABLE floor_{table}")
     finally:
         await conn.close()
-    return len(conversions) / elapsed if elapsed > 0 else 0.0
+    return len(ids) / elapsed if elapsed > 0 else 0.0
 
 
 async def stream_backlog(redis_url: str) -> int:
